@@ -1,0 +1,219 @@
+//! Cross-node fan-out: the [`Backplane`] trait and its envelope types.
+//!
+//! A backplane carries [`Envelope`]s between nodes. Every node hands what it
+//! receives to its [`Deliver`] sink (the local hub), which fans it out to the
+//! node's own connections. Guarantees, for every implementation:
+//!
+//! - **At most once** between nodes. A successful [`Backplane::publish`] means
+//!   the backend accepted the publication (and appended it to history when
+//!   asked); it does not mean any socket got it. History offsets are what
+//!   let a client prove it missed nothing.
+//! - **Per-channel order**: all nodes deliver one channel's publications in
+//!   the same order, the publishing node's own subscribers included (they go
+//!   through the backend like everyone else's).
+//! - **Interest-based routing**: a node receives a channel's traffic only
+//!   while it holds a subscription ([`Backplane::subscribe`] is reference
+//!   counted per topic; the last [`Backplane::unsubscribe`] drops it).
+//! - **No silent failure**: while the backend is unreachable every call
+//!   fails fast with [`BackplaneError::Unavailable`] and
+//!   [`Backplane::is_healthy`] is false.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub use memory::MemoryBackplane;
+
+/// A channel publication as it travels between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publication {
+    /// Application channel name (validated).
+    pub channel: String,
+    /// The payload, kept as raw JSON so no node re-parses it.
+    pub data: Box<RawValue>,
+    /// User id of the publisher; `None` for the HTTP API or anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Offset in the channel's history stream; `None` without history.
+    /// Set by the backend on publish, never by the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Connection id that must not receive this publication (the publisher
+    /// without `echo`, or the HTTP API's `exclude`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<String>,
+    /// Publish time, microseconds since the Unix epoch (for the lag metric).
+    #[serde(default)]
+    pub ts_us: u64,
+}
+
+/// A presence change pushed to a channel's subscribers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// Application channel name.
+    pub channel: String,
+    /// User id of the member ("" for anonymous).
+    pub user: String,
+    /// Connection id of the member.
+    pub conn: String,
+}
+
+/// What a backplane carries. Serialized as JSON with a `k` tag on Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum Envelope {
+    /// A channel publication (routed by channel).
+    Message(Publication),
+    /// A member joined a channel (routed by channel).
+    Join(PresenceEvent),
+    /// A member left a channel (routed by channel).
+    Leave(PresenceEvent),
+    /// To every connection of the cluster.
+    Broadcast {
+        /// Raw JSON payload.
+        data: Box<RawValue>,
+    },
+    /// To every connection of one user.
+    User {
+        /// Target user id.
+        user: String,
+        /// Raw JSON payload.
+        data: Box<RawValue>,
+    },
+    /// To one connection.
+    Conn {
+        /// Target connection id.
+        conn: String,
+        /// Raw JSON payload.
+        data: Box<RawValue>,
+    },
+    /// Close every connection of one user.
+    DisconnectUser {
+        /// Target user id.
+        user: String,
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+    /// Close one connection.
+    DisconnectConn {
+        /// Target connection id.
+        conn: String,
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+}
+
+impl Envelope {
+    /// The routing topic this envelope travels on.
+    pub fn topic(&self) -> Topic {
+        match self {
+            Envelope::Message(p) => Topic::Channel(p.channel.clone()),
+            Envelope::Join(e) | Envelope::Leave(e) => Topic::Channel(e.channel.clone()),
+            Envelope::Broadcast { .. } => Topic::All,
+            Envelope::User { user, .. } | Envelope::DisconnectUser { user, .. } => {
+                Topic::User(user.clone())
+            }
+            Envelope::Conn { conn, .. } | Envelope::DisconnectConn { conn, .. } => {
+                Topic::Node(node_of_conn(conn).to_owned())
+            }
+        }
+    }
+}
+
+/// Where an envelope is routed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// One application channel.
+    Channel(String),
+    /// Every connection of one user.
+    User(String),
+    /// One node (connection-directed messages and control).
+    Node(String),
+    /// Every node.
+    All,
+}
+
+/// The node id part of a connection id (`<node>.<boot>.<seq>`).
+pub fn node_of_conn(conn: &str) -> &str {
+    conn.split('.').next().unwrap_or(conn)
+}
+
+/// History settings of a channel's namespace, passed along with a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Publications retained (> 0).
+    pub size: usize,
+    /// The stream expires this long after its last publication.
+    pub ttl: Duration,
+}
+
+/// A position in a channel's history stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// Offset of the newest publication (0 when the stream is empty).
+    pub offset: u64,
+    /// Identity of the stream; changes whenever the stream is lost.
+    pub epoch: String,
+}
+
+/// Receives what the backplane delivers to this node. Implemented by the hub.
+///
+/// Called from the backplane's receive loop, one envelope at a time and in
+/// arrival order; it must not block (it only pushes to bounded queues).
+pub trait Deliver: Send + Sync + 'static {
+    /// Fan an envelope out to the local connections it concerns.
+    fn deliver(&self, envelope: Envelope);
+}
+
+/// Errors of a backplane call.
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    /// The backend cannot take the call now (down, timed out, reconnecting).
+    #[error("backplane unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered something we cannot use.
+    #[error("backplane protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Cross-node fan-out. See the module docs for the guarantees.
+#[async_trait]
+pub trait Backplane: Send + Sync + 'static {
+    /// Publish to a channel. With `history`, append it to the channel's
+    /// stream and publish with the new offset atomically, returning the new
+    /// position; without, return `None`.
+    async fn publish(
+        &self,
+        publication: Publication,
+        history: Option<HistoryOptions>,
+    ) -> Result<Option<StreamPosition>, BackplaneError>;
+
+    /// Send a non-publication envelope (join/leave, broadcast, user, conn,
+    /// disconnects) along its [`Envelope::topic`].
+    async fn send(&self, envelope: Envelope) -> Result<(), BackplaneError>;
+
+    /// Take one reference on a channel or user topic. Returns once this node
+    /// is receiving the topic's traffic (so a history read that follows
+    /// cannot miss a publication). Node and broadcast topics are always on.
+    async fn subscribe(&self, topic: Topic) -> Result<(), BackplaneError>;
+
+    /// Drop one reference taken by [`Backplane::subscribe`]; the node stops
+    /// receiving the topic when the last reference goes. Never fails: a
+    /// failed unsubscribe is retried by the implementation.
+    async fn unsubscribe(&self, topic: Topic);
+
+    /// Whether the backend is reachable and the receive path is alive.
+    fn is_healthy(&self) -> bool;
+
+    /// Stop background tasks (called once, during shutdown).
+    async fn shutdown(&self) {}
+}

@@ -1,0 +1,97 @@
+//! Who is where: the [`Presence`] trait (channel members, the per-user
+//! connection index and the node registry).
+//!
+//! Entries are owned by the node that holds the connection. Every entry has
+//! an expiry: the owning node refreshes its own entries in batches well inside
+//! the TTL, so the entries of a node that crashed vanish within one TTL.
+//! Readers never see an expired entry.
+
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::backplane::BackplaneError;
+
+pub use memory::MemoryPresence;
+
+/// One connection present in a channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// User id ("" for anonymous).
+    pub user: String,
+    /// Connection id.
+    pub conn: String,
+    /// Node holding the connection.
+    pub node: String,
+    /// The token's `info` claim, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
+}
+
+/// One connection of a user, as the user index reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserConn {
+    /// Connection id.
+    pub conn: String,
+    /// Node holding the connection.
+    pub node: String,
+}
+
+/// A node in the registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// Open client connections.
+    pub connections: u64,
+    /// Channels with at least one local subscriber.
+    pub subscriptions: u64,
+    /// Start time, seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Gateway version.
+    pub version: String,
+}
+
+/// Everything a node refreshes in one batch (its own live entries).
+#[derive(Debug, Clone, Default)]
+pub struct RefreshBatch {
+    /// (channel, member) for every presence-enabled subscription.
+    pub members: Vec<(String, Member)>,
+    /// (user, connection) for every authenticated connection.
+    pub user_conns: Vec<(String, UserConn)>,
+}
+
+/// Presence, user index and node registry.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Add (or refresh) a member of a channel.
+    async fn join(&self, channel: &str, member: &Member) -> Result<(), BackplaneError>;
+    /// Remove a member; returns whether it was present.
+    async fn leave(&self, channel: &str, conn: &str) -> Result<bool, BackplaneError>;
+    /// Current unexpired members of a channel.
+    async fn members(&self, channel: &str) -> Result<Vec<Member>, BackplaneError>;
+    /// Remove the expired members of a channel and return them, each to
+    /// exactly one caller cluster-wide (so one leave event is sent per
+    /// member).
+    async fn take_expired(&self, channel: &str) -> Result<Vec<Member>, BackplaneError>;
+
+    /// Record a connection of a user.
+    async fn add_user_conn(&self, user: &str, conn: &UserConn) -> Result<(), BackplaneError>;
+    /// Forget a connection of a user.
+    async fn remove_user_conn(&self, user: &str, conn: &str) -> Result<(), BackplaneError>;
+    /// Unexpired connections of a user on every node.
+    async fn user_conns(&self, user: &str) -> Result<Vec<UserConn>, BackplaneError>;
+
+    /// Extend the expiry of every entry this node owns, in one batch.
+    async fn refresh(&self, batch: &RefreshBatch) -> Result<(), BackplaneError>;
+
+    /// Register or refresh this node in the registry.
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError>;
+    /// Remove this node from the registry (clean shutdown).
+    async fn remove_node(&self, id: &str) -> Result<(), BackplaneError>;
+    /// Live nodes of the cluster.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BackplaneError>;
+}
