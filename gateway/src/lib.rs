@@ -1,1 +1,20 @@
-//! gateway
+//! The gateway library: a horizontally scaled WebSocket gateway.
+//!
+//! One node keeps its own connections in memory ([`hub`]); the cluster-facing
+//! backends ([`backplane`], [`presence`], [`history`]) run in-process on a
+//! single node or on Redis in a cluster. [`server::run`] wires it together.
+
+pub mod api;
+pub mod auth;
+pub mod backplane;
+pub mod config;
+pub mod connection;
+pub mod history;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod presence;
+pub mod protocol;
+pub mod ratelimit;
+pub mod server;
+pub mod shutdown;

@@ -11,7 +11,7 @@ pub mod redis;
 
 use async_trait::async_trait;
 
-use crate::backplane::{BackplaneError, Publication, StreamPosition};
+use crate::backplane::{BackplaneError, HistoryOptions, Publication, StreamPosition};
 
 pub use memory::MemoryHistory;
 
@@ -33,11 +33,15 @@ pub struct HistoryRead {
 pub trait History: Send + Sync + 'static {
     /// Publications of `channel` with offset > `since`, oldest first, at
     /// most `limit`, together with the stream position at the time of the
-    /// read. Never creates a new epoch for a stream that exists.
+    /// read. Never creates a new epoch for a stream that exists; when the
+    /// channel has no stream, creates an empty one (offset 0, fresh epoch,
+    /// expiring after `options.ttl`) so that the epoch a subscriber is told
+    /// stays valid for the publications that follow.
     async fn read(
         &self,
         channel: &str,
         since: u64,
         limit: usize,
+        options: HistoryOptions,
     ) -> Result<HistoryRead, BackplaneError>;
 }

@@ -1,0 +1,516 @@
+//! Every setting of the gateway: CLI flags and `GATEWAY_*` env vars (clap),
+//! an optional TOML file (the only place namespaces live), and the documented
+//! defaults. Precedence: CLI > env > file > default.
+//!
+//! [`Config::load`] validates everything up front; a bad value yields a
+//! [`ConfigError`] naming the setting, and `main` exits with code 64.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// A setting that could not be used. `main` prints it and exits 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of range or malformed.
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid {
+        /// The setting's TOML key.
+        setting: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file's path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// CLI or environment parse failure (clap's message names the setting).
+    #[error("{0}")]
+    Args(String),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of a channel namespace (the part of a channel name before `:`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceOptions {
+    /// Track members; the `presence` op and HTTP presence work. Default false.
+    pub presence: bool,
+    /// Push `join`/`leave` to subscribers (implies presence). Default false.
+    pub join_leave: bool,
+    /// Publications kept per channel; 0 disables history. Default 0.
+    pub history_size: usize,
+    /// History expires this long after the last publication. Default 300.
+    pub history_ttl_secs: u64,
+    /// Clients may publish (otherwise only the HTTP API). Default false.
+    pub client_publish: bool,
+    /// Connections without a user may subscribe. Default false.
+    pub allow_anonymous: bool,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        Self {
+            presence: false,
+            join_leave: false,
+            history_size: 0,
+            history_ttl_secs: 300,
+            client_publish: false,
+            allow_anonymous: false,
+        }
+    }
+}
+
+impl NamespaceOptions {
+    /// Whether members are tracked (`presence` or `join_leave`).
+    pub fn tracks_presence(&self) -> bool {
+        self.presence || self.join_leave
+    }
+
+    /// History settings for a publish, `None` when history is off.
+    pub fn history(&self) -> Option<crate::backplane::HistoryOptions> {
+        (self.history_size > 0).then(|| crate::backplane::HistoryOptions {
+            size: self.history_size,
+            ttl: Duration::from_secs(self.history_ttl_secs),
+        })
+    }
+}
+
+/// Raw settings as given by CLI, env or file: every field optional so the
+/// three sources can be layered. Field docs give the default.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(name = "gateway", version, about = "Horizontally scaled WebSocket gateway")]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// TOML config file (namespaces live there).
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Client listener address. Default 0.0.0.0:8080.
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    pub listen: Option<String>,
+    /// Optional separate listener for /metrics, /healthz, /readyz.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Node id, [A-Za-z0-9_-]{1,64}. Default: `n` + 8 random hex digits.
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Redis URL; unset runs the embedded single node.
+    #[arg(long, env = "GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel. Default "gw".
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Timeout of every Redis call, ms. Default 1000.
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
+    /// Log filter (tracing EnvFilter syntax). Default "info".
+    #[arg(long, env = "GATEWAY_LOG")]
+    pub log: Option<String>,
+    /// Log format: text or json. Default text.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// HS256 secret for client JWTs.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// RS256 public key (PEM file) for client JWTs.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Refuse connections without a valid token. Default false.
+    #[arg(long, env = "GATEWAY_AUTH_REQUIRED")]
+    pub auth_required: Option<bool>,
+    /// API key for the HTTP server API; unset leaves the API open.
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Allowed `Origin`s, comma separated; empty allows any.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Proxies whose X-Forwarded-For is trusted, comma separated IPs.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Max open client connections on this node. Default 100000.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Max incoming frame size, bytes. Default 65536.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Per-connection send queue limit, bytes. Default 1048576.
+    #[arg(long, env = "GATEWAY_QUEUE_BYTES")]
+    pub queue_bytes: Option<usize>,
+    /// Max channels one connection may subscribe. Default 128.
+    #[arg(long, env = "GATEWAY_MAX_CHANNELS_PER_CONNECTION")]
+    pub max_channels_per_connection: Option<usize>,
+    /// Server ping interval, ms. Default 25000.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL_MS")]
+    pub ping_interval_ms: Option<u64>,
+    /// Close after this long without a frame past a ping, ms. Default 10000.
+    #[arg(long, env = "GATEWAY_PONG_TIMEOUT_MS")]
+    pub pong_timeout_ms: Option<u64>,
+    /// Client frames per second per connection. Default 100.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Burst of the rate limit. Default 200.
+    #[arg(long, env = "GATEWAY_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    /// Drain grace on SIGTERM, ms. Default 30000.
+    #[arg(long, env = "GATEWAY_DRAIN_GRACE_MS")]
+    pub drain_grace_ms: Option<u64>,
+    /// Presence entry TTL, ms. Default 60000.
+    #[arg(long, env = "GATEWAY_PRESENCE_TTL_MS")]
+    pub presence_ttl_ms: Option<u64>,
+    /// Presence refresh interval, ms. Default 25000.
+    #[arg(long, env = "GATEWAY_PRESENCE_REFRESH_MS")]
+    pub presence_refresh_ms: Option<u64>,
+    /// Options of channels without a namespace (file only).
+    #[arg(skip)]
+    pub default_namespace: Option<NamespaceOptions>,
+    /// Namespaces by name (file only).
+    #[arg(skip)]
+    pub namespaces: Option<HashMap<String, NamespaceOptions>>,
+}
+
+/// The validated configuration the node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// Optional admin listener (metrics, health).
+    pub admin_listen: Option<SocketAddr>,
+    /// This node's id.
+    pub node_id: String,
+    /// Redis URL, `None` for the embedded single node.
+    pub redis_url: Option<String>,
+    /// Redis key prefix.
+    pub redis_prefix: String,
+    /// Timeout of every Redis call.
+    pub redis_timeout: Duration,
+    /// Log filter.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// RS256 public key PEM (file contents).
+    pub jwt_public_key_pem: Option<Vec<u8>>,
+    /// Refuse connections without a valid token.
+    pub auth_required: bool,
+    /// HTTP API key.
+    pub api_key: Option<String>,
+    /// Allowed origins (empty = any).
+    pub allowed_origins: Vec<String>,
+    /// Trusted proxies.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Max connections.
+    pub max_connections: usize,
+    /// Max incoming frame size.
+    pub max_message_size: usize,
+    /// Per-connection send queue limit in bytes.
+    pub queue_bytes: usize,
+    /// Max channels per connection.
+    pub max_channels_per_connection: usize,
+    /// Server ping interval.
+    pub ping_interval: Duration,
+    /// Extra silence tolerated after a ping.
+    pub pong_timeout: Duration,
+    /// Frames per second per connection.
+    pub rate_limit: u32,
+    /// Rate limit burst.
+    pub rate_burst: u32,
+    /// Drain grace.
+    pub drain_grace: Duration,
+    /// Presence TTL.
+    pub presence_ttl: Duration,
+    /// Presence refresh interval.
+    pub presence_refresh: Duration,
+    /// Default namespace options.
+    pub default_namespace: NamespaceOptions,
+    /// Named namespaces.
+    pub namespaces: HashMap<String, NamespaceOptions>,
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parse CLI + env, layer the optional file, apply defaults, validate.
+    pub fn load() -> Result<Config, ConfigError> {
+        let cli = Settings::try_parse().map_err(|e| ConfigError::Args(e.to_string()))?;
+        Self::from_settings(cli)
+    }
+
+    /// Layer `cli` (CLI + env) over its config file and the defaults.
+    pub fn from_settings(cli: Settings) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str::<Settings>(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Settings::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    fn merge(cli: Settings, file: Settings) -> Result<Config, ConfigError> {
+        macro_rules! pick {
+            ($field:ident) => {
+                cli.$field.clone().or(file.$field.clone())
+            };
+        }
+        let ms = |v: Option<u64>, default: u64, setting: &'static str| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or(default);
+            if v == 0 {
+                return Err(invalid(setting, "must be greater than 0"));
+            }
+            Ok(Duration::from_millis(v))
+        };
+        let addr = |v: Option<String>, setting: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
+            v.map(|s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|e| invalid(setting, format!("{s:?} is not host:port ({e})")))
+            })
+            .transpose()
+        };
+        let listen = addr(pick!(listen), "listen")?
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let admin_listen = addr(pick!(admin_listen), "admin_listen")?;
+        let node_id = match pick!(node_id) {
+            Some(id) => {
+                let ok = !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !ok {
+                    return Err(invalid("node_id", "must be 1-64 chars of [A-Za-z0-9_-]"));
+                }
+                id
+            }
+            None => format!("n{:08x}", rand::random::<u32>()),
+        };
+        let redis_prefix = pick!(redis_prefix).unwrap_or_else(|| "gw".to_owned());
+        if redis_prefix.is_empty() || redis_prefix.contains(['{', '}', ' ']) {
+            return Err(invalid("redis_prefix", "must be non-empty without braces or spaces"));
+        }
+        let redis_url = pick!(redis_url).filter(|u| !u.is_empty());
+        if let Some(url) = &redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                return Err(invalid("redis_url", "must start with redis://, rediss:// or unix://"));
+            }
+        }
+        let jwt_secret = pick!(jwt_secret).filter(|s| !s.is_empty());
+        if matches!(&jwt_secret, Some(s) if s.len() < 16) {
+            return Err(invalid("jwt_secret", "must be at least 16 bytes"));
+        }
+        let jwt_public_key_pem = match pick!(jwt_public_key_file) {
+            Some(path) => Some(std::fs::read(&path).map_err(|e| {
+                invalid("jwt_public_key_file", format!("{}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        if let Some(pem) = &jwt_public_key_pem {
+            jsonwebtoken::DecodingKey::from_rsa_pem(pem)
+                .map_err(|e| invalid("jwt_public_key_file", format!("not an RSA public key PEM: {e}")))?;
+        }
+        if jwt_secret.is_some() && jwt_public_key_pem.is_some() {
+            return Err(invalid(
+                "jwt_secret",
+                "set either jwt_secret (HS256) or jwt_public_key_file (RS256), not both",
+            ));
+        }
+        let auth_required = pick!(auth_required).unwrap_or(false);
+        if auth_required && jwt_secret.is_none() && jwt_public_key_pem.is_none() {
+            return Err(invalid(
+                "auth_required",
+                "requires jwt_secret or jwt_public_key_file",
+            ));
+        }
+        let trusted_proxies = pick!(trusted_proxies)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| invalid("trusted_proxies", format!("{s:?} is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let allowed_origins = pick!(allowed_origins)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let positive = |v: Option<usize>, default: usize, setting: &'static str| {
+            let v = v.unwrap_or(default);
+            if v == 0 {
+                Err(invalid(setting, "must be greater than 0"))
+            } else {
+                Ok(v)
+            }
+        };
+        let max_message_size = positive(pick!(max_message_size), 64 * 1024, "max_message_size")?;
+        let queue_bytes = positive(pick!(queue_bytes), 1024 * 1024, "queue_bytes")?;
+        if queue_bytes < 4096 {
+            return Err(invalid("queue_bytes", "must be at least 4096"));
+        }
+        let rate_limit = pick!(rate_limit).unwrap_or(100);
+        let rate_burst = pick!(rate_burst).unwrap_or(200);
+        if rate_limit == 0 || rate_burst == 0 {
+            return Err(invalid("rate_limit", "rate_limit and rate_burst must be greater than 0"));
+        }
+        let presence_ttl = ms(pick!(presence_ttl_ms), 60_000, "presence_ttl_ms")?;
+        let presence_refresh = ms(pick!(presence_refresh_ms), 25_000, "presence_refresh_ms")?;
+        if presence_refresh >= presence_ttl {
+            return Err(invalid("presence_refresh_ms", "must be less than presence_ttl_ms"));
+        }
+        let default_namespace = pick!(default_namespace).unwrap_or_default();
+        let namespaces = pick!(namespaces).unwrap_or_default();
+        for (name, opts) in std::iter::once((&String::new(), &default_namespace)).chain(namespaces.iter()) {
+            if !name.is_empty() && !crate::protocol::valid_namespace(name) {
+                return Err(invalid("namespaces", format!("bad namespace name {name:?}")));
+            }
+            if opts.history_size > 0 && opts.history_ttl_secs == 0 {
+                return Err(invalid("namespaces", format!("{name:?}: history_ttl_secs must be > 0")));
+            }
+            if opts.history_size > 1_000_000 {
+                return Err(invalid("namespaces", format!("{name:?}: history_size above 1000000")));
+            }
+        }
+        Ok(Config {
+            listen,
+            admin_listen,
+            node_id,
+            redis_url,
+            redis_prefix,
+            redis_timeout: ms(pick!(redis_timeout_ms), 1000, "redis_timeout_ms")?,
+            log: pick!(log).unwrap_or_else(|| "info".to_owned()),
+            log_format: pick!(log_format).unwrap_or(LogFormat::Text),
+            jwt_secret,
+            jwt_public_key_pem,
+            auth_required,
+            api_key: pick!(api_key).filter(|k| !k.is_empty()),
+            allowed_origins,
+            trusted_proxies,
+            max_connections: positive(pick!(max_connections), 100_000, "max_connections")?,
+            max_message_size,
+            queue_bytes,
+            max_channels_per_connection: positive(
+                pick!(max_channels_per_connection),
+                128,
+                "max_channels_per_connection",
+            )?,
+            ping_interval: ms(pick!(ping_interval_ms), 25_000, "ping_interval_ms")?,
+            pong_timeout: ms(pick!(pong_timeout_ms), 10_000, "pong_timeout_ms")?,
+            rate_limit,
+            rate_burst,
+            drain_grace: ms(pick!(drain_grace_ms), 30_000, "drain_grace_ms")?,
+            presence_ttl,
+            presence_refresh,
+            default_namespace,
+            namespaces,
+        })
+    }
+
+    /// Options of the namespace a (validated) channel belongs to, `None` when
+    /// the namespace is not configured.
+    pub fn namespace(&self, channel: &str) -> Option<&NamespaceOptions> {
+        match channel.split_once(':') {
+            Some((ns, _)) => self.namespaces.get(ns),
+            None => Some(&self.default_namespace),
+        }
+    }
+
+    /// Whether clients must present a JWT verified by a configured key.
+    pub fn has_jwt_key(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key_pem.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["gateway"];
+        v.extend_from_slice(args);
+        let s = Settings::try_parse_from(v).map_err(|e| ConfigError::Args(e.to_string()))?;
+        Config::from_settings(s)
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.max_message_size, 65536);
+        assert_eq!(c.queue_bytes, 1 << 20);
+        assert_eq!(c.max_channels_per_connection, 128);
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.pong_timeout, Duration::from_secs(10));
+        assert_eq!((c.rate_limit, c.rate_burst), (100, 200));
+        assert_eq!(c.drain_grace, Duration::from_secs(30));
+        assert_eq!(c.presence_ttl, Duration::from_secs(60));
+        assert!(c.node_id.starts_with('n'));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = parse(&["--listen", "nope"]).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = parse(&["--auth-required", "true"]).unwrap_err().to_string();
+        assert!(e.contains("auth_required"), "{e}");
+        let e = parse(&["--max-message-size", "abc"]).unwrap_err().to_string();
+        assert!(e.contains("max-message-size"), "{e}");
+        let e = parse(&["--node-id", "a.b"]).unwrap_err().to_string();
+        assert!(e.contains("node_id"), "{e}");
+    }
+
+    #[test]
+    fn file_layers_under_cli() {
+        let dir = std::env::temp_dir().join(format!("gwcfg-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("g.toml");
+        std::fs::write(
+            &path,
+            "max_connections = 7\nqueue_bytes = 8192\n[namespaces.chat]\npresence = true\nhistory_size = 10\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap(), "--queue-bytes", "9000"]).unwrap();
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.queue_bytes, 9000);
+        let ns = c.namespace("chat:x").unwrap();
+        assert!(ns.presence);
+        assert_eq!(ns.history_size, 10);
+        assert!(c.namespace("other:x").is_none());
+        assert!(c.namespace("plain").is_some());
+        std::fs::write(&path, "bogus_key = 1\n").unwrap();
+        let e = parse(&["--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(e.contains("bogus_key"), "{e}");
+    }
+}
