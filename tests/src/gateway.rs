@@ -1,0 +1,437 @@
+//! One `gateway` process under test.
+//!
+//! [`GatewayBuilder`] collects `GATEWAY_*` settings and an optional TOML
+//! file; [`Gateway`] owns the child process. The child always listens on
+//! `127.0.0.1:0` (first start) and reports its address on stdout; its stderr
+//! goes to `target/test-logs/<name>-<pid>-<n>/stderr.log`, whose path is
+//! printed when the process starts, so a failing test shows where to look.
+//!
+//! Invariant: the child is killed and reaped when the handle drops, and no
+//! `GATEWAY_*` variable of the developer's shell leaks into it.
+
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::{Api, Client, ClientBuilder};
+
+/// How long a gateway may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many stderr lines to show when something fails.
+const LOG_TAIL_LINES: usize = 60;
+
+static INSTANCE: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the gateway binary: `GATEWAY_BIN`, else
+/// `<target dir>/debug/gateway` (target dir from `CARGO_TARGET_DIR`, else
+/// `<workspace>/target`).
+pub fn gateway_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(bin);
+    }
+    target_dir().join("debug").join("gateway")
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => crate::workspace_root().join("target"),
+    }
+}
+
+/// Settings for a gateway process; [`GatewayBuilder::spawn`] starts it.
+#[derive(Debug, Clone)]
+pub struct GatewayBuilder {
+    name: String,
+    env: Vec<(String, String)>,
+    config: Option<String>,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayBuilder {
+    /// A gateway with no settings besides `GATEWAY_LISTEN=127.0.0.1:0`.
+    pub fn new() -> Self {
+        Self {
+            name: "gw".to_owned(),
+            env: vec![("GATEWAY_LOG".to_owned(), "info".to_owned())],
+            config: None,
+        }
+    }
+
+    /// Names the log directory (use the test's name).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+
+    /// Sets one environment variable (normally a `GATEWAY_*` setting).
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Writes `toml` to a file in the log directory and passes it with
+    /// `GATEWAY_CONFIG`.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_owned());
+        self
+    }
+
+    /// Uses [`crate::STANDARD_CONFIG`].
+    pub fn standard_config(self) -> Self {
+        self.config(crate::STANDARD_CONFIG)
+    }
+
+    /// Starts the process and waits for its listening line.
+    pub async fn spawn(self) -> Result<Gateway> {
+        let mut gateway = Gateway::prepare(self)?;
+        gateway.start("127.0.0.1:0").await?;
+        Ok(gateway)
+    }
+
+    /// Starts the process expecting it to exit on its own (bad config):
+    /// waits up to `timeout` and returns its exit status and stderr.
+    pub async fn run_to_exit(self, timeout: Duration) -> Result<(ExitStatus, String)> {
+        let mut gateway = Gateway::prepare(self)?;
+        let (child, _addr_rx) = gateway.launch("127.0.0.1:0")?;
+        gateway.child = Some(child);
+        let status = gateway.wait_exit(timeout).await?;
+        Ok((status, gateway.stderr()))
+    }
+}
+
+/// A running (or stopped) gateway process; killed on drop.
+#[derive(Debug)]
+pub struct Gateway {
+    settings: GatewayBuilder,
+    dir: PathBuf,
+    log_path: PathBuf,
+    config_path: Option<PathBuf>,
+    child: Option<Child>,
+    /// Address from the last listening line; restarts reuse it.
+    addr: Option<SocketAddr>,
+    /// Stdout lines of the current process, for diagnostics.
+    stdout: Arc<Mutex<Vec<String>>>,
+    starts: u32,
+}
+
+impl Gateway {
+    /// A builder; shorthand for [`GatewayBuilder::new`].
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::new()
+    }
+
+    /// A gateway with [`crate::STANDARD_CONFIG`] and otherwise defaults.
+    pub async fn standard(name: &str) -> Result<Self> {
+        GatewayBuilder::new().name(name).standard_config().spawn().await
+    }
+
+    fn prepare(settings: GatewayBuilder) -> Result<Self> {
+        let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let dir = target_dir()
+            .join("test-logs")
+            .join(format!("{}-{}-{n}", settings.name, std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config_path = match &settings.config {
+            Some(toml) => {
+                let path = dir.join("gateway.toml");
+                fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let log_path = dir.join("stderr.log");
+        Ok(Self {
+            settings,
+            dir,
+            log_path,
+            config_path,
+            child: None,
+            addr: None,
+            stdout: Arc::new(Mutex::new(Vec::new())),
+            starts: 0,
+        })
+    }
+
+    /// Spawns the child; the receiver yields the address of its
+    /// `gateway listening on` line, or an error when stdout closes first.
+    fn launch(&mut self, listen: &str) -> Result<(Child, oneshot::Receiver<Result<SocketAddr>>)> {
+        let bin = gateway_bin();
+        if !bin.exists() {
+            bail!(
+                "gateway binary not found at {} (run `cargo build -p gateway`, or set GATEWAY_BIN)",
+                bin.display()
+            );
+        }
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))?;
+        writeln!(log, "===== harness: start #{} listen={listen} =====", self.starts)?;
+        let mut cmd = Command::new(&bin);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("GATEWAY_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(self.settings.env.iter().map(|(k, v)| (k, v)));
+        cmd.env("GATEWAY_LISTEN", listen);
+        if let Some(path) = &self.config_path {
+            cmd.env("GATEWAY_CONFIG", path);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
+        let mut child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
+        eprintln!(
+            "[harness] gateway '{}' pid {} started; stderr log: {}",
+            self.settings.name,
+            child.id(),
+            self.log_path.display()
+        );
+        let stdout = child.stdout.take().context("child stdout not piped")?;
+        let (tx, rx) = oneshot::channel();
+        let lines = Arc::clone(&self.stdout);
+        if let Ok(mut lines) = lines.lock() {
+            lines.clear();
+        }
+        std::thread::spawn(move || read_stdout(stdout, lines, tx));
+        Ok((child, rx))
+    }
+
+    /// Starts the process on `listen` and waits for its listening line.
+    async fn start(&mut self, listen: &str) -> Result<()> {
+        let (child, rx) = self.launch(listen)?;
+        self.child = Some(child);
+        let outcome = tokio::time::timeout(START_TIMEOUT, rx).await;
+        let addr = match outcome {
+            Ok(Ok(Ok(addr))) => addr,
+            Ok(Ok(Err(e))) => {
+                self.kill();
+                bail!("gateway did not start: {e}\n{}", self.log_tail());
+            }
+            Ok(Err(_)) => {
+                self.kill();
+                bail!("gateway stdout reader vanished\n{}", self.log_tail());
+            }
+            Err(_) => {
+                self.kill();
+                bail!(
+                    "gateway printed no 'gateway listening on' line within {START_TIMEOUT:?}\n{}",
+                    self.log_tail()
+                );
+            }
+        };
+        self.addr = Some(addr);
+        Ok(())
+    }
+
+    /// Kills the process (if running) and starts it again with the same
+    /// settings on the same address, retrying briefly while the port is
+    /// still held by the old process.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let addr = self.addr()?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.start(&addr.to_string()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("[harness] restart on {addr} failed, retrying: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The address the gateway listens on.
+    pub fn addr(&self) -> Result<SocketAddr> {
+        self.addr.ok_or_else(|| anyhow!("gateway has no address (never started)"))
+    }
+
+    /// `ws://ADDR/ws`.
+    pub fn ws_url(&self) -> String {
+        match self.addr {
+            Some(addr) => format!("ws://{addr}/ws"),
+            None => "ws://0.0.0.0:0/ws".to_owned(),
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn http_url(&self) -> String {
+        match self.addr {
+            Some(addr) => format!("http://{addr}"),
+            None => "http://0.0.0.0:0".to_owned(),
+        }
+    }
+
+    /// An HTTP API client without an API key.
+    pub fn api(&self) -> Api {
+        Api::new(&self.http_url(), None)
+    }
+
+    /// An HTTP API client sending `Authorization: Bearer <key>`.
+    pub fn api_with_key(&self, key: &str) -> Api {
+        Api::new(&self.http_url(), Some(key))
+    }
+
+    /// A WebSocket client builder for `/ws`.
+    pub fn client(&self) -> ClientBuilder {
+        ClientBuilder::new(&self.ws_url())
+    }
+
+    /// Connects with `?user=<user>` (open development mode) and reads the
+    /// welcome frame.
+    pub async fn connect_user(&self, user: &str) -> Result<Client> {
+        self.client().query("user", user).connect().await
+    }
+
+    /// Connects anonymously and reads the welcome frame.
+    pub async fn connect_anon(&self) -> Result<Client> {
+        self.client().connect().await
+    }
+
+    /// The child's process id, if it is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (starts a graceful drain).
+    pub fn sigterm(&self) -> Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Sends SIGINT.
+    pub fn sigint(&self) -> Result<()> {
+        self.signal("INT")
+    }
+
+    fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.pid().context("gateway is not running")?;
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{name} {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// SIGKILL and reap (`kill -9`); a no-op when not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own and returns
+    /// its status. The process is left running on timeout (drop kills it).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().context("gateway is not running")?;
+            if let Some(status) = child.try_wait().context("waiting for gateway")? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("gateway did not exit within {timeout:?}\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Path of the captured stderr log.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Directory holding the log and the generated config file.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Everything the process(es) wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Stdout lines of the current process.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The last lines of stderr, labelled with the log path.
+    pub fn log_tail(&self) -> String {
+        let text = self.stderr();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+        format!(
+            "--- gateway stderr ({}), last {} lines ---\n{}\n--- end of gateway stderr ---",
+            self.log_path.display(),
+            lines.len() - start,
+            lines[start..].join("\n")
+        )
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+        self.kill();
+    }
+}
+
+/// Reads the child's stdout: reports the first `gateway listening on ADDR`
+/// line, keeps every line for diagnostics, and keeps draining so the child
+/// never blocks on a full pipe.
+fn read_stdout(
+    stdout: std::process::ChildStdout,
+    lines: Arc<Mutex<Vec<String>>>,
+    tx: oneshot::Sender<Result<SocketAddr>>,
+) {
+    let mut tx = Some(tx);
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if let Some(rest) = line.trim().strip_prefix("gateway listening on ") {
+            if let Some(tx) = tx.take() {
+                let parsed = rest
+                    .trim()
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("unparsable listening line: {line:?}"));
+                let _ = tx.send(parsed);
+            }
+        }
+        if let Ok(mut lines) = lines.lock() {
+            lines.push(line);
+        }
+    }
+    if let Some(tx) = tx.take() {
+        let seen = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+        let _ = tx.send(Err(anyhow!(
+            "stdout closed before a 'gateway listening on' line; stdout was:\n{seen}"
+        )));
+    }
+}
