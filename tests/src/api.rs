@@ -71,12 +71,20 @@ impl Api {
             .timeout(HTTP_TIMEOUT)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { base: base.trim_end_matches('/').to_owned(), key: key.map(str::to_owned), http }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.map(str::to_owned),
+            http,
+        }
     }
 
     /// The same client with a different (or no) API key.
     pub fn with_key(&self, key: Option<&str>) -> Self {
-        Self { base: self.base.clone(), key: key.map(str::to_owned), http: self.http.clone() }
+        Self {
+            base: self.base.clone(),
+            key: key.map(str::to_owned),
+            http: self.http.clone(),
+        }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<ApiResponse> {
@@ -86,7 +94,10 @@ impl Api {
         };
         let resp = req.send().await.with_context(|| format!("HTTP {what}"))?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.with_context(|| format!("reading body of {what}"))?;
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("reading body of {what}"))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(ApiResponse { status, body, text })
     }
@@ -100,11 +111,17 @@ impl Api {
     /// POST `path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<ApiResponse> {
         let url = format!("{}{path}", self.base);
-        self.send(self.http.post(&url).json(body), &format!("POST {path}")).await
+        self.send(self.http.post(&url).json(body), &format!("POST {path}"))
+            .await
     }
 
     /// POST `path` with a raw body and content type.
-    pub async fn post_raw(&self, path: &str, body: &str, content_type: &str) -> Result<ApiResponse> {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: &str,
+        content_type: &str,
+    ) -> Result<ApiResponse> {
         let url = format!("{}{path}", self.base);
         let req = self
             .http
@@ -116,35 +133,51 @@ impl Api {
 
     /// POST /api/publish; fails unless 200; returns the body (`{offset}`).
     pub async fn publish(&self, channel: &str, data: Value) -> Result<Value> {
-        self.post("/api/publish", &json!({"channel": channel, "data": data})).await?.ok()
+        self.post("/api/publish", &json!({"channel": channel, "data": data}))
+            .await?
+            .ok()
     }
 
     /// POST /api/publish with `exclude`; fails unless 200.
-    pub async fn publish_excluding(&self, channel: &str, data: Value, exclude: &str) -> Result<Value> {
+    pub async fn publish_excluding(
+        &self,
+        channel: &str,
+        data: Value,
+        exclude: &str,
+    ) -> Result<Value> {
         let body = json!({"channel": channel, "data": data, "exclude": exclude});
         self.post("/api/publish", &body).await?.ok()
     }
 
     /// POST /api/broadcast; fails unless 200.
     pub async fn broadcast(&self, data: Value) -> Result<Value> {
-        self.post("/api/broadcast", &json!({ "data": data })).await?.ok()
-    }
-
-    /// POST /api/users/{user}/send; fails unless 200.
-    pub async fn send_to_user(&self, user: &str, data: Value) -> Result<Value> {
-        self.post(&format!("/api/users/{user}/send"), &json!({ "data": data })).await?.ok()
-    }
-
-    /// POST /api/connections/{conn}/send; fails unless 200.
-    pub async fn send_to_conn(&self, conn: &str, data: Value) -> Result<Value> {
-        self.post(&format!("/api/connections/{conn}/send"), &json!({ "data": data }))
+        self.post("/api/broadcast", &json!({ "data": data }))
             .await?
             .ok()
     }
 
+    /// POST /api/users/{user}/send; fails unless 200.
+    pub async fn send_to_user(&self, user: &str, data: Value) -> Result<Value> {
+        self.post(&format!("/api/users/{user}/send"), &json!({ "data": data }))
+            .await?
+            .ok()
+    }
+
+    /// POST /api/connections/{conn}/send; fails unless 200.
+    pub async fn send_to_conn(&self, conn: &str, data: Value) -> Result<Value> {
+        self.post(
+            &format!("/api/connections/{conn}/send"),
+            &json!({ "data": data }),
+        )
+        .await?
+        .ok()
+    }
+
     /// GET /api/channels/{channel}/presence; fails unless 200.
     pub async fn presence(&self, channel: &str) -> Result<Value> {
-        self.get(&format!("/api/channels/{channel}/presence")).await?.ok()
+        self.get(&format!("/api/channels/{channel}/presence"))
+            .await?
+            .ok()
     }
 
     /// GET /api/channels/{channel}/history with an optional query string
@@ -166,7 +199,9 @@ impl Api {
     /// Whether GET /api/users/{user} says `online: true`.
     pub async fn is_online(&self, user: &str) -> Result<bool> {
         let body = self.user(user).await?;
-        body.get("online").and_then(Value::as_bool).context("user answer lacks bool `online`")
+        body.get("online")
+            .and_then(Value::as_bool)
+            .context("user answer lacks bool `online`")
     }
 
     /// GET /api/nodes; fails unless 200.

@@ -141,7 +141,10 @@ impl ClientBuilder {
     /// with an HTTP error.
     pub async fn try_connect(self) -> Result<std::result::Result<Client, Refused>> {
         let url = self.full_url();
-        let mut request = url.as_str().into_client_request().context("building request")?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .context("building request")?;
         for (name, value) in &self.headers {
             request.headers_mut().insert(
                 HeaderName::from_bytes(name.as_bytes())?,
@@ -154,12 +157,19 @@ impl ClientBuilder {
             .await?
             .next()
             .with_context(|| format!("cannot resolve {host}:{port}"))?;
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(bytes) = self.recv_buffer {
             socket.set_recv_buffer_size(bytes)?;
         }
         let handshake = async {
-            let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+            let stream = socket
+                .connect(addr)
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
             stream.set_nodelay(true)?;
             Ok::<_, anyhow::Error>(
                 tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await,
@@ -177,7 +187,11 @@ impl ClientBuilder {
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
                 let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-                return Ok(Err(Refused { status: response.status().as_u16(), body, text }));
+                return Ok(Err(Refused {
+                    status: response.status().as_u16(),
+                    body,
+                    text,
+                }));
             }
             Err(e) => return Err(anyhow!(e).context(format!("WebSocket handshake with {url}"))),
         };
@@ -209,7 +223,10 @@ impl ClientBuilder {
     /// Expects the upgrade to be refused; returns the refusal.
     pub async fn expect_refused(self) -> Result<Refused> {
         match self.try_connect().await? {
-            Ok(client) => bail!("expected the upgrade to be refused, got welcome {}", client.welcome),
+            Ok(client) => bail!(
+                "expected the upgrade to be refused, got welcome {}",
+                client.welcome
+            ),
             Err(refused) => Ok(refused),
         }
     }
@@ -217,7 +234,10 @@ impl ClientBuilder {
 
 /// What one read produced, control frames aside.
 #[derive(Debug)]
-#[allow(dead_code, reason = "payloads are shown through Debug in failure messages")]
+#[allow(
+    dead_code,
+    reason = "payloads are shown through Debug in failure messages"
+)]
 enum Incoming {
     Json(Value),
     Text(String),
@@ -252,11 +272,18 @@ impl Client {
 
     /// `welcome.user` (`None` when null / anonymous).
     pub fn user(&self) -> Option<String> {
-        self.welcome.get("user").and_then(Value::as_str).map(str::to_owned)
+        self.welcome
+            .get("user")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     fn welcome_str(&self, field: &str) -> String {
-        self.welcome.get(field).and_then(Value::as_str).unwrap_or_default().to_owned()
+        self.welcome
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Sends a JSON text frame.
@@ -276,7 +303,10 @@ impl Client {
 
     /// Sends a close frame with `code` and `reason`.
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<()> {
-        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() };
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_owned().into(),
+        };
         self.send(Message::Close(Some(frame))).await
     }
 
@@ -294,7 +324,9 @@ impl Client {
             return Some(Incoming::Close(*code, reason.clone()));
         }
         loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             let incoming = match next {
                 None => Incoming::End("stream ended".to_owned()),
                 Some(Err(e)) => Incoming::End(format!("read error: {e}")),
@@ -378,7 +410,9 @@ impl Client {
     /// it has one, and returns the frame whose `id` echoes it (a reply or an
     /// `error`). Pushes read meanwhile are kept for later `recv_*` calls.
     pub async fn request(&mut self, mut request: Value) -> Result<Value> {
-        let obj = request.as_object_mut().context("request must be a JSON object")?;
+        let obj = request
+            .as_object_mut()
+            .context("request must be a JSON object")?;
         if !obj.contains_key("id") {
             obj.insert("id".to_owned(), json!(self.next_id));
             self.next_id += 1;
@@ -411,7 +445,8 @@ impl Client {
 
     /// `subscribe`; fails unless answered `subscribed`.
     pub async fn subscribe(&mut self, channel: &str) -> Result<Value> {
-        self.request_ok(json!({"op": "subscribe", "channel": channel}), "subscribed").await
+        self.request_ok(json!({"op": "subscribe", "channel": channel}), "subscribed")
+            .await
     }
 
     /// `subscribe` with `since`; fails unless answered `subscribed`.
@@ -422,7 +457,11 @@ impl Client {
 
     /// `unsubscribe`; fails unless answered `unsubscribed`.
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<Value> {
-        self.request_ok(json!({"op": "unsubscribe", "channel": channel}), "unsubscribed").await
+        self.request_ok(
+            json!({"op": "unsubscribe", "channel": channel}),
+            "unsubscribed",
+        )
+        .await
     }
 
     /// `publish` without echo; fails unless answered `published`.
@@ -439,7 +478,8 @@ impl Client {
 
     /// `presence`; fails unless answered `presence`.
     pub async fn presence(&mut self, channel: &str) -> Result<Value> {
-        self.request_ok(json!({"op": "presence", "channel": channel}), "presence").await
+        self.request_ok(json!({"op": "presence", "channel": channel}), "presence")
+            .await
     }
 
     /// `ping`; fails unless answered `pong`.

@@ -139,14 +139,20 @@ impl Gateway {
 
     /// A gateway with [`crate::STANDARD_CONFIG`] and otherwise defaults.
     pub async fn standard(name: &str) -> Result<Self> {
-        GatewayBuilder::new().name(name).standard_config().spawn().await
+        GatewayBuilder::new()
+            .name(name)
+            .standard_config()
+            .spawn()
+            .await
     }
 
     fn prepare(settings: GatewayBuilder) -> Result<Self> {
         let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let dir = target_dir()
-            .join("test-logs")
-            .join(format!("{}-{}-{n}", settings.name, std::process::id()));
+        let dir = target_dir().join("test-logs").join(format!(
+            "{}-{}-{n}",
+            settings.name,
+            std::process::id()
+        ));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config_path = match &settings.config {
             Some(toml) => {
@@ -185,7 +191,11 @@ impl Gateway {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        writeln!(log, "===== harness: start #{} listen={listen} =====", self.starts)?;
+        writeln!(
+            log,
+            "===== harness: start #{} listen={listen} =====",
+            self.starts
+        )?;
         let mut cmd = Command::new(&bin);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("GATEWAY_") {
@@ -197,8 +207,12 @@ impl Gateway {
         if let Some(path) = &self.config_path {
             cmd.env("GATEWAY_CONFIG", path);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
-        let mut child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
         eprintln!(
             "[harness] gateway '{}' pid {} started; stderr log: {}",
             self.settings.name,
@@ -263,7 +277,8 @@ impl Gateway {
 
     /// The address the gateway listens on.
     pub fn addr(&self) -> Result<SocketAddr> {
-        self.addr.ok_or_else(|| anyhow!("gateway has no address (never started)"))
+        self.addr
+            .ok_or_else(|| anyhow!("gateway has no address (never started)"))
     }
 
     /// `ws://ADDR/ws`.
@@ -355,7 +370,10 @@ impl Gateway {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                bail!("gateway did not exit within {timeout:?}\n{}", self.log_tail());
+                bail!(
+                    "gateway did not exit within {timeout:?}\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

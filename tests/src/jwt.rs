@@ -37,8 +37,12 @@ pub fn claims_expiring(sub: &str, secs: i64) -> Value {
 
 /// An HS256 token signed with `secret`.
 pub fn hs256(secret: &str, claims: &Value) -> Result<String> {
-    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .context("signing HS256 token")
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .context("signing HS256 token")
 }
 
 /// Path of the RS256 public key (PEM) to configure with
@@ -70,8 +74,12 @@ pub fn rs256_foreign_key(claims: &Value) -> Result<String> {
 pub fn hs256_keyed_with_public_key(claims: &Value) -> Result<String> {
     let path = rs256_public_key_path();
     let pem = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(&pem))
-        .context("signing HS256 token")
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(&pem),
+    )
+    .context("signing HS256 token")
 }
 
 /// An unsigned token with header `{"alg":"none","typ":"JWT"}` and an empty

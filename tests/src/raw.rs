@@ -47,7 +47,10 @@ impl RawFrame {
             return None;
         }
         let code = u16::from_be_bytes([self.payload[0], self.payload[1]]);
-        Some((code, String::from_utf8_lossy(&self.payload[2..]).into_owned()))
+        Some((
+            code,
+            String::from_utf8_lossy(&self.payload[2..]).into_owned(),
+        ))
     }
 }
 
@@ -161,7 +164,11 @@ impl RawWs {
         }
         let payload = b[pos..pos + len].to_vec();
         self.buf.drain(..pos + len);
-        Ok(Some(RawFrame { fin, opcode: op, payload }))
+        Ok(Some(RawFrame {
+            fin,
+            opcode: op,
+            payload,
+        }))
     }
 
     /// Sends one masked frame.
@@ -194,7 +201,11 @@ impl RawWs {
     /// stream, for at most `timeout`.
     pub async fn read_until_close(&mut self, timeout: Duration) -> Result<RawCloseReport> {
         let deadline = Instant::now() + timeout;
-        let mut report = RawCloseReport { close: None, pings: 0, data_frames: 0 };
+        let mut report = RawCloseReport {
+            close: None,
+            pings: 0,
+            data_frames: 0,
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let frame = self

@@ -79,7 +79,11 @@ impl RedisServer {
         let mut last_err = None;
         for _ in 0..10 {
             let port = free_port()?;
-            let mut server = Self { port, child: None, log_path: log_path.clone() };
+            let mut server = Self {
+                port,
+                child: None,
+                log_path: log_path.clone(),
+            };
             match server.launch().await {
                 Ok(()) => return Ok(server),
                 Err(e) => last_err = Some(e),
@@ -92,7 +96,10 @@ impl RedisServer {
     }
 
     async fn launch(&mut self) -> Result<()> {
-        let log = File::options().create(true).append(true).open(&self.log_path)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--save", ""])
