@@ -63,9 +63,11 @@ pub struct PresenceEvent {
     pub conn: String,
 }
 
-/// What a backplane carries. Serialized as JSON with a `k` tag on Redis.
+/// What a backplane carries. Serialized as externally tagged JSON
+/// (`{"message": {...}}`): `RawValue` payloads cannot live inside an
+/// internally tagged enum, because serde buffers those.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Envelope {
     /// A channel publication (routed by channel).
     Message(Publication),

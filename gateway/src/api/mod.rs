@@ -1,0 +1,299 @@
+//! HTTP server API v1 (docs/protocol.md): publish, broadcast, directed
+//! sends and disconnects, presence, history, user status and nodes, behind
+//! the optional API key; plus its error type and request metrics.
+//!
+//! Every error is `{"error": {"code", "message"}}` with the status of its
+//! code; internal error text never reaches the caller. A publish answered
+//! 200 was handed to the backend; a 503 means nothing was published.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::backplane::Envelope;
+use crate::metrics as m;
+use crate::node::Node;
+use crate::presence::UserConn;
+use crate::protocol::{close, valid_channel, ErrorCode, ReplyError};
+
+/// An HTTP API error: a code and a client-safe message.
+#[derive(Debug)]
+pub struct ApiError(pub ReplyError);
+
+impl ApiError {
+    /// Build an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(ReplyError::new(code, message))
+    }
+}
+
+impl From<ReplyError> for ApiError {
+    fn from(e: ReplyError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({"error": {"code": self.0.code, "message": self.0.message}});
+        (status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body parsed with our own error messages (axum's rejections are
+/// plain text).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::TooLarge, "body exceeds the size limit")
+            } else {
+                ApiError::new(ErrorCode::BadRequest, "cannot read body")
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        serde_json::from_slice(bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    exclude: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataBody {
+    data: Box<RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct HistoryMessage<'a> {
+    offset: Option<u64>,
+    data: &'a RawValue,
+    from: Option<&'a str>,
+}
+
+/// The `/api` router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/publish", post(publish))
+        .route("/api/broadcast", post(broadcast))
+        .route("/api/users/{user}/send", post(send_user))
+        .route("/api/connections/{conn}/send", post(send_conn))
+        .route("/api/users/{user}/disconnect", post(disconnect_user))
+        .route("/api/connections/{conn}/disconnect", post(disconnect_conn))
+        .route("/api/channels/{channel}/presence", get(presence))
+        .route("/api/channels/{channel}/history", get(history))
+        .route("/api/users/{user}", get(user_status))
+        .route("/api/nodes", get(nodes))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
+        .layer(middleware::from_fn_with_state(node.clone(), api_key))
+        .layer(middleware::from_fn(observe))
+        .with_state(node)
+}
+
+async fn api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !node.auth.check_api_key(given) {
+        metrics::counter!(m::AUTH_FAILURES, "reason" => "api_key").increment(1);
+        return ApiError::new(ErrorCode::Unauthorized, "missing or wrong API key").into_response();
+    }
+    next.run(req).await
+}
+
+/// Count requests and time them by route template (never the raw path).
+pub async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = tokio::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(m::API_REQUESTS, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(m::API_LATENCY, "route" => route).record(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn check_channel(channel: &str) -> Result<(), ApiError> {
+    if valid_channel(channel) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::BadRequest, "invalid channel name"))
+    }
+}
+
+fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
+    if !id.is_empty() && id.len() <= 255 && !id.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::BadRequest, format!("invalid {kind} id")))
+    }
+}
+
+async fn publish(State(node): State<Arc<Node>>, JsonBody(b): JsonBody<PublishBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    check_channel(&b.channel)?;
+    let offset = node.publish(&b.channel, b.data, None, b.exclude, "api").await?;
+    Ok(Json(json!({ "offset": offset })))
+}
+
+async fn broadcast(State(node): State<Arc<Node>>, JsonBody(b): JsonBody<DataBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    node.send(Envelope::Broadcast { data: b.data }).await?;
+    Ok(Json(json!({})))
+}
+
+async fn send_user(
+    State(node): State<Arc<Node>>,
+    Path(user): Path<String>,
+    JsonBody(b): JsonBody<DataBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_id("user", &user)?;
+    node.send(Envelope::User { user, data: b.data }).await?;
+    Ok(Json(json!({})))
+}
+
+async fn send_conn(
+    State(node): State<Arc<Node>>,
+    Path(conn): Path<String>,
+    JsonBody(b): JsonBody<DataBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_id("connection", &conn)?;
+    node.send(Envelope::Conn { conn, data: b.data }).await?;
+    Ok(Json(json!({})))
+}
+
+fn close_args(b: DisconnectBody) -> Result<(u16, String), ApiError> {
+    let code = b.code.unwrap_or(close::DISCONNECTED);
+    if !(4000..=4999).contains(&code) {
+        return Err(ApiError::new(ErrorCode::BadRequest, "code must be in 4000..=4999"));
+    }
+    let reason = b.reason.unwrap_or_else(|| "disconnected".to_owned());
+    if reason.len() > 120 {
+        return Err(ApiError::new(ErrorCode::BadRequest, "reason must be at most 120 bytes"));
+    }
+    Ok((code, reason))
+}
+
+async fn disconnect_user(
+    State(node): State<Arc<Node>>,
+    Path(user): Path<String>,
+    JsonBody(b): JsonBody<DisconnectBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_id("user", &user)?;
+    let (code, reason) = close_args(b)?;
+    node.send(Envelope::DisconnectUser { user, code, reason }).await?;
+    Ok(Json(json!({})))
+}
+
+async fn disconnect_conn(
+    State(node): State<Arc<Node>>,
+    Path(conn): Path<String>,
+    JsonBody(b): JsonBody<DisconnectBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_id("connection", &conn)?;
+    let (code, reason) = close_args(b)?;
+    node.send(Envelope::DisconnectConn { conn, code, reason }).await?;
+    Ok(Json(json!({})))
+}
+
+async fn presence(State(node): State<Arc<Node>>, Path(channel): Path<String>) -> Result<Response, ApiError> {
+    check_channel(&channel)?;
+    let members = node.presence_members(&channel).await?;
+    Ok(Json(json!({ "channel": channel, "members": members })).into_response())
+}
+
+async fn history(
+    State(node): State<Arc<Node>>,
+    Path(channel): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    check_channel(&channel)?;
+    let Some(opts) = node.namespace(&channel)?.history() else {
+        return Err(ApiError::new(ErrorCode::BadRequest, "history is not enabled for this namespace"));
+    };
+    let limit = q.limit.unwrap_or(opts.size).min(opts.size);
+    let read = node
+        .history
+        .read(&channel, q.since.unwrap_or(0), limit, opts)
+        .await
+        .map_err(|_| {
+            metrics::counter!(m::BACKEND_ERRORS, "op" => "history_read").increment(1);
+            ApiError(ReplyError::unavailable())
+        })?;
+    let messages: Vec<HistoryMessage<'_>> = read
+        .publications
+        .iter()
+        .map(|p| HistoryMessage {
+            offset: p.offset,
+            data: &p.data,
+            from: p.from.as_deref(),
+        })
+        .collect();
+    Ok(Json(json!({
+        "channel": channel,
+        "epoch": read.position.epoch,
+        "offset": read.position.offset,
+        "messages": messages,
+    }))
+    .into_response())
+}
+
+async fn user_status(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+    check_id("user", &user)?;
+    let conns: Vec<UserConn> = node.presence.user_conns(&user).await.map_err(|_| {
+        metrics::counter!(m::BACKEND_ERRORS, "op" => "user_conns").increment(1);
+        ApiError(ReplyError::unavailable())
+    })?;
+    Ok(Json(json!({ "user": user, "online": !conns.is_empty(), "connections": conns })).into_response())
+}
+
+async fn nodes(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let mut nodes = node.presence.nodes().await.map_err(|_| {
+        metrics::counter!(m::BACKEND_ERRORS, "op" => "nodes").increment(1);
+        ApiError(ReplyError::unavailable())
+    })?;
+    // This node's own entry is always current, even between heartbeats.
+    let me = node.info();
+    nodes.retain(|n| n.id != me.id);
+    nodes.push(me);
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(json!({ "nodes": nodes })).into_response())
+}

@@ -1,0 +1,261 @@
+//! Client authentication (JWT HS256 or RS256, `sub` = user id, `exp`
+//! enforced), channel permission patterns from claims, the origin
+//! allow-list, and the HTTP API key check.
+//!
+//! Only the configured algorithm is accepted: `alg: none` and any other
+//! algorithm are refused. Without a key the node is in open development
+//! mode: `?user=` names the user.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+
+/// Why a connection attempt was refused (bounded set, used as metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token where one is required.
+    #[error("token required")]
+    Missing,
+    /// The token expired.
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, wrong algorithm, malformed, or missing claims.
+    #[error("invalid token")]
+    Invalid,
+    /// The `Origin` is not allowed.
+    #[error("origin not allowed")]
+    Origin,
+}
+
+impl AuthError {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Expired => "expired",
+            AuthError::Invalid => "invalid",
+            AuthError::Origin => "origin",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    publish: Option<Vec<String>>,
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
+}
+
+/// Who a connection is and what it may do.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// User id; `None` for anonymous.
+    pub user: Option<String>,
+    /// Token expiry, seconds since the Unix epoch.
+    pub exp: Option<u64>,
+    /// Channel patterns it may subscribe to; `None` = any.
+    pub subscribe: Option<Vec<String>>,
+    /// Channel patterns it may publish to; `None` = any.
+    pub publish: Option<Vec<String>>,
+    /// Presence info.
+    pub info: Option<Box<RawValue>>,
+}
+
+impl Identity {
+    /// May subscribe to `channel`?
+    pub fn may_subscribe(&self, channel: &str) -> bool {
+        allowed(self.subscribe.as_deref(), channel)
+    }
+    /// May publish to `channel`?
+    pub fn may_publish(&self, channel: &str) -> bool {
+        allowed(self.publish.as_deref(), channel)
+    }
+}
+
+/// Whether `channel` matches one of `patterns` (exact, or prefix ending
+/// in `*`); `None` allows everything.
+pub fn allowed(patterns: Option<&[String]>, channel: &str) -> bool {
+    let Some(patterns) = patterns else {
+        return true;
+    };
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => p == channel,
+    })
+}
+
+/// The node's authenticator.
+pub struct Auth {
+    key: Option<(DecodingKey, Validation)>,
+    required: bool,
+    origins: Vec<String>,
+    api_key: Option<String>,
+}
+
+impl Auth {
+    /// Build from validated config (keys were checked by the config).
+    pub fn new(config: &Config) -> Result<Self, jsonwebtoken::errors::Error> {
+        let key = if let Some(secret) = &config.jwt_secret {
+            Some((DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256))
+        } else if let Some(pem) = &config.jwt_public_key_pem {
+            Some((DecodingKey::from_rsa_pem(pem)?, Algorithm::RS256))
+        } else {
+            None
+        };
+        let key = key.map(|(k, alg)| {
+            let mut v = Validation::new(alg);
+            v.leeway = 0;
+            v.set_required_spec_claims(&["exp", "sub"]);
+            (k, v)
+        });
+        Ok(Self {
+            key,
+            required: config.auth_required,
+            origins: config.allowed_origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
+            api_key: config.api_key.clone(),
+        })
+    }
+
+    /// Whether the node runs in open development mode (no key).
+    pub fn open_mode(&self) -> bool {
+        self.key.is_none()
+    }
+
+    /// Check the `Origin` header (absent = non-browser client, allowed).
+    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), AuthError> {
+        match origin {
+            Some(o) if !self.origins.is_empty() => {
+                let o = o.trim_end_matches('/').to_ascii_lowercase();
+                if self.origins.contains(&o) {
+                    Ok(())
+                } else {
+                    Err(AuthError::Origin)
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Authenticate a connection from its token (header or query) and, in
+    /// open mode only, its `?user=`.
+    pub fn authenticate(&self, token: Option<&str>, dev_user: Option<&str>) -> Result<Identity, AuthError> {
+        let Some((key, validation)) = &self.key else {
+            return Ok(Identity {
+                user: dev_user.filter(|u| !u.is_empty()).map(str::to_owned),
+                ..Identity::default()
+            });
+        };
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return if self.required {
+                Err(AuthError::Missing)
+            } else {
+                Ok(Identity::default())
+            };
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            }
+        })?;
+        let c = data.claims;
+        if c.sub.is_empty() {
+            return Err(AuthError::Invalid);
+        }
+        Ok(Identity {
+            user: Some(c.sub),
+            exp: Some(c.exp),
+            subscribe: c.channels,
+            publish: c.publish,
+            info: c.info,
+        })
+    }
+
+    /// Check the HTTP API's bearer key (constant-time compare).
+    pub fn check_api_key(&self, authorization: Option<&str>) -> bool {
+        let Some(expected) = &self.api_key else {
+            return true;
+        };
+        let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let (a, b) = (given.as_bytes(), expected.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn config(secret: Option<&str>, required: bool) -> Config {
+        let mut args = vec!["gateway".to_owned()];
+        if let Some(s) = secret {
+            args.push("--jwt-secret".into());
+            args.push(s.into());
+        }
+        if required {
+            args.push("--auth-required".into());
+            args.push("true".into());
+        }
+        let s = <crate::config::Settings as clap::Parser>::try_parse_from(args).unwrap();
+        Config::from_settings(s).unwrap()
+    }
+
+    fn now() -> u64 {
+        crate::metrics::now_us() / 1_000_000
+    }
+
+    const SECRET: &str = "0123456789abcdef0123";
+
+    fn token(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn hs256_good_expired_bad_and_none() {
+        let auth = Auth::new(&config(Some(SECRET), true)).unwrap();
+        let good = token(serde_json::json!({"sub":"u1","exp":now()+60,"channels":["chat:*"],"info":{"n":1}}), SECRET, Algorithm::HS256);
+        let id = auth.authenticate(Some(&good), None).unwrap();
+        assert_eq!(id.user.as_deref(), Some("u1"));
+        assert!(id.may_subscribe("chat:a") && !id.may_subscribe("news"));
+        assert!(id.may_publish("anything"));
+        assert_eq!(id.info.unwrap().get(), r#"{"n":1}"#);
+        let expired = token(serde_json::json!({"sub":"u1","exp":now()-5}), SECRET, Algorithm::HS256);
+        assert_eq!(auth.authenticate(Some(&expired), None).unwrap_err(), AuthError::Expired);
+        let bad = token(serde_json::json!({"sub":"u1","exp":now()+60}), "another-secret-0000000", Algorithm::HS256);
+        assert_eq!(auth.authenticate(Some(&bad), None).unwrap_err(), AuthError::Invalid);
+        let hs512 = token(serde_json::json!({"sub":"u1","exp":now()+60}), SECRET, Algorithm::HS512);
+        assert_eq!(auth.authenticate(Some(&hs512), None).unwrap_err(), AuthError::Invalid);
+        let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", "eyJzdWIiOiJ1MSIsImV4cCI6OTk5OTk5OTk5OX0");
+        assert_eq!(auth.authenticate(Some(&none), None).unwrap_err(), AuthError::Invalid);
+        assert_eq!(auth.authenticate(None, Some("x")).unwrap_err(), AuthError::Missing);
+        let no_sub = token(serde_json::json!({"exp":now()+60}), SECRET, Algorithm::HS256);
+        assert_eq!(auth.authenticate(Some(&no_sub), None).unwrap_err(), AuthError::Invalid);
+    }
+
+    #[test]
+    fn open_mode_takes_query_user_and_optional_auth_allows_anonymous() {
+        let open = Auth::new(&config(None, false)).unwrap();
+        assert!(open.open_mode());
+        assert_eq!(open.authenticate(None, Some("alice")).unwrap().user.as_deref(), Some("alice"));
+        assert_eq!(open.authenticate(None, None).unwrap().user, None);
+        let optional = Auth::new(&config(Some(SECRET), false)).unwrap();
+        assert_eq!(optional.authenticate(None, Some("alice")).unwrap().user, None);
+    }
+
+    #[test]
+    fn patterns_and_api_key() {
+        assert!(allowed(Some(&["a".into(), "b:*".into()]), "b:c"));
+        assert!(!allowed(Some(&["a".into()]), "ab"));
+        assert!(allowed(None, "x"));
+    }
+}

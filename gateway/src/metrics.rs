@@ -1,0 +1,117 @@
+//! Metric names, their descriptions, and the Prometheus recorder.
+//!
+//! Every metric is `gateway_<subsystem>_<what>` with a bounded label set
+//! (never a channel, user or raw path). Names live here so the dashboard,
+//! alerts and code agree on one list.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Open client connections (gauge).
+pub const CONNECTIONS: &str = "gateway_connections";
+/// Connections accepted (counter).
+pub const CONNECTIONS_ACCEPTED: &str = "gateway_connections_accepted_total";
+/// Connection attempts refused before the upgrade, by `reason` (counter).
+pub const CONNECTIONS_REFUSED: &str = "gateway_connections_refused_total";
+/// Connections closed, by `reason` (counter).
+pub const DISCONNECTS: &str = "gateway_disconnects_total";
+/// Client frames received, by `op` (counter).
+pub const MESSAGES_RECEIVED: &str = "gateway_messages_received_total";
+/// Frames written to clients (counter).
+pub const MESSAGES_SENT: &str = "gateway_messages_sent_total";
+/// Bytes received from clients (counter).
+pub const BYTES_IN: &str = "gateway_bytes_received_total";
+/// Bytes written to clients (counter).
+pub const BYTES_OUT: &str = "gateway_bytes_sent_total";
+/// Publications accepted by the backplane, by `source` (counter).
+pub const PUBLICATIONS: &str = "gateway_publications_total";
+/// Frames queued to local subscribers (counter).
+pub const DELIVERIES: &str = "gateway_deliveries_total";
+/// Connections closed as slow consumers (counter).
+pub const SLOW_CONSUMERS: &str = "gateway_slow_consumers_total";
+/// Frames dropped, by `reason` (counter).
+pub const DROPPED: &str = "gateway_messages_dropped_total";
+/// Local channel subscriptions (gauge).
+pub const SUBSCRIPTIONS: &str = "gateway_subscriptions";
+/// Channels with local subscribers (gauge).
+pub const CHANNELS: &str = "gateway_channels";
+/// Publish-to-fan-out lag (histogram, seconds).
+pub const DELIVERY_LAG: &str = "gateway_delivery_lag_seconds";
+/// Error replies sent to clients, by `code` (counter).
+pub const ERRORS: &str = "gateway_errors_total";
+/// Authentication failures, by `reason` (counter).
+pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
+/// Client frames refused by the rate limiter (counter).
+pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
+/// HTTP API requests, by `route` and `status` (counter).
+pub const API_REQUESTS: &str = "gateway_api_requests_total";
+/// HTTP API latency, by `route` (histogram, seconds).
+pub const API_LATENCY: &str = "gateway_api_request_duration_seconds";
+/// Backend call failures, by `op` (counter).
+pub const BACKEND_ERRORS: &str = "gateway_backend_errors_total";
+/// Presence refresh duration (histogram, seconds).
+pub const PRESENCE_REFRESH: &str = "gateway_presence_refresh_duration_seconds";
+/// History replays on subscribe, by `recovered` (counter).
+pub const HISTORY_REPLAYS: &str = "gateway_history_replays_total";
+/// Node info (gauge 1 with `version` and `node` labels).
+pub const NODE_INFO: &str = "gateway_node_info";
+/// Whether the backplane is healthy (gauge 0/1).
+pub const BACKPLANE_UP: &str = "gateway_backplane_up";
+
+/// Microseconds since the Unix epoch (publish timestamps).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Buckets for real-time latencies: 100 us to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Install the global Prometheus recorder and describe every metric.
+pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    metrics::gauge!(NODE_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.to_owned())
+        .set(1.0);
+    metrics::gauge!(CONNECTIONS).set(0.0);
+    metrics::gauge!(SUBSCRIPTIONS).set(0.0);
+    metrics::gauge!(CHANNELS).set(0.0);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open client WebSocket connections on this node.");
+    describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket connections accepted.");
+    describe_counter!(CONNECTIONS_REFUSED, "Connection attempts refused before the upgrade, by reason.");
+    describe_counter!(DISCONNECTS, "Connections closed, by reason.");
+    describe_counter!(MESSAGES_RECEIVED, "Client frames received, by op.");
+    describe_counter!(MESSAGES_SENT, "Frames written to client sockets.");
+    describe_counter!(BYTES_IN, Unit::Bytes, "Bytes of client frames received.");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes of frames written to clients.");
+    describe_counter!(PUBLICATIONS, "Publications accepted by the backplane, by source (api, client).");
+    describe_counter!(DELIVERIES, "Frames queued to local connections by fan-out.");
+    describe_counter!(SLOW_CONSUMERS, "Connections closed because their send queue overflowed.");
+    describe_counter!(DROPPED, "Frames dropped, by reason.");
+    describe_gauge!(SUBSCRIPTIONS, "Channel subscriptions of local connections.");
+    describe_gauge!(CHANNELS, "Channels with at least one local subscriber.");
+    describe_histogram!(DELIVERY_LAG, Unit::Seconds, "Time from publish to fan-out on this node.");
+    describe_counter!(ERRORS, "Error replies sent to clients, by code.");
+    describe_counter!(AUTH_FAILURES, "Authentication failures, by reason.");
+    describe_counter!(RATE_LIMITED, "Client frames refused by the per-connection rate limit.");
+    describe_counter!(API_REQUESTS, "HTTP API requests, by route template and status.");
+    describe_histogram!(API_LATENCY, Unit::Seconds, "HTTP API request latency, by route template.");
+    describe_counter!(BACKEND_ERRORS, "Failed backend (presence, history, backplane) calls, by op.");
+    describe_histogram!(PRESENCE_REFRESH, Unit::Seconds, "Duration of one presence refresh batch.");
+    describe_counter!(HISTORY_REPLAYS, "Subscribes with recovery, by whether the gap was recovered.");
+    describe_gauge!(NODE_INFO, "Node information (always 1), labelled with version and node id.");
+    describe_gauge!(BACKPLANE_UP, "Whether the backplane is healthy (1) or not (0).");
+}

@@ -1,0 +1,164 @@
+//! The per-connection send side shared with the rest of the node: a queue of
+//! encoded frames bounded in bytes, and the connection's close signal.
+//!
+//! Producers (hub fan-out, replies) never wait: [`ConnHandle::push`] either
+//! queues the frame or, when the queue would pass its byte limit, closes the
+//! connection as a slow consumer (code 4001) so that one stuck client never
+//! delays the others. The connection's writer task is the only consumer and
+//! gives the bytes back as it writes them.
+//!
+//! Invariant: `queued` equals the bytes of frames accepted and not yet
+//! written (including frames parked in a subscribe's recovery buffer).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{close, CloseReason};
+
+/// The node's handle on one connection.
+pub struct ConnHandle {
+    /// Connection id (`<node>.<boot>.<seq>`).
+    pub id: Arc<str>,
+    /// Authenticated user id, `None` for anonymous.
+    pub user: Option<Arc<str>>,
+    /// The token's `info` claim, shown in presence.
+    pub info: Option<Box<RawValue>>,
+    tx: mpsc::UnboundedSender<Utf8Bytes>,
+    queued: AtomicUsize,
+    limit: usize,
+    close_reason: Mutex<Option<CloseReason>>,
+    closed: CancellationToken,
+}
+
+/// The writer's end of a [`ConnHandle`]'s queue.
+pub struct Outbox {
+    /// Frames to write, in order.
+    pub rx: mpsc::UnboundedReceiver<Utf8Bytes>,
+}
+
+impl ConnHandle {
+    /// A handle whose queue holds at most `limit` bytes.
+    pub fn new(
+        id: Arc<str>,
+        user: Option<Arc<str>>,
+        info: Option<Box<RawValue>>,
+        limit: usize,
+    ) -> (Arc<Self>, Outbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Arc::new(Self {
+            id,
+            user,
+            info,
+            tx,
+            queued: AtomicUsize::new(0),
+            limit,
+            close_reason: Mutex::new(None),
+            closed: CancellationToken::new(),
+        });
+        (handle, Outbox { rx })
+    }
+
+    /// Reserve room for `len` bytes; on overflow close as a slow consumer.
+    pub fn reserve(&self, len: usize) -> bool {
+        let prev = self.queued.fetch_add(len, Ordering::Relaxed);
+        if prev + len > self.limit {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            if self.close(CloseReason::new(close::SLOW_CONSUMER, "slow_consumer")) {
+                metrics::counter!(crate::metrics::SLOW_CONSUMERS).increment(1);
+                tracing::info!(conn.id = %self.id, queued = prev, limit = self.limit, "slow consumer, closing");
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Queue a frame whose bytes were already reserved.
+    pub fn push_reserved(&self, frame: Utf8Bytes) {
+        let len = frame.len();
+        if self.tx.send(frame).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Queue a frame; false when it was dropped (queue full or closed).
+    pub fn push(&self, frame: &Utf8Bytes) -> bool {
+        if self.closed.is_cancelled() {
+            return false;
+        }
+        if !self.reserve(frame.len()) {
+            metrics::counter!(crate::metrics::DROPPED, "reason" => "queue_full").increment(1);
+            return false;
+        }
+        self.push_reserved(frame.clone());
+        true
+    }
+
+    /// Give back `len` bytes after the writer wrote them (or a reservation
+    /// was abandoned).
+    pub fn release(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Ask the connection to close with `reason`. The first reason wins;
+    /// returns whether this call set it.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let mut slot = self.close_reason.lock();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(reason);
+        drop(slot);
+        self.closed.cancel();
+        true
+    }
+
+    /// The close reason, once [`ConnHandle::close`] was called.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.lock().clone()
+    }
+
+    /// Resolves when [`ConnHandle::close`] was called.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_as_slow_consumer_and_keeps_accounting() {
+        let (h, mut out) = ConnHandle::new("n.1.1".into(), None, None, 10);
+        let f = Utf8Bytes::from_static("123456");
+        assert!(h.push(&f));
+        assert_eq!(h.queued_bytes(), 6);
+        assert!(!h.push(&f));
+        assert_eq!(h.queued_bytes(), 6);
+        assert_eq!(h.close_reason().unwrap().code, close::SLOW_CONSUMER);
+        assert!(h.closed().is_cancelled());
+        let got = out.rx.try_recv().unwrap();
+        h.release(got.len());
+        assert_eq!(h.queued_bytes(), 0);
+        assert!(!h.push(&f), "closed handles take nothing");
+    }
+
+    #[test]
+    fn first_close_reason_wins() {
+        let (h, _out) = ConnHandle::new("n.1.1".into(), None, None, 10);
+        assert!(h.close(CloseReason::new(1001, "shutdown")));
+        assert!(!h.close(CloseReason::new(4001, "slow_consumer")));
+        assert_eq!(h.close_reason().unwrap().code, 1001);
+    }
+}

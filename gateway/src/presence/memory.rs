@@ -1,0 +1,167 @@
+//! In-process presence of the embedded single node: channel members, the
+//! user index and the node registry in sharded maps.
+//!
+//! Entries carry an expiry like their Redis counterparts, so the same
+//! contract (refresh keeps them, readers never see expired ones,
+//! `take_expired` hands each expired member to exactly one caller) holds on
+//! both backends.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use super::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
+use crate::backplane::BackplaneError;
+
+type Entries<T> = HashMap<String, (T, Instant)>;
+
+/// In-memory [`Presence`].
+pub struct MemoryPresence {
+    ttl: Duration,
+    channels: Mutex<HashMap<String, Entries<Member>>>,
+    users: Mutex<HashMap<String, Entries<UserConn>>>,
+    nodes: Mutex<Entries<NodeInfo>>,
+}
+
+impl MemoryPresence {
+    /// Presence whose entries expire `ttl` after their last refresh.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            channels: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn live<T: Clone>(entries: Option<&Entries<T>>, now: Instant) -> Vec<T> {
+    entries
+        .map(|m| m.values().filter(|(_, exp)| *exp > now).map(|(v, _)| v.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    async fn join(&self, channel: &str, member: &Member) -> Result<(), BackplaneError> {
+        let exp = Instant::now() + self.ttl;
+        self.channels
+            .lock()
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(member.conn.clone(), (member.clone(), exp));
+        Ok(())
+    }
+
+    async fn leave(&self, channel: &str, conn: &str) -> Result<bool, BackplaneError> {
+        let mut channels = self.channels.lock();
+        let Some(members) = channels.get_mut(channel) else {
+            return Ok(false);
+        };
+        let removed = members.remove(conn).is_some();
+        if members.is_empty() {
+            channels.remove(channel);
+        }
+        Ok(removed)
+    }
+
+    async fn members(&self, channel: &str) -> Result<Vec<Member>, BackplaneError> {
+        let mut members = live(self.channels.lock().get(channel), Instant::now());
+        members.sort_by(|a, b| a.conn.cmp(&b.conn));
+        Ok(members)
+    }
+
+    async fn take_expired(&self, channel: &str) -> Result<Vec<Member>, BackplaneError> {
+        let now = Instant::now();
+        let mut channels = self.channels.lock();
+        let Some(members) = channels.get_mut(channel) else {
+            return Ok(Vec::new());
+        };
+        let expired: Vec<String> = members
+            .iter()
+            .filter(|(_, (_, exp))| *exp <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let out = expired
+            .iter()
+            .filter_map(|k| members.remove(k).map(|(m, _)| m))
+            .collect();
+        if members.is_empty() {
+            channels.remove(channel);
+        }
+        Ok(out)
+    }
+
+    async fn add_user_conn(&self, user: &str, conn: &UserConn) -> Result<(), BackplaneError> {
+        let exp = Instant::now() + self.ttl;
+        self.users
+            .lock()
+            .entry(user.to_owned())
+            .or_default()
+            .insert(conn.conn.clone(), (conn.clone(), exp));
+        Ok(())
+    }
+
+    async fn remove_user_conn(&self, user: &str, conn: &str) -> Result<(), BackplaneError> {
+        let mut users = self.users.lock();
+        if let Some(conns) = users.get_mut(user) {
+            conns.remove(conn);
+            if conns.is_empty() {
+                users.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn user_conns(&self, user: &str) -> Result<Vec<UserConn>, BackplaneError> {
+        let mut conns = live(self.users.lock().get(user), Instant::now());
+        conns.sort_by(|a, b| a.conn.cmp(&b.conn));
+        Ok(conns)
+    }
+
+    async fn refresh(&self, batch: &RefreshBatch) -> Result<(), BackplaneError> {
+        let exp = Instant::now() + self.ttl;
+        {
+            let mut channels = self.channels.lock();
+            for (channel, member) in &batch.members {
+                if let Some(entry) = channels.get_mut(channel).and_then(|m| m.get_mut(&member.conn)) {
+                    entry.1 = exp;
+                }
+            }
+        }
+        let mut users = self.users.lock();
+        for (user, conn) in &batch.user_conns {
+            if let Some(entry) = users.get_mut(user).and_then(|m| m.get_mut(&conn.conn)) {
+                entry.1 = exp;
+            }
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError> {
+        let exp = Instant::now() + self.ttl;
+        self.nodes.lock().insert(node.id.clone(), (node.clone(), exp));
+        Ok(())
+    }
+
+    async fn remove_node(&self, id: &str) -> Result<(), BackplaneError> {
+        self.nodes.lock().remove(id);
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BackplaneError> {
+        let now = Instant::now();
+        let mut nodes: Vec<NodeInfo> = self
+            .nodes
+            .lock()
+            .values()
+            .filter(|(_, exp)| *exp > now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+}

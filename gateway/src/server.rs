@@ -1,0 +1,187 @@
+//! Listeners, the router, and the drain sequence.
+//!
+//! Drain (SIGTERM/SIGINT): readiness turns 503 and new upgrades are refused;
+//! every client gets close 1001, the closes spread over the first half of
+//! the drain grace so clients do not all reconnect in the same millisecond;
+//! then the listeners stop and every tracked task gets the rest of the
+//! grace to finish. A warning is logged if the grace runs out.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::connection::ws_handler;
+use crate::metrics as m;
+use crate::node::{Node, NodeError};
+use crate::protocol::{close, CloseReason};
+use crate::shutdown::Shutdown;
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The node could not be built.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+#[derive(Clone)]
+struct Admin {
+    node: Arc<Node>,
+    prometheus: PrometheusHandle,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(a): State<Admin>) -> Response {
+    if a.node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if !a.node.backplane.is_healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn metrics_text(State(a): State<Admin>) -> Response {
+    metrics::gauge!(m::BACKPLANE_UP).set(if a.node.backplane.is_healthy() { 1.0 } else { 0.0 });
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        a.prometheus.render(),
+    )
+        .into_response()
+}
+
+fn admin_router(admin: Admin) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(admin)
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Run the node until `signal` resolves, then drain and return.
+pub async fn run(
+    config: Config,
+    prometheus: PrometheusHandle,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let shutdown = Shutdown::default();
+    let listener = bind(config.listen).await?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let node = Node::new(config, shutdown.clone()).await?;
+    if node.auth.open_mode() {
+        tracing::warn!(
+            "OPEN DEVELOPMENT MODE: no JWT key configured, any client may connect and pick its user with ?user=. Set GATEWAY_JWT_SECRET or GATEWAY_JWT_PUBLIC_KEY_FILE in production."
+        );
+    }
+    if node.config.api_key.is_none() {
+        tracing::warn!("the HTTP API is open: set GATEWAY_API_KEY in production");
+    }
+    let admin = Admin {
+        node: node.clone(),
+        prometheus,
+    };
+    let body_limit = node.config.max_message_size + 4096;
+    let mut app = Router::new()
+        .route("/ws", get(ws_handler))
+        .with_state(node.clone())
+        .merge(crate::api::router(node.clone()))
+        .layer(DefaultBodyLimit::max(body_limit));
+    let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: node.config.listen,
+        source,
+    })?;
+    match admin_listener {
+        Some(l) => {
+            let admin_addr = l.local_addr().map_err(|source| ServerError::Bind {
+                addr: local,
+                source,
+            })?;
+            serve(&shutdown, l, admin_router(admin.clone()));
+            println!("admin listening on {admin_addr}");
+        }
+        None => app = app.merge(admin_router(admin.clone())),
+    }
+    serve(&shutdown, listener, app);
+    println!("gateway listening on {local}");
+    tracing::info!(addr = %local, node = %node.config.node_id, redis = node.config.redis_url.is_some(), "listening");
+
+    shutdown.tracker.spawn(node.clone().run_maintenance());
+    signal.await;
+    drain(&node).await;
+    Ok(())
+}
+
+fn serve(shutdown: &Shutdown, listener: TcpListener, app: Router) {
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+    });
+    let token = shutdown.token.clone();
+    shutdown.tracker.spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "listener failed");
+        }
+    });
+}
+
+async fn drain(node: &Arc<Node>) {
+    let grace = node.config.drain_grace;
+    let started = tokio::time::Instant::now();
+    node.start_draining();
+    let conns = node.hub.all_conns();
+    tracing::info!(connections = conns.len(), grace_ms = grace.as_millis() as u64, "draining");
+    let spread = grace / 2;
+    let n = conns.len().max(1) as u32;
+    for (i, conn) in conns.iter().enumerate() {
+        let at = started + spread * (i as u32) / n;
+        tokio::time::sleep_until(at).await;
+        conn.close(CloseReason::new(close::SHUTDOWN, "shutdown"));
+    }
+    node.shutdown.token.cancel();
+    node.shutdown.tracker.close();
+    let rest = grace.saturating_sub(started.elapsed()).max(Duration::from_millis(500));
+    if tokio::time::timeout(rest, node.shutdown.tracker.wait()).await.is_err() {
+        tracing::warn!(
+            tasks = node.shutdown.tracker.len(),
+            "drain grace ran out with tasks still running"
+        );
+    }
+    node.backplane.shutdown().await;
+    tracing::info!("drained");
+}
