@@ -310,6 +310,21 @@ impl Client {
         self.send(Message::Close(Some(frame))).await
     }
 
+    /// A complete client-initiated close: sends a close frame with `code`
+    /// and `reason`, then reads until the server's close reply (or the end
+    /// of the stream), bounded by [`RECV_TIMEOUT`].
+    pub async fn close_handshake(&mut self, code: u16, reason: &str) -> Result<()> {
+        self.close(code, reason).await?;
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        loop {
+            match self.read(deadline).await {
+                None => bail!("no close reply within {RECV_TIMEOUT:?}"),
+                Some(Incoming::Close(..) | Incoming::End(_)) => return Ok(()),
+                Some(_) => {}
+            }
+        }
+    }
+
     async fn send(&mut self, msg: Message) -> Result<()> {
         tokio::time::timeout(RECV_TIMEOUT, self.ws.send(msg))
             .await

@@ -44,6 +44,46 @@ async fn connections_above_max_connections_are_refused_503() -> Result<()> {
     Ok(())
 }
 
+/// A connection the client closed cleanly is no longer open: its
+/// `max_connections` slot and its place in `/api/nodes` are released at
+/// once, not after some internal close timeout. (5 s is far above any
+/// scheduling delay and below the server's 10 s close grace.)
+#[tokio::test]
+async fn a_cleanly_closed_connection_frees_its_slot_promptly() -> Result<()> {
+    let gw = GatewayBuilder::new()
+        .name("limit_slot_release")
+        .standard_config()
+        .env("GATEWAY_MAX_CONNECTIONS", 1)
+        .spawn()
+        .await?;
+    let mut a = gw.connect_user("a").await?;
+    a.ping().await?;
+    a.close_handshake(1000, "done").await?;
+    drop(a);
+    let api = gw.api();
+    eventually(
+        Duration::from_secs(5),
+        "/api/nodes counts 0 connections",
+        || {
+            let api = api.clone();
+            async move {
+                api.nodes()
+                    .await
+                    .is_ok_and(|n| n["nodes"][0]["connections"] == 0)
+            }
+        },
+    )
+    .await?;
+    let ws = gw.client().query("user", "b");
+    let mut b = eventually_some(Duration::from_secs(5), "the freed slot accepts b", || {
+        let ws = ws.clone();
+        async move { ws.try_connect().await.ok()?.ok() }
+    })
+    .await?;
+    b.ping().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn subscriptions_above_the_per_connection_limit_are_forbidden() -> Result<()> {
     let gw = GatewayBuilder::new()
