@@ -126,6 +126,8 @@ pub struct Gateway {
     child: Option<Child>,
     /// Address from the last listening line; restarts reuse it.
     addr: Option<SocketAddr>,
+    /// Address from the `admin listening on` line, when configured.
+    admin_addr: Option<SocketAddr>,
     /// Stdout lines of the current process, for diagnostics.
     stdout: Arc<Mutex<Vec<String>>>,
     starts: u32,
@@ -170,6 +172,7 @@ impl Gateway {
             config_path,
             child: None,
             addr: None,
+            admin_addr: None,
             stdout: Arc::new(Mutex::new(Vec::new())),
             starts: 0,
         })
@@ -177,7 +180,7 @@ impl Gateway {
 
     /// Spawns the child; the receiver yields the address of its
     /// `gateway listening on` line, or an error when stdout closes first.
-    fn launch(&mut self, listen: &str) -> Result<(Child, oneshot::Receiver<Result<SocketAddr>>)> {
+    fn launch(&mut self, listen: &str) -> Result<(Child, oneshot::Receiver<Result<Listening>>)> {
         let bin = gateway_bin();
         if !bin.exists() {
             bail!(
@@ -225,7 +228,17 @@ impl Gateway {
         if let Ok(mut lines) = lines.lock() {
             lines.clear();
         }
-        std::thread::spawn(move || read_stdout(stdout, lines, tx));
+        let want_admin = self
+            .settings
+            .env
+            .iter()
+            .any(|(k, v)| k == "GATEWAY_ADMIN_LISTEN" && !v.is_empty())
+            || self
+                .settings
+                .config
+                .as_deref()
+                .is_some_and(|c| c.contains("admin_listen"));
+        std::thread::spawn(move || read_stdout(stdout, lines, want_admin, tx));
         Ok((child, rx))
     }
 
@@ -234,8 +247,8 @@ impl Gateway {
         let (child, rx) = self.launch(listen)?;
         self.child = Some(child);
         let outcome = tokio::time::timeout(START_TIMEOUT, rx).await;
-        let addr = match outcome {
-            Ok(Ok(Ok(addr))) => addr,
+        let listening = match outcome {
+            Ok(Ok(Ok(listening))) => listening,
             Ok(Ok(Err(e))) => {
                 self.kill();
                 bail!("gateway did not start: {e}\n{}", self.log_tail());
@@ -252,7 +265,8 @@ impl Gateway {
                 );
             }
         };
-        self.addr = Some(addr);
+        self.addr = Some(listening.main);
+        self.admin_addr = listening.admin;
         Ok(())
     }
 
@@ -279,6 +293,11 @@ impl Gateway {
     pub fn addr(&self) -> Result<SocketAddr> {
         self.addr
             .ok_or_else(|| anyhow!("gateway has no address (never started)"))
+    }
+
+    /// The admin listener's address (`GATEWAY_ADMIN_LISTEN`), if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// `ws://ADDR/ws`.
@@ -351,7 +370,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// SIGKILL and reap (`kill -9`); a no-op when not running.
+    /// SIGKILL and reap (`kill -9`: a crash, no drain); a no-op when not
+    /// running. [`Gateway::restart`] starts it again.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -422,34 +442,61 @@ impl Drop for Gateway {
     }
 }
 
-/// Reads the child's stdout: reports the first `gateway listening on ADDR`
-/// line, keeps every line for diagnostics, and keeps draining so the child
-/// never blocks on a full pipe.
+/// The addresses a started gateway reported on stdout.
+#[derive(Debug, Clone, Copy)]
+struct Listening {
+    main: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+/// Reads the child's stdout: reports the `gateway listening on ADDR` line
+/// (and the `admin listening on ADDR` line when `want_admin`), keeps every
+/// line for diagnostics, and keeps draining so the child never blocks on a
+/// full pipe.
 fn read_stdout(
     stdout: std::process::ChildStdout,
     lines: Arc<Mutex<Vec<String>>>,
-    tx: oneshot::Sender<Result<SocketAddr>>,
+    want_admin: bool,
+    tx: oneshot::Sender<Result<Listening>>,
 ) {
     let mut tx = Some(tx);
+    let mut main = None;
+    let mut admin = None;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        if let Some(rest) = line.trim().strip_prefix("gateway listening on ") {
-            if let Some(tx) = tx.take() {
-                let parsed = rest
-                    .trim()
-                    .parse::<SocketAddr>()
-                    .with_context(|| format!("unparsable listening line: {line:?}"));
-                let _ = tx.send(parsed);
+        let trimmed = line.trim();
+        let parse = |rest: &str| {
+            rest.trim()
+                .parse::<SocketAddr>()
+                .with_context(|| format!("unparsable listening line: {line:?}"))
+        };
+        if let Some(rest) = trimmed.strip_prefix("gateway listening on ") {
+            match parse(rest) {
+                Ok(addr) => main = Some(addr),
+                Err(e) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Err(e));
+                    }
+                }
             }
+        } else if let Some(rest) = trimmed.strip_prefix("admin listening on ") {
+            admin = parse(rest).ok();
         }
         if let Ok(mut lines) = lines.lock() {
             lines.push(line);
+        }
+        if let Some(main) = main {
+            if !want_admin || admin.is_some() {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Ok(Listening { main, admin }));
+                }
+            }
         }
     }
     if let Some(tx) = tx.take() {
         let seen = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
         let _ = tx.send(Err(anyhow!(
-            "stdout closed before a 'gateway listening on' line; stdout was:\n{seen}"
+            "stdout closed before the listening line(s); stdout was:\n{seen}"
         )));
     }
 }

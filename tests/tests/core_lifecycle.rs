@@ -74,7 +74,7 @@ async fn sigterm_drains_with_1001_then_exits_0() -> Result<()> {
     let mut gw = GatewayBuilder::new()
         .name("life_drain")
         .standard_config()
-        .env("GATEWAY_DRAIN_GRACE_MS", 2000)
+        .env("GATEWAY_DRAIN_GRACE_MS", 3000)
         .spawn()
         .await?;
     let api = gw.api();
@@ -87,7 +87,7 @@ async fn sigterm_drains_with_1001_then_exits_0() -> Result<()> {
     }
     gw.sigterm()?;
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "/readyz answers 503 while draining",
         || {
             let api = api.clone();
