@@ -278,3 +278,27 @@ async fn health_readiness_and_metrics() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn admin_listener_serves_health_and_metrics() -> Result<()> {
+    let gw = GatewayBuilder::new()
+        .name("api_admin_listener")
+        .standard_config()
+        .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .spawn()
+        .await?;
+    let admin = gw.admin_addr().context("no 'admin listening on' line")?;
+    ensure!(
+        Some(admin) != gw.addr().ok(),
+        "admin and main listener share {admin}"
+    );
+    let admin_api = tests::Api::new(&format!("http://{admin}"), None);
+    ensure!(admin_api.healthz().await? == 200, "admin /healthz");
+    ensure!(admin_api.readyz().await? == 200, "admin /readyz");
+    admin_api.metrics().await?;
+    // The main listener keeps /ws and /api.
+    let mut c = gw.connect_user("alice").await?;
+    c.ping().await?;
+    gw.api().nodes().await?;
+    Ok(())
+}

@@ -228,3 +228,93 @@ async fn invalid_node_id_exits_64() -> Result<()> {
         .env("GATEWAY_NODE_ID", "has space");
     expect_exit_64(b, &["node_id"]).await
 }
+
+#[tokio::test]
+async fn queue_bytes_below_4096_exits_64() -> Result<()> {
+    let b = GatewayBuilder::new()
+        .name("life_small_queue")
+        .env("GATEWAY_QUEUE_BYTES", 100);
+    expect_exit_64(b, &["queue_bytes"]).await
+}
+
+#[tokio::test]
+async fn presence_refresh_not_below_ttl_exits_64() -> Result<()> {
+    let b = GatewayBuilder::new()
+        .name("life_presence_refresh")
+        .env("GATEWAY_PRESENCE_TTL_MS", 1000)
+        .env("GATEWAY_PRESENCE_REFRESH_MS", 1000);
+    expect_exit_64(b, &["presence_refresh_ms", "presence_ttl_ms"]).await
+}
+
+#[tokio::test]
+async fn both_jwt_keys_exits_64() -> Result<()> {
+    let b = GatewayBuilder::new()
+        .name("life_two_keys")
+        .env("GATEWAY_JWT_SECRET", tests::jwt::SECRET)
+        .env(
+            "GATEWAY_JWT_PUBLIC_KEY_FILE",
+            tests::jwt::rs256_public_key_path().display(),
+        );
+    expect_exit_64(b, &["jwt_secret", "jwt_public_key_file"]).await
+}
+
+#[tokio::test]
+async fn short_jwt_secret_exits_64() -> Result<()> {
+    let b = GatewayBuilder::new()
+        .name("life_short_secret")
+        .env("GATEWAY_JWT_SECRET", "short");
+    expect_exit_64(b, &["jwt_secret"]).await
+}
+
+#[tokio::test]
+async fn unreadable_public_key_file_exits_64() -> Result<()> {
+    let b = GatewayBuilder::new()
+        .name("life_missing_pem")
+        .env("GATEWAY_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem");
+    expect_exit_64(b, &["jwt_public_key_file"]).await
+}
+
+#[tokio::test]
+async fn missing_config_file_exits_64() -> Result<()> {
+    let b = GatewayBuilder::new()
+        .name("life_missing_config")
+        .env("GATEWAY_CONFIG", "/nonexistent/gateway.toml");
+    expect_exit_64(b, &["config", "gateway.toml"]).await
+}
+
+/// CLI > env > TOML file > default, per setting (docs/configuration.md).
+#[tokio::test]
+async fn env_overrides_the_file_and_the_file_overrides_the_default() -> Result<()> {
+    let file = format!(
+        "max_channels_per_connection = 1\n{}",
+        tests::STANDARD_CONFIG
+    );
+    let from_file = GatewayBuilder::new()
+        .name("life_precedence_file")
+        .config(&file)
+        .spawn()
+        .await?;
+    let mut c = from_file.connect_user("alice").await?;
+    c.subscribe("one").await?;
+    let r = c
+        .request(serde_json::json!({"op": "subscribe", "channel": "two"}))
+        .await?;
+    tests::check_error(&r, "forbidden").context("the file's limit of 1 applies")?;
+
+    let from_env = GatewayBuilder::new()
+        .name("life_precedence_env")
+        .config(&file)
+        .env("GATEWAY_MAX_CHANNELS_PER_CONNECTION", 2)
+        .spawn()
+        .await?;
+    let mut c = from_env.connect_user("alice").await?;
+    c.subscribe("one").await?;
+    c.subscribe("two")
+        .await
+        .context("the env limit of 2 overrides the file's 1")?;
+    let r = c
+        .request(serde_json::json!({"op": "subscribe", "channel": "three"}))
+        .await?;
+    tests::check_error(&r, "forbidden").context("the env limit of 2 applies")?;
+    Ok(())
+}
