@@ -1,0 +1,116 @@
+//! Redis key and pub/sub channel names: the one place that spells them.
+//!
+//! Every name starts with the configured prefix `P`. Names that belong to
+//! one application channel or one user put it in a `{hash tag}`, so all keys
+//! of a channel land in one Redis Cluster slot (the Lua scripts touch
+//! several of them at once). docs/redis.md lists the full layout.
+
+use crate::backplane::Topic;
+
+/// Builds names under one prefix. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Names under `prefix` (e.g. `gw`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Pub/sub channel of an application channel: `P:ch:{c}`.
+    pub fn channel(&self, channel: &str) -> String {
+        format!("{}:ch:{{{channel}}}", self.prefix)
+    }
+
+    /// Pub/sub channel of a user: `P:user:{u}`.
+    pub fn user(&self, user: &str) -> String {
+        format!("{}:user:{{{user}}}", self.prefix)
+    }
+
+    /// Pub/sub channel of a node: `P:node:<id>`.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    /// Pub/sub channel of cluster-wide broadcasts: `P:all`.
+    pub fn all(&self) -> String {
+        format!("{}:all", self.prefix)
+    }
+
+    /// Pub/sub channel of a node's liveness probe: `P:probe:<id>`.
+    pub fn probe(&self, node: &str) -> String {
+        format!("{}:probe:{node}", self.prefix)
+    }
+
+    /// Pub/sub channel an envelope with this topic travels on.
+    pub fn topic(&self, topic: &Topic) -> String {
+        match topic {
+            Topic::Channel(c) => self.channel(c),
+            Topic::User(u) => self.user(u),
+            Topic::Node(n) => self.node(n),
+            Topic::All => self.all(),
+        }
+    }
+
+    /// History stream of a channel: `P:hist:{c}`.
+    pub fn history(&self, channel: &str) -> String {
+        format!("{}:hist:{{{channel}}}", self.prefix)
+    }
+
+    /// History meta hash (epoch, top) of a channel: `P:meta:{c}`.
+    pub fn meta(&self, channel: &str) -> String {
+        format!("{}:meta:{{{channel}}}", self.prefix)
+    }
+
+    /// Presence members hash of a channel: `P:pres:{c}`.
+    pub fn presence(&self, channel: &str) -> String {
+        format!("{}:pres:{{{channel}}}", self.prefix)
+    }
+
+    /// Presence expiry sorted set of a channel: `P:pres-exp:{c}`.
+    pub fn presence_expiry(&self, channel: &str) -> String {
+        format!("{}:pres-exp:{{{channel}}}", self.prefix)
+    }
+
+    /// User index hash (conn -> node): `P:user-conns:{u}`.
+    pub fn user_conns(&self, user: &str) -> String {
+        format!("{}:user-conns:{{{user}}}", self.prefix)
+    }
+
+    /// User index expiry sorted set: `P:user-conns-exp:{u}`.
+    pub fn user_conns_expiry(&self, user: &str) -> String {
+        format!("{}:user-conns-exp:{{{user}}}", self.prefix)
+    }
+
+    /// Node registry hash (id -> NodeInfo JSON): `P:nodes`.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Node registry expiry sorted set: `P:nodes-exp`.
+    pub fn nodes_expiry(&self) -> String {
+        format!("{}:nodes-exp", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_prefix_and_hash_tag() {
+        let k = Keys::new("gw");
+        assert_eq!(k.channel("chat:lobby"), "gw:ch:{chat:lobby}");
+        assert_eq!(k.history("c"), "gw:hist:{c}");
+        assert_eq!(k.meta("c"), "gw:meta:{c}");
+        assert_eq!(k.presence_expiry("c"), "gw:pres-exp:{c}");
+        assert_eq!(k.user("u1"), "gw:user:{u1}");
+        assert_eq!(k.node("n1"), "gw:node:n1");
+        assert_eq!(k.topic(&Topic::All), "gw:all");
+        assert_eq!(k.topic(&Topic::Node("n2".into())), "gw:node:n2");
+    }
+}

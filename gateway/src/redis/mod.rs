@@ -1,0 +1,286 @@
+//! Redis cluster backends: connection setup and the state the three Redis
+//! backends share ([`RedisBackplane`], [`RedisHistory`], [`RedisPresence`]).
+//!
+//! Owns the command pool (deadpool-redis, multiplexed connections), the
+//! Lua scripts, the link state (connected / healthy / reconnect generation)
+//! and the background subscriber task ([`pubsub`]) that holds the node's one
+//! pub/sub connection. docs/redis.md describes the key layout, the envelope
+//! format, the scripts and the failure behaviour.
+//!
+//! Invariants:
+//! - Every Redis round trip goes through [`Shared::call`] (or the
+//!   subscriber's own timeouts): it is bounded by `settings.timeout` and
+//!   fails with [`BackplaneError::Unavailable`] on timeout or I/O trouble.
+//! - A node starts even when Redis is down: [`connect`] waits at most one
+//!   timeout for the first connection, then returns unhealthy backends
+//!   whose subscriber keeps reconnecting in the background.
+//! - Times stored in Redis are the client's wall clock in milliseconds
+//!   since the Unix epoch (nodes are expected to run NTP).
+
+pub mod codec;
+pub mod keys;
+pub(crate) mod pubsub;
+pub(crate) mod scripts;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::redis::{ErrorKind, RedisError};
+use deadpool_redis::{Pool, PoolConfig, PoolError, Runtime, Timeouts};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::watch;
+
+pub use self::keys::Keys;
+pub use crate::backplane::redis::RedisBackplane;
+use crate::backplane::{BackplaneError, Deliver};
+pub use crate::history::redis::RedisHistory;
+pub use crate::presence::redis::RedisPresence;
+
+/// Connection settings of the Redis backends.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` (may hold a secret: never logged).
+    pub url: String,
+    /// Prefix of every key and pub/sub channel (`P` in docs/redis.md).
+    pub prefix: String,
+    /// This node's id (its `P:node:<id>` channel and registry entry).
+    pub node_id: String,
+    /// Upper bound of every Redis call, connection attempts included.
+    pub timeout: Duration,
+    /// Presence, user index and node registry entries expire this long
+    /// after their last refresh.
+    pub presence_ttl: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("node_id", &self.node_id)
+            .field("timeout", &self.timeout)
+            .field("presence_ttl", &self.presence_ttl)
+            .finish()
+    }
+}
+
+/// The three Redis backends of one node; they share one command pool.
+#[derive(Clone)]
+pub struct RedisBackends {
+    /// Cross-node fan-out (owns the subscriber task).
+    pub backplane: Arc<RedisBackplane>,
+    /// History reads.
+    pub history: Arc<RedisHistory>,
+    /// Presence, user index and node registry.
+    pub presence: Arc<RedisPresence>,
+}
+
+/// Connect the Redis backends of this node. Received envelopes go to
+/// `sink`, one at a time and in arrival order.
+///
+/// Fails only on an unusable URL. When Redis is unreachable it still
+/// returns (after at most `settings.timeout`), with unhealthy backends that
+/// keep reconnecting in the background.
+pub async fn connect(
+    settings: RedisSettings,
+    sink: Arc<dyn Deliver>,
+) -> Result<RedisBackends, BackplaneError> {
+    let client = ::redis::Client::open(settings.url.as_str())
+        .map_err(|e| BackplaneError::Protocol(format!("invalid Redis URL ({:?})", e.kind())))?;
+    let mut pool_config = PoolConfig::new(POOL_SIZE);
+    pool_config.timeouts = Timeouts {
+        wait: Some(settings.timeout),
+        create: Some(settings.timeout),
+        recycle: Some(settings.timeout),
+    };
+    let mut config = deadpool_redis::Config::from_url(settings.url.clone());
+    config.pool = Some(pool_config);
+    let pool = config
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(|e| BackplaneError::Protocol(format!("cannot create Redis pool: {e}")))?;
+    let shared = Arc::new(Shared {
+        keys: Keys::new(&settings.prefix),
+        scripts: scripts::Scripts::new(),
+        link: Link::new(),
+        failing: AtomicBool::new(false),
+        pool,
+        settings,
+    });
+    let subscriber = pubsub::Subscriber::start(shared.clone(), client, sink);
+    if !shared.link.wait_connected(shared.settings.timeout).await {
+        tracing::warn!(
+            node = %shared.settings.node_id,
+            "Redis is not reachable at start; serving unhealthy and reconnecting"
+        );
+    }
+    Ok(RedisBackends {
+        backplane: Arc::new(RedisBackplane::new(shared.clone(), subscriber)),
+        history: Arc::new(RedisHistory::new(shared.clone())),
+        presence: Arc::new(RedisPresence::new(shared)),
+    })
+}
+
+/// Command connections; they are multiplexed, so a few carry a lot.
+const POOL_SIZE: usize = 16;
+
+/// State shared by the Redis backends of one node.
+pub(crate) struct Shared {
+    /// Settings as given to [`connect`].
+    pub(crate) settings: RedisSettings,
+    /// Key and channel names under the configured prefix.
+    pub(crate) keys: Keys,
+    /// Command connections (never used for SUBSCRIBE).
+    pub(crate) pool: Pool,
+    /// The Lua scripts (loaded lazily, reloaded after a Redis restart).
+    pub(crate) scripts: scripts::Scripts,
+    /// Pub/sub link state, written only by the subscriber task.
+    pub(crate) link: Link,
+    /// Whether the last command failed (to log transitions, not every error).
+    failing: AtomicBool,
+}
+
+impl Shared {
+    /// Run one Redis round trip on a pooled connection, bounded by the
+    /// timeout; errors are counted under `op` and mapped to
+    /// [`BackplaneError`].
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, BackplaneError>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let attempt = async {
+            let conn = self.pool.get().await.map_err(pool_error)?;
+            f(conn).await.map_err(redis_error)
+        };
+        let result = match tokio::time::timeout(self.settings.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(BackplaneError::Unavailable("Redis call timed out".into())),
+        };
+        match &result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(op, "Redis commands succeed again");
+                }
+            }
+            Err(e) => {
+                metrics::counter!("gateway_redis_errors_total", "op" => op).increment(1);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(op, error = %e, "Redis command failed");
+                }
+            }
+        }
+        result
+    }
+}
+
+/// The pub/sub link as the subscriber task sees it.
+pub(crate) struct Link {
+    /// True while the pub/sub connection is up and resubscribed.
+    connected: watch::Sender<bool>,
+    /// Connected and the last liveness probe (or command) went through.
+    healthy: AtomicBool,
+    /// Bumped on every successful (re)connection: a change tells presence
+    /// that Redis may have lost its data in between.
+    generation: AtomicU64,
+}
+
+impl Link {
+    fn new() -> Self {
+        metrics::gauge!("gateway_redis_up").set(0.0);
+        Self {
+            connected: watch::Sender::new(false),
+            healthy: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Record a fresh connection (connected and healthy).
+    fn up(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.connected.send_replace(true);
+        self.set_healthy(true);
+    }
+
+    /// Record the loss of the pub/sub connection.
+    fn down(&self) {
+        self.connected.send_replace(false);
+        self.set_healthy(false);
+    }
+
+    /// Set health; returns whether it changed.
+    fn set_healthy(&self, healthy: bool) -> bool {
+        metrics::gauge!("gateway_redis_up").set(if healthy { 1.0 } else { 0.0 });
+        self.healthy.swap(healthy, Ordering::AcqRel) != healthy
+    }
+
+    /// Wait until connected, at most `limit`; returns whether it is.
+    async fn wait_connected(&self, limit: Duration) -> bool {
+        let mut rx = self.connected.subscribe();
+        let up = tokio::time::timeout(limit, rx.wait_for(|up| *up)).await;
+        matches!(up, Ok(Ok(_)))
+    }
+}
+
+/// Map a Redis error: trouble reaching Redis is `Unavailable`, an answer
+/// we cannot use is `Protocol`.
+pub(crate) fn redis_error(e: RedisError) -> BackplaneError {
+    let unavailable = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::BusyLoadingError
+                | ErrorKind::TryAgain
+                | ErrorKind::ClusterDown
+                | ErrorKind::MasterDown
+                | ErrorKind::ReadOnly
+                | ErrorKind::AuthenticationFailed
+        );
+    if unavailable {
+        BackplaneError::Unavailable(format!("Redis: {e}"))
+    } else {
+        BackplaneError::Protocol(format!("Redis: {e}"))
+    }
+}
+
+fn pool_error(e: PoolError) -> BackplaneError {
+    match e {
+        PoolError::Backend(e) => redis_error(e),
+        other => BackplaneError::Unavailable(format!("Redis pool: {other}")),
+    }
+}
+
+/// Wall clock in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A fresh random stream epoch.
+pub(crate) fn new_epoch() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 12)
+}
+
+/// Duration as whole milliseconds (at least 1, for PEXPIRE).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
