@@ -198,6 +198,8 @@ async fn run(socket: WebSocket, node: Arc<Node>, identity: Identity, addr: IpAdd
             limiter: RateLimiter::new(node.config.rate_limit, node.config.rate_burst),
         };
         let stream = reader.read_loop(stream).await;
+        // The peer may have gone first: closing the handle ends the writer.
+        handle.close(CloseReason::new(close::NORMAL, "client_closed"));
         let reason = handle
             .close_reason()
             .unwrap_or_else(|| CloseReason::new(close::NORMAL, "client_closed"));
@@ -283,6 +285,7 @@ impl Reader {
     }
 
     fn on_read_error(&self, e: axum::Error) {
+        let text = e.to_string();
         // axum wraps tungstenite's error; an oversized frame is a capacity error.
         let too_large = e
             .into_inner()
@@ -293,7 +296,7 @@ impl Reader {
             self.handle.push(&error_frame(None, &err));
             self.handle.close(CloseReason::new(close::TOO_LARGE, "too_large"));
         } else {
-            tracing::debug!("read error");
+            tracing::debug!(error = %text, "read error");
         }
     }
 
@@ -301,19 +304,7 @@ impl Reader {
         match msg {
             Message::Text(text) => {
                 metrics::counter!(m::BYTES_IN).increment(text.len() as u64);
-                match self.limiter.check() {
-                    Verdict::Allow => self.on_text(&text).await,
-                    Verdict::Refuse => {
-                        metrics::counter!(m::RATE_LIMITED).increment(1);
-                        let e = ReplyError::new(ErrorCode::RateLimited, "rate limit exceeded");
-                        self.handle.push(&error_frame(None, &e));
-                    }
-                    Verdict::Abuse => {
-                        metrics::counter!(m::RATE_LIMITED).increment(1);
-                        tracing::info!("sustained rate-limit abuse, closing");
-                        self.handle.close(CloseReason::new(close::ABUSE, "abuse"));
-                    }
-                }
+                self.on_text(&text).await;
             }
             Message::Binary(b) => {
                 metrics::counter!(m::BYTES_IN).increment(b.len() as u64);
@@ -332,12 +323,31 @@ impl Reader {
             Ok(r) => r,
             Err((id, e)) => {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "invalid").increment(1);
+                if self.limiter.check() == Verdict::Abuse {
+                    self.handle.close(CloseReason::new(close::ABUSE, "abuse"));
+                    return;
+                }
                 tracing::debug!(error = %e.message, "bad request");
                 self.handle.push(&error_frame(id.as_ref(), &e));
                 return;
             }
         };
         let id = request.id;
+        match self.limiter.check() {
+            Verdict::Allow => {}
+            Verdict::Refuse => {
+                metrics::counter!(m::RATE_LIMITED).increment(1);
+                let e = ReplyError::new(ErrorCode::RateLimited, "rate limit exceeded");
+                self.handle.push(&error_frame(id.as_ref(), &e));
+                return;
+            }
+            Verdict::Abuse => {
+                metrics::counter!(m::RATE_LIMITED).increment(1);
+                tracing::info!("sustained rate-limit abuse, closing");
+                self.handle.close(CloseReason::new(close::ABUSE, "abuse"));
+                return;
+            }
+        }
         let result = self.on_op(request.op, id.as_ref()).await;
         if let Err(e) = result {
             self.handle.push(&error_frame(id.as_ref(), &e));
@@ -479,6 +489,17 @@ async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>,
     let reason = handle
         .close_reason()
         .unwrap_or_else(|| CloseReason::new(close::NORMAL, "normal"));
+    if reason.code != close::SLOW_CONSUMER {
+        // A deliberate close (error reply, API disconnect, drain) delivers
+        // what was queued before it; a slow consumer's queue is dropped.
+        batch.clear();
+        while let Ok(f) = outbox.rx.try_recv() {
+            batch.push(f);
+        }
+        if !batch.is_empty() {
+            let _ = timeout(CLOSE_GRACE, write_batch(&mut sink, &mut batch, &handle)).await;
+        }
+    }
     let frame = CloseFrame {
         code: reason.code,
         reason: Utf8Bytes::from(reason.reason),

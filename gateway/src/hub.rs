@@ -20,9 +20,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use crate::backplane::{Deliver, Envelope, Publication};
 use crate::metrics as m;
@@ -42,7 +44,16 @@ struct Subscriber {
     conn: Arc<ConnHandle>,
     /// `Some` while the subscribe is in progress (see module docs).
     pending: Option<Vec<Parked>>,
+    /// After the subscribe: publications with offset <= this were covered
+    /// by the reply position but may still be in flight to this node (a
+    /// history read can see an offset before its delivery arrives). Cleared
+    /// by the first newer offset or when the deadline passes (offsets
+    /// restart after an epoch change, so the filter must not live long).
+    skip_upto: Option<(u64, Instant)>,
 }
+
+/// How long after a subscribe in-flight duplicates are filtered.
+const SKIP_WINDOW: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 struct Channel {
@@ -209,6 +220,7 @@ impl Hub {
             Subscriber {
                 conn: conn.clone(),
                 pending: Some(Vec::new()),
+                skip_upto: None,
             },
         );
         metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
@@ -235,6 +247,7 @@ impl Hub {
             return false;
         };
         let parked = sub.pending.take().unwrap_or_default();
+        sub.skip_upto = top.map(|t| (t, Instant::now() + SKIP_WINDOW));
         for f in head {
             if !conn.push(&f) {
                 break;
@@ -326,6 +339,12 @@ impl Hub {
         for (id, sub) in subs.iter_mut() {
             if exclude == Some(&**id) {
                 continue;
+            }
+            if let (Some((top, until)), Some(o)) = (sub.skip_upto, offset) {
+                if o <= top && Instant::now() < until {
+                    continue;
+                }
+                sub.skip_upto = None;
             }
             match &mut sub.pending {
                 None => {
