@@ -105,7 +105,7 @@ impl Backplane for RedisBackplane {
         };
         let result = self.subscriber.subscribe(channel).await;
         if result.is_err() {
-            metrics::counter!("gateway_redis_errors_total", "op" => "subscribe").increment(1);
+            metrics::counter!(crate::redis::METRIC_ERRORS, "op" => "subscribe").increment(1);
         }
         result
     }
@@ -159,7 +159,11 @@ mod tests {
         ttl: Duration::from_secs(60),
     };
 
-    async fn node(server: &RedisServer, prefix: &str, id: &str) -> Result<(RedisBackends, Arc<CollectSink>), BackplaneError> {
+    async fn node(
+        server: &RedisServer,
+        prefix: &str,
+        id: &str,
+    ) -> Result<(RedisBackends, Arc<CollectSink>), BackplaneError> {
         let sink = Arc::new(CollectSink::default());
         let backends = connect(server.settings(prefix, id), sink.clone()).await?;
         Ok((backends, sink))
@@ -172,11 +176,18 @@ mod tests {
         let (a, sink_a) = node(&server, &prefix, "a").await?;
         let (b, sink_b) = node(&server, &prefix, "b").await?;
         assert!(a.backplane.is_healthy());
-        b.backplane.subscribe(Topic::Channel("chat:x".into())).await?;
-        a.backplane.subscribe(Topic::Channel("chat:x".into())).await?;
+        b.backplane
+            .subscribe(Topic::Channel("chat:x".into()))
+            .await?;
+        a.backplane
+            .subscribe(Topic::Channel("chat:x".into()))
+            .await?;
         let mut epoch = None;
         for n in 1..=200u64 {
-            let pos = a.backplane.publish(publication("chat:x", n)?, Some(HISTORY)).await?;
+            let pos = a
+                .backplane
+                .publish(publication("chat:x", n)?, Some(HISTORY))
+                .await?;
             let pos = pos.ok_or("no position")?;
             assert_eq!(pos.offset, n);
             assert_eq!(epoch.get_or_insert(pos.epoch.clone()), &pos.epoch);
@@ -189,7 +200,10 @@ mod tests {
             assert_eq!(first.as_deref(), Some(r#"{"n":1,"path":"a/b"}"#));
         }
         // Without history: no offset, still delivered in order.
-        a.backplane.publish(publication("chat:x", 201)?, None).await?.map_or(Ok(()), |_| Err("position without history"))?;
+        a.backplane
+            .publish(publication("chat:x", 201)?, None)
+            .await?
+            .map_or(Ok(()), |_| Err("position without history"))?;
         assert!(eventually(Duration::from_secs(10), || sink_b.len() >= 201).await);
         assert_eq!(sink_b.messages().last().and_then(|p| p.offset), None);
         a.backplane.shutdown().await;
@@ -236,14 +250,29 @@ mod tests {
         let (b, sink_b) = node(&server, &prefix, "b").await?;
         let data = || RawValue::from_string("{\"hi\":1}".into());
         b.backplane.subscribe(Topic::User("u1".into())).await?;
-        a.backplane.send(Envelope::User { user: "u1".into(), data: data()? }).await?;
-        a.backplane.send(Envelope::Conn { conn: "b.1.7".into(), data: data()? }).await?;
-        a.backplane.send(Envelope::Broadcast { data: data()? }).await?;
+        a.backplane
+            .send(Envelope::User {
+                user: "u1".into(),
+                data: data()?,
+            })
+            .await?;
+        a.backplane
+            .send(Envelope::Conn {
+                conn: "b.1.7".into(),
+                data: data()?,
+            })
+            .await?;
+        a.backplane
+            .send(Envelope::Broadcast { data: data()? })
+            .await?;
         assert!(eventually(Duration::from_secs(10), || sink_b.len() == 3).await);
         assert!(eventually(Duration::from_secs(10), || sink_a.len() == 1).await);
         let kinds: Vec<&'static str> = sink_b.envelopes().iter().map(kind).collect();
         assert_eq!(kinds, ["user", "conn", "broadcast"]);
-        assert!(matches!(sink_a.envelopes().first(), Some(Envelope::Broadcast { .. })));
+        assert!(matches!(
+            sink_a.envelopes().first(),
+            Some(Envelope::Broadcast { .. })
+        ));
         Ok(())
     }
 
@@ -266,21 +295,33 @@ mod tests {
         server.stop();
         // Publishes fail with Unavailable, within the timeout.
         let started = tokio::time::Instant::now();
-        let result = a.backplane.publish(publication("live", 1)?, Some(HISTORY)).await;
-        assert!(matches!(result, Err(BackplaneError::Unavailable(_))), "{result:?}");
+        let result = a
+            .backplane
+            .publish(publication("live", 1)?, Some(HISTORY))
+            .await;
+        assert!(
+            matches!(result, Err(BackplaneError::Unavailable(_))),
+            "{result:?}"
+        );
         assert!(started.elapsed() <= timeout + Duration::from_millis(200));
         assert!(eventually(Duration::from_secs(10), || !a.backplane.is_healthy()).await);
         // New subscriptions are refused at once while the link is down.
         let started = tokio::time::Instant::now();
         let result = a.backplane.subscribe(Topic::Channel("other".into())).await;
-        assert!(matches!(result, Err(BackplaneError::Unavailable(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(BackplaneError::Unavailable(_))),
+            "{result:?}"
+        );
         assert!(started.elapsed() <= timeout + Duration::from_millis(200));
 
         server.restart().await?;
         assert!(eventually(Duration::from_secs(10), || a.backplane.is_healthy()).await);
         // The referenced channel was resubscribed on the new connection.
         assert_eq!(numsub(&server, &format!("{prefix}:ch:{{live}}")).await?, 1);
-        let pos = a.backplane.publish(publication("live", 2)?, Some(HISTORY)).await?;
+        let pos = a
+            .backplane
+            .publish(publication("live", 2)?, Some(HISTORY))
+            .await?;
         // Redis lost its data (no persistence): a new stream, offset 1.
         assert_eq!(pos.map(|p| p.offset), Some(1));
         assert!(eventually(Duration::from_secs(10), || sink.len() == 1).await);
@@ -297,7 +338,9 @@ mod tests {
         settings.url = proxy.url();
         let sink = Arc::new(CollectSink::default());
         let a = connect(settings, sink.clone()).await?;
-        a.backplane.subscribe(Topic::Channel("quiet".into())).await?;
+        a.backplane
+            .subscribe(Topic::Channel("quiet".into()))
+            .await?;
         // Every connection made so far stays open but receives nothing
         // more: the pub/sub connection looks alive and delivers nothing.
         proxy.freeze_existing();
@@ -318,6 +361,50 @@ mod tests {
         assert!(delivered, "the probe did not rebuild the silent connection");
         assert!(eventually(Duration::from_secs(10), || a.backplane.is_healthy()).await);
         a.backplane.shutdown().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn concurrent_subscribe_churn_keeps_refcounts_exact() -> TestResult {
+        let server = RedisServer::start().await?;
+        let prefix = server.prefix();
+        let (a, sink) = node(&server, &prefix, "a").await?;
+        let held = Topic::Channel("c0".into());
+        a.backplane.subscribe(held.clone()).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..16u64 {
+            let bp = a.backplane.clone();
+            tasks.spawn(async move {
+                for i in 0..40u64 {
+                    let topic = Topic::Channel(format!("c{}", (t + i) % 5));
+                    bp.subscribe(topic.clone()).await?;
+                    if i % 3 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    bp.unsubscribe(topic).await;
+                }
+                Ok::<(), BackplaneError>(())
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined??;
+        }
+        // Only the held reference remains: c0 subscribed, c1..c4 not.
+        let mut settled = false;
+        for _ in 0..200 {
+            let mut counts = Vec::new();
+            for c in 0..5 {
+                counts.push(numsub(&server, &format!("{prefix}:ch:{{c{c}}}")).await?);
+            }
+            if counts == [1, 0, 0, 0, 0] {
+                settled = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(settled, "subscriptions did not settle to the held one");
+        a.backplane.publish(publication("c0", 1)?, None).await?;
+        assert!(eventually(Duration::from_secs(10), || sink.len() == 1).await);
         Ok(())
     }
 }

@@ -47,7 +47,8 @@ impl History for RedisHistory {
             .key(keys.meta(channel))
             .key(keys.history(channel))
             .arg(since.saturating_add(1))
-            .arg(limit)
+            // COUNT must be a Redis integer; nobody reads 4 billion entries.
+            .arg(u32::try_from(limit).unwrap_or(u32::MAX))
             .arg(new_epoch())
             .arg(millis(options.ttl));
         let (top, epoch, first_offset, entries) = self
@@ -87,7 +88,11 @@ mod tests {
     use crate::redis::{connect, RedisBackends};
 
     async fn backends(server: &RedisServer) -> Result<RedisBackends, BackplaneError> {
-        connect(server.settings(&server.prefix(), "h"), Arc::new(CollectSink::default())).await
+        connect(
+            server.settings(&server.prefix(), "h"),
+            Arc::new(CollectSink::default()),
+        )
+        .await
     }
 
     fn publication(channel: &str, n: u64) -> Result<Publication, serde_json::Error> {
@@ -126,7 +131,13 @@ mod tests {
             .publish(publication("c", 1)?, options(10, Duration::from_secs(60)))
             .await?
             .ok_or("no position")?;
-        assert_eq!(pos, StreamPosition { offset: 1, epoch: first.position.epoch });
+        assert_eq!(
+            pos,
+            StreamPosition {
+                offset: 1,
+                epoch: first.position.epoch
+            }
+        );
         Ok(())
     }
 
@@ -145,12 +156,23 @@ mod tests {
         let offsets: Vec<Option<u64>> = all.publications.iter().map(|p| p.offset).collect();
         assert_eq!(offsets, (8..=12).map(Some).collect::<Vec<_>>());
         assert_eq!(all.publications.first().map(|p| p.data.get()), Some("[8]"));
-        assert_eq!(all.publications.first().and_then(|p| p.from.as_deref()), Some("u"));
+        assert_eq!(
+            all.publications.first().and_then(|p| p.from.as_deref()),
+            Some("u")
+        );
         let one = b.history.read("t", 10, 1, OPTS).await?;
-        assert_eq!(one.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [Some(11)]);
+        assert_eq!(
+            one.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            [Some(11)]
+        );
         let none = b.history.read("t", 12, 10, OPTS).await?;
         assert!(none.publications.is_empty());
         assert_eq!(none.first_offset, 8);
+        let huge = b.history.read("t", 0, usize::MAX, OPTS).await?;
+        assert_eq!(huge.publications.len(), 5);
         let position_only = b.history.read("t", 0, 0, OPTS).await?;
         assert!(position_only.publications.is_empty());
         assert_eq!(position_only.position.offset, 12);
@@ -161,10 +183,20 @@ mod tests {
     async fn lost_stream_gets_a_new_epoch() -> TestResult {
         let server = RedisServer::start().await?;
         let prefix = server.prefix();
-        let b = connect(server.settings(&prefix, "h"), Arc::new(CollectSink::default())).await?;
+        let b = connect(
+            server.settings(&prefix, "h"),
+            Arc::new(CollectSink::default()),
+        )
+        .await?;
         let ttl = Duration::from_millis(300);
-        let old = b.backplane.publish(publication("e", 1)?, options(10, ttl)).await?.ok_or("none")?;
-        b.backplane.publish(publication("e", 2)?, options(10, ttl)).await?;
+        let old = b
+            .backplane
+            .publish(publication("e", 1)?, options(10, ttl))
+            .await?
+            .ok_or("none")?;
+        b.backplane
+            .publish(publication("e", 2)?, options(10, ttl))
+            .await?;
         // Wait (bounded) for Redis to expire both keys.
         let mut conn = server.conn().await?;
         let mut expired = false;
@@ -184,8 +216,18 @@ mod tests {
         let read = b.history.read("e", 2, 10, OPTS).await?;
         assert_ne!(read.position.epoch, old.epoch);
         assert_eq!(read.position.offset, 0);
-        let new = b.backplane.publish(publication("e", 3)?, options(10, ttl)).await?.ok_or("none")?;
-        assert_eq!(new, StreamPosition { offset: 1, epoch: read.position.epoch });
+        let new = b
+            .backplane
+            .publish(publication("e", 3)?, options(10, ttl))
+            .await?
+            .ok_or("none")?;
+        assert_eq!(
+            new,
+            StreamPosition {
+                offset: 1,
+                epoch: read.position.epoch
+            }
+        );
         Ok(())
     }
 
@@ -193,17 +235,27 @@ mod tests {
     async fn stale_stream_without_meta_is_dropped() -> TestResult {
         let server = RedisServer::start().await?;
         let prefix = server.prefix();
-        let b = connect(server.settings(&prefix, "h"), Arc::new(CollectSink::default())).await?;
+        let b = connect(
+            server.settings(&prefix, "h"),
+            Arc::new(CollectSink::default()),
+        )
+        .await?;
         let ttl = Duration::from_secs(60);
         for n in 1..=3 {
-            b.backplane.publish(publication("s", n)?, options(10, ttl)).await?;
+            b.backplane
+                .publish(publication("s", n)?, options(10, ttl))
+                .await?;
         }
         let mut conn = server.conn().await?;
         ::redis::cmd("DEL")
             .arg(format!("{prefix}:meta:{{s}}"))
             .query_async::<i64>(&mut conn)
             .await?;
-        let pos = b.backplane.publish(publication("s", 4)?, options(10, ttl)).await?.ok_or("none")?;
+        let pos = b
+            .backplane
+            .publish(publication("s", 4)?, options(10, ttl))
+            .await?
+            .ok_or("none")?;
         assert_eq!(pos.offset, 1);
         let read = b.history.read("s", 0, 10, OPTS).await?;
         assert_eq!(read.publications.len(), 1);

@@ -2,7 +2,7 @@
 //! backends share ([`RedisBackplane`], [`RedisHistory`], [`RedisPresence`]).
 //!
 //! Owns the command pool (deadpool-redis, multiplexed connections), the
-//! Lua scripts, the link state (connected / healthy / reconnect generation)
+//! Lua scripts, the link state (connected / healthy)
 //! and the background subscriber task ([`pubsub`]) that holds the node's one
 //! pub/sub connection. docs/redis.md describes the key layout, the envelope
 //! format, the scripts and the failure behaviour.
@@ -19,6 +19,8 @@
 
 pub mod codec;
 pub mod keys;
+#[cfg(test)]
+mod presence_tests;
 pub(crate) mod pubsub;
 pub(crate) mod scripts;
 #[cfg(test)]
@@ -26,7 +28,7 @@ pub(crate) mod testutil;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -125,6 +127,42 @@ pub async fn connect(
     })
 }
 
+/// Metric: whether Redis is reachable and the receive path alive (gauge 0/1).
+pub const METRIC_UP: &str = "gateway_redis_up";
+/// Metric: failed Redis calls by `op` (counter).
+pub const METRIC_ERRORS: &str = "gateway_redis_errors_total";
+/// Metric: pub/sub reconnections after a loss (counter).
+pub const METRIC_RECONNECTS: &str = "gateway_redis_reconnects_total";
+/// Metric: liveness probes that did not come back (counter).
+pub const METRIC_PROBE_FAILURES: &str = "gateway_redis_probe_failures_total";
+/// Metric: envelopes received from Redis pub/sub (counter).
+pub const METRIC_RECEIVED: &str = "gateway_backplane_received_total";
+
+/// Register descriptions of the Redis metrics with the installed recorder.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        METRIC_UP,
+        "Whether Redis is reachable and pub/sub delivers (1) or not (0)."
+    );
+    describe_counter!(
+        METRIC_ERRORS,
+        "Failed Redis calls, by op (publish, subscribe, history_read, presence, presence_refresh, user_index, nodes, probe, connect, decode)."
+    );
+    describe_counter!(
+        METRIC_RECONNECTS,
+        "Redis pub/sub reconnections after a lost connection."
+    );
+    describe_counter!(
+        METRIC_PROBE_FAILURES,
+        "Redis pub/sub liveness probes that did not come back in time."
+    );
+    describe_counter!(
+        METRIC_RECEIVED,
+        "Envelopes received from Redis pub/sub and handed to the hub."
+    );
+}
+
 /// Command connections; they are multiplexed, so a few carry a lot.
 const POOL_SIZE: usize = 16;
 
@@ -168,7 +206,7 @@ impl Shared {
                 }
             }
             Err(e) => {
-                metrics::counter!("gateway_redis_errors_total", "op" => op).increment(1);
+                metrics::counter!(METRIC_ERRORS, "op" => op).increment(1);
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(op, error = %e, "Redis command failed");
                 }
@@ -182,20 +220,16 @@ impl Shared {
 pub(crate) struct Link {
     /// True while the pub/sub connection is up and resubscribed.
     connected: watch::Sender<bool>,
-    /// Connected and the last liveness probe (or command) went through.
+    /// Connected and the last liveness probe went through.
     healthy: AtomicBool,
-    /// Bumped on every successful (re)connection: a change tells presence
-    /// that Redis may have lost its data in between.
-    generation: AtomicU64,
 }
 
 impl Link {
     fn new() -> Self {
-        metrics::gauge!("gateway_redis_up").set(0.0);
+        metrics::gauge!(METRIC_UP).set(0.0);
         Self {
             connected: watch::Sender::new(false),
             healthy: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
         }
     }
 
@@ -207,13 +241,8 @@ impl Link {
         self.healthy.load(Ordering::Acquire)
     }
 
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
     /// Record a fresh connection (connected and healthy).
     fn up(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
         self.connected.send_replace(true);
         self.set_healthy(true);
     }
@@ -226,7 +255,7 @@ impl Link {
 
     /// Set health; returns whether it changed.
     fn set_healthy(&self, healthy: bool) -> bool {
-        metrics::gauge!("gateway_redis_up").set(if healthy { 1.0 } else { 0.0 });
+        metrics::gauge!(METRIC_UP).set(if healthy { 1.0 } else { 0.0 });
         self.healthy.swap(healthy, Ordering::AcqRel) != healthy
     }
 

@@ -40,7 +40,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{codec, redis_error, Shared};
+use super::{
+    codec, redis_error, Shared, METRIC_ERRORS, METRIC_PROBE_FAILURES, METRIC_RECEIVED,
+    METRIC_RECONNECTS,
+};
 use crate::backplane::{BackplaneError, Deliver};
 
 /// Pending subscribe/unsubscribe commands.
@@ -232,7 +235,7 @@ impl SubscriberTask {
                     backoff.reset();
                     self.shared.link.up();
                     if ever_up {
-                        metrics::counter!("gateway_redis_reconnects_total").increment(1);
+                        metrics::counter!(METRIC_RECONNECTS).increment(1);
                         tracing::info!(topics = self.topics.len(), "Redis pub/sub reconnected");
                     } else {
                         tracing::info!("Redis pub/sub connected");
@@ -250,7 +253,7 @@ impl SubscriberTask {
                     }
                 }
                 Err(e) => {
-                    metrics::counter!("gateway_redis_errors_total", "op" => "connect").increment(1);
+                    metrics::counter!(METRIC_ERRORS, "op" => "connect").increment(1);
                     if !down_logged {
                         tracing::warn!(error = %e, "cannot connect Redis pub/sub; retrying");
                         down_logged = true;
@@ -325,7 +328,7 @@ impl SubscriberTask {
                 },
                 _ = tick.tick() => match probe.sent {
                     Some(sent) if sent.elapsed() > probe_timeout => {
-                        metrics::counter!("gateway_redis_probe_failures_total").increment(1);
+                        metrics::counter!(METRIC_PROBE_FAILURES).increment(1);
                         return Exit::Lost("liveness probe did not come back".into());
                     }
                     Some(_) => {}
@@ -354,11 +357,11 @@ impl SubscriberTask {
         }
         match codec::decode(msg.get_payload_bytes()) {
             Ok(envelope) => {
-                metrics::counter!("gateway_backplane_received_total").increment(1);
+                metrics::counter!(METRIC_RECEIVED).increment(1);
                 self.sink.deliver(envelope);
             }
             Err(e) => {
-                metrics::counter!("gateway_redis_errors_total", "op" => "decode").increment(1);
+                metrics::counter!(METRIC_ERRORS, "op" => "decode").increment(1);
                 if self.decode_warned {
                     tracing::debug!(channel = msg.get_channel_name(), error = %e, "undecodable message");
                 } else {
@@ -369,7 +372,12 @@ impl SubscriberTask {
         }
     }
 
-    async fn on_command(&mut self, cmd: Command, sink: &PubSubSink, ops: &mut FuturesUnordered<Op>) {
+    async fn on_command(
+        &mut self,
+        cmd: Command,
+        sink: &PubSubSink,
+        ops: &mut FuturesUnordered<Op>,
+    ) {
         match cmd {
             Command::Subscribe { channel, ack } => {
                 let op = self.next_op;

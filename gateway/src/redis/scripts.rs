@@ -10,6 +10,8 @@ pub(crate) struct Scripts {
     pub(crate) publish: Script,
     /// History position and entries in one snapshot.
     pub(crate) read: Script,
+    /// Write one expiring-hash entry, pruning long-expired ones.
+    pub(crate) put: Script,
     /// Unexpired values of an expiring hash (optionally pruning).
     pub(crate) live: Script,
     /// Remove and return expired entries of an expiring hash.
@@ -21,6 +23,7 @@ impl Scripts {
         Self {
             publish: Script::new(include_str!("lua/publish.lua")),
             read: Script::new(include_str!("lua/read.lua")),
+            put: Script::new(include_str!("lua/put.lua")),
             live: Script::new(include_str!("lua/live.lua")),
             take_expired: Script::new(include_str!("lua/take_expired.lua")),
         }

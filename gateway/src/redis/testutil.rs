@@ -29,7 +29,9 @@ pub(crate) struct RedisServer {
 impl RedisServer {
     /// Start a server on a free port and wait until it answers PING.
     pub(crate) async fn start() -> AnyResult<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut server = Self { port, child: None };
         server.spawn().await?;
         Ok(server)
@@ -45,7 +47,11 @@ impl RedisServer {
         self.child = Some(child);
         for _ in 0..500 {
             if let Ok(mut conn) = self.conn().await {
-                if ::redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
+                if ::redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
                     return Ok(());
                 }
             }

@@ -21,9 +21,8 @@ if #head > 0 then
   first_offset = tonumber(string.match(head[1][1], '^%d+'))
 end
 local out = {}
-local limit = tonumber(ARGV[2])
-if limit > 0 then
-  local entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', limit)
+if tonumber(ARGV[2]) > 0 then
+  local entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
   for i = 1, #entries do
     out[i] = entries[i][2][2]
   end
