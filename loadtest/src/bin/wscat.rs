@@ -12,6 +12,7 @@
 //! closes the socket, the client exits. Diagnostics go to stderr.
 
 use std::io::BufRead;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -57,7 +58,11 @@ fn print_frame(msg: &Message) -> bool {
         Message::Text(text) => println!("{}", text.as_str()),
         Message::Binary(bytes) => eprintln!("(binary frame, {} bytes)", bytes.len()),
         Message::Close(Some(frame)) => {
-            println!("closed {} {}", u16::from(frame.code), frame.reason.as_str());
+            let code = u16::from(frame.code);
+            match frame.reason.as_str() {
+                "" => println!("closed {code}"),
+                reason => println!("closed {code} {reason}"),
+            }
             return true;
         }
         Message::Close(None) => {
@@ -85,10 +90,29 @@ fn spawn_stdin_reader() -> mpsc::Receiver<String> {
     rx
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("wscat: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wscat: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+/// Connects, relays until the socket closes or stdin ends, then closes.
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut request = args
         .url
         .as_str()
@@ -113,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 body.trim()
             );
         }
-        Err(err) => return Err(err).with_context(|| format!("cannot connect to {}", args.url)),
+        Err(err) => bail!("cannot connect to {}: {err}", args.url),
     };
     let (mut sink, mut stream) = ws.split();
     let mut lines = spawn_stdin_reader();
