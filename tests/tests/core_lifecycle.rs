@@ -126,8 +126,11 @@ async fn sigterm_drains_with_1001_then_exits_0() -> Result<()> {
     Ok(())
 }
 
+/// The listening line is the documented "started" signal: a SIGINT sent
+/// right after it must already drain and exit 0 (the handlers must be
+/// installed before the line is printed), not kill the process.
 #[tokio::test]
-async fn sigterm_without_clients_exits_0_promptly() -> Result<()> {
+async fn sigint_right_after_start_drains_and_exits_0() -> Result<()> {
     let mut gw = GatewayBuilder::new()
         .name("life_drain_idle")
         .standard_config()
