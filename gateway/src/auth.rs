@@ -103,7 +103,10 @@ impl Auth {
     /// Build from validated config (keys were checked by the config).
     pub fn new(config: &Config) -> Result<Self, jsonwebtoken::errors::Error> {
         let key = if let Some(secret) = &config.jwt_secret {
-            Some((DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256))
+            Some((
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ))
         } else if let Some(pem) = &config.jwt_public_key_pem {
             Some((DecodingKey::from_rsa_pem(pem)?, Algorithm::RS256))
         } else {
@@ -118,7 +121,11 @@ impl Auth {
         Ok(Self {
             key,
             required: config.auth_required,
-            origins: config.allowed_origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
+            origins: config
+                .allowed_origins
+                .iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect(),
             api_key: config.api_key.clone(),
         })
     }
@@ -145,7 +152,11 @@ impl Auth {
 
     /// Authenticate a connection from its token (header or query) and, in
     /// open mode only, its `?user=`.
-    pub fn authenticate(&self, token: Option<&str>, dev_user: Option<&str>) -> Result<Identity, AuthError> {
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        dev_user: Option<&str>,
+    ) -> Result<Identity, AuthError> {
         let Some((key, validation)) = &self.key else {
             return Ok(Identity {
                 user: dev_user.filter(|u| !u.is_empty()).map(str::to_owned),
@@ -159,12 +170,11 @@ impl Auth {
                 Ok(Identity::default())
             };
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
-            }
-        })?;
+            })?;
         let c = data.claims;
         if c.sub.is_empty() {
             return Err(AuthError::Invalid);
@@ -217,39 +227,94 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123";
 
     fn token(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn hs256_good_expired_bad_and_none() {
         let auth = Auth::new(&config(Some(SECRET), true)).unwrap();
-        let good = token(serde_json::json!({"sub":"u1","exp":now()+60,"channels":["chat:*"],"info":{"n":1}}), SECRET, Algorithm::HS256);
+        let good = token(
+            serde_json::json!({"sub":"u1","exp":now()+60,"channels":["chat:*"],"info":{"n":1}}),
+            SECRET,
+            Algorithm::HS256,
+        );
         let id = auth.authenticate(Some(&good), None).unwrap();
         assert_eq!(id.user.as_deref(), Some("u1"));
         assert!(id.may_subscribe("chat:a") && !id.may_subscribe("news"));
         assert!(id.may_publish("anything"));
         assert_eq!(id.info.unwrap().get(), r#"{"n":1}"#);
-        let expired = token(serde_json::json!({"sub":"u1","exp":now()-5}), SECRET, Algorithm::HS256);
-        assert_eq!(auth.authenticate(Some(&expired), None).unwrap_err(), AuthError::Expired);
-        let bad = token(serde_json::json!({"sub":"u1","exp":now()+60}), "another-secret-0000000", Algorithm::HS256);
-        assert_eq!(auth.authenticate(Some(&bad), None).unwrap_err(), AuthError::Invalid);
-        let hs512 = token(serde_json::json!({"sub":"u1","exp":now()+60}), SECRET, Algorithm::HS512);
-        assert_eq!(auth.authenticate(Some(&hs512), None).unwrap_err(), AuthError::Invalid);
-        let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", "eyJzdWIiOiJ1MSIsImV4cCI6OTk5OTk5OTk5OX0");
-        assert_eq!(auth.authenticate(Some(&none), None).unwrap_err(), AuthError::Invalid);
-        assert_eq!(auth.authenticate(None, Some("x")).unwrap_err(), AuthError::Missing);
-        let no_sub = token(serde_json::json!({"exp":now()+60}), SECRET, Algorithm::HS256);
-        assert_eq!(auth.authenticate(Some(&no_sub), None).unwrap_err(), AuthError::Invalid);
+        let expired = token(
+            serde_json::json!({"sub":"u1","exp":now()-5}),
+            SECRET,
+            Algorithm::HS256,
+        );
+        assert_eq!(
+            auth.authenticate(Some(&expired), None).unwrap_err(),
+            AuthError::Expired
+        );
+        let bad = token(
+            serde_json::json!({"sub":"u1","exp":now()+60}),
+            "another-secret-0000000",
+            Algorithm::HS256,
+        );
+        assert_eq!(
+            auth.authenticate(Some(&bad), None).unwrap_err(),
+            AuthError::Invalid
+        );
+        let hs512 = token(
+            serde_json::json!({"sub":"u1","exp":now()+60}),
+            SECRET,
+            Algorithm::HS512,
+        );
+        assert_eq!(
+            auth.authenticate(Some(&hs512), None).unwrap_err(),
+            AuthError::Invalid
+        );
+        let none = format!(
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+            "eyJzdWIiOiJ1MSIsImV4cCI6OTk5OTk5OTk5OX0"
+        );
+        assert_eq!(
+            auth.authenticate(Some(&none), None).unwrap_err(),
+            AuthError::Invalid
+        );
+        assert_eq!(
+            auth.authenticate(None, Some("x")).unwrap_err(),
+            AuthError::Missing
+        );
+        let no_sub = token(
+            serde_json::json!({"exp":now()+60}),
+            SECRET,
+            Algorithm::HS256,
+        );
+        assert_eq!(
+            auth.authenticate(Some(&no_sub), None).unwrap_err(),
+            AuthError::Invalid
+        );
     }
 
     #[test]
     fn open_mode_takes_query_user_and_optional_auth_allows_anonymous() {
         let open = Auth::new(&config(None, false)).unwrap();
         assert!(open.open_mode());
-        assert_eq!(open.authenticate(None, Some("alice")).unwrap().user.as_deref(), Some("alice"));
+        assert_eq!(
+            open.authenticate(None, Some("alice"))
+                .unwrap()
+                .user
+                .as_deref(),
+            Some("alice")
+        );
         assert_eq!(open.authenticate(None, None).unwrap().user, None);
         let optional = Auth::new(&config(Some(SECRET), false)).unwrap();
-        assert_eq!(optional.authenticate(None, Some("alice")).unwrap().user, None);
+        assert_eq!(
+            optional.authenticate(None, Some("alice")).unwrap().user,
+            None
+        );
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum ConfigError {
     /// CLI or environment parse failure (clap's message names the setting).
     #[error("{0}")]
     Args(String),
+    /// `--help` or `--version` was asked for: print this and exit 0.
+    #[error("{0}")]
+    Help(String),
 }
 
 /// Log output format.
@@ -96,7 +99,11 @@ impl NamespaceOptions {
 /// Raw settings as given by CLI, env or file: every field optional so the
 /// three sources can be layered. Field docs give the default.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(name = "gateway", version, about = "Horizontally scaled WebSocket gateway")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Horizontally scaled WebSocket gateway"
+)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// TOML config file (namespaces live there).
@@ -255,7 +262,15 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
 impl Config {
     /// Parse CLI + env, layer the optional file, apply defaults, validate.
     pub fn load() -> Result<Config, ConfigError> {
-        let cli = Settings::try_parse().map_err(|e| ConfigError::Args(e.to_string()))?;
+        let cli = Settings::try_parse().map_err(|e| {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    ConfigError::Help(e.to_string())
+                }
+                _ => ConfigError::Args(e.to_string()),
+            }
+        })?;
         Self::from_settings(cli)
     }
 
@@ -283,22 +298,26 @@ impl Config {
                 cli.$field.clone().or(file.$field.clone())
             };
         }
-        let ms = |v: Option<u64>, default: u64, setting: &'static str| -> Result<Duration, ConfigError> {
+        let ms = |v: Option<u64>,
+                  default: u64,
+                  setting: &'static str|
+         -> Result<Duration, ConfigError> {
             let v = v.unwrap_or(default);
             if v == 0 {
                 return Err(invalid(setting, "must be greater than 0"));
             }
             Ok(Duration::from_millis(v))
         };
-        let addr = |v: Option<String>, setting: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
-            v.map(|s| {
-                s.parse::<SocketAddr>()
-                    .map_err(|e| invalid(setting, format!("{s:?} is not host:port ({e})")))
-            })
-            .transpose()
-        };
-        let listen = addr(pick!(listen), "listen")?
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let addr =
+            |v: Option<String>, setting: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
+                v.map(|s| {
+                    s.parse::<SocketAddr>()
+                        .map_err(|e| invalid(setting, format!("{s:?} is not host:port ({e})")))
+                })
+                .transpose()
+            };
+        let listen =
+            addr(pick!(listen), "listen")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
         let admin_listen = addr(pick!(admin_listen), "admin_listen")?;
         let node_id = match pick!(node_id) {
             Some(id) => {
@@ -316,27 +335,38 @@ impl Config {
         };
         let redis_prefix = pick!(redis_prefix).unwrap_or_else(|| "gw".to_owned());
         if redis_prefix.is_empty() || redis_prefix.contains(['{', '}', ' ']) {
-            return Err(invalid("redis_prefix", "must be non-empty without braces or spaces"));
+            return Err(invalid(
+                "redis_prefix",
+                "must be non-empty without braces or spaces",
+            ));
         }
         let redis_url = pick!(redis_url).filter(|u| !u.is_empty());
         if let Some(url) = &redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                return Err(invalid("redis_url", "must start with redis://, rediss:// or unix://"));
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                return Err(invalid(
+                    "redis_url",
+                    "must start with redis:// or unix:// (TLS is not built in)",
+                ));
             }
         }
         let jwt_secret = pick!(jwt_secret).filter(|s| !s.is_empty());
         if matches!(&jwt_secret, Some(s) if s.len() < 16) {
             return Err(invalid("jwt_secret", "must be at least 16 bytes"));
         }
-        let jwt_public_key_pem = match pick!(jwt_public_key_file) {
-            Some(path) => Some(std::fs::read(&path).map_err(|e| {
-                invalid("jwt_public_key_file", format!("{}: {e}", path.display()))
-            })?),
-            None => None,
-        };
+        let jwt_public_key_pem =
+            match pick!(jwt_public_key_file) {
+                Some(path) => Some(std::fs::read(&path).map_err(|e| {
+                    invalid("jwt_public_key_file", format!("{}: {e}", path.display()))
+                })?),
+                None => None,
+            };
         if let Some(pem) = &jwt_public_key_pem {
-            jsonwebtoken::DecodingKey::from_rsa_pem(pem)
-                .map_err(|e| invalid("jwt_public_key_file", format!("not an RSA public key PEM: {e}")))?;
+            jsonwebtoken::DecodingKey::from_rsa_pem(pem).map_err(|e| {
+                invalid(
+                    "jwt_public_key_file",
+                    format!("not an RSA public key PEM: {e}"),
+                )
+            })?;
         }
         if jwt_secret.is_some() && jwt_public_key_pem.is_some() {
             return Err(invalid(
@@ -383,24 +413,41 @@ impl Config {
         let rate_limit = pick!(rate_limit).unwrap_or(100);
         let rate_burst = pick!(rate_burst).unwrap_or(200);
         if rate_limit == 0 || rate_burst == 0 {
-            return Err(invalid("rate_limit", "rate_limit and rate_burst must be greater than 0"));
+            return Err(invalid(
+                "rate_limit",
+                "rate_limit and rate_burst must be greater than 0",
+            ));
         }
         let presence_ttl = ms(pick!(presence_ttl_ms), 60_000, "presence_ttl_ms")?;
         let presence_refresh = ms(pick!(presence_refresh_ms), 25_000, "presence_refresh_ms")?;
         if presence_refresh >= presence_ttl {
-            return Err(invalid("presence_refresh_ms", "must be less than presence_ttl_ms"));
+            return Err(invalid(
+                "presence_refresh_ms",
+                "must be less than presence_ttl_ms",
+            ));
         }
         let default_namespace = pick!(default_namespace).unwrap_or_default();
         let namespaces = pick!(namespaces).unwrap_or_default();
-        for (name, opts) in std::iter::once((&String::new(), &default_namespace)).chain(namespaces.iter()) {
+        for (name, opts) in
+            std::iter::once((&String::new(), &default_namespace)).chain(namespaces.iter())
+        {
             if !name.is_empty() && !crate::protocol::valid_namespace(name) {
-                return Err(invalid("namespaces", format!("bad namespace name {name:?}")));
+                return Err(invalid(
+                    "namespaces",
+                    format!("bad namespace name {name:?}"),
+                ));
             }
             if opts.history_size > 0 && opts.history_ttl_secs == 0 {
-                return Err(invalid("namespaces", format!("{name:?}: history_ttl_secs must be > 0")));
+                return Err(invalid(
+                    "namespaces",
+                    format!("{name:?}: history_ttl_secs must be > 0"),
+                ));
             }
             if opts.history_size > 1_000_000 {
-                return Err(invalid("namespaces", format!("{name:?}: history_size above 1000000")));
+                return Err(invalid(
+                    "namespaces",
+                    format!("{name:?}: history_size above 1000000"),
+                ));
             }
         }
         Ok(Config {
@@ -485,7 +532,9 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
         let e = parse(&["--auth-required", "true"]).unwrap_err().to_string();
         assert!(e.contains("auth_required"), "{e}");
-        let e = parse(&["--max-message-size", "abc"]).unwrap_err().to_string();
+        let e = parse(&["--max-message-size", "abc"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max-message-size"), "{e}");
         let e = parse(&["--node-id", "a.b"]).unwrap_err().to_string();
         assert!(e.contains("node_id"), "{e}");
@@ -510,7 +559,9 @@ mod tests {
         assert!(c.namespace("other:x").is_none());
         assert!(c.namespace("plain").is_some());
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
-        let e = parse(&["--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        let e = parse(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus_key"), "{e}");
     }
 }

@@ -37,7 +37,9 @@ use crate::hub::frame;
 use crate::metrics as m;
 use crate::node::{error_frame, Node};
 use crate::outbox::{ConnHandle, Outbox};
-use crate::protocol::{close, parse_request, ClientOp, CloseReason, ErrorCode, ReplyError, ServerFrame};
+use crate::protocol::{
+    close, parse_request, ClientOp, CloseReason, ErrorCode, ReplyError, ServerFrame,
+};
 use crate::ratelimit::{RateLimiter, Verdict};
 
 /// Frames written per flush at most.
@@ -102,7 +104,10 @@ pub async fn ws_handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     if node.is_draining() {
-        return refuse("draining", ApiError::new(ErrorCode::Unavailable, "node is draining"));
+        return refuse(
+            "draining",
+            ApiError::new(ErrorCode::Unavailable, "node is draining"),
+        );
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if let Err(e) = node.auth.check_origin(origin) {
@@ -119,12 +124,18 @@ pub async fn ws_handler(
         Err(e) => {
             metrics::counter!(m::AUTH_FAILURES, "reason" => e.label()).increment(1);
             tracing::debug!(peer.addr = %peer, reason = e.label(), "connection refused: auth");
-            return refuse("auth", ApiError::new(ErrorCode::Unauthorized, e.to_string()));
+            return refuse(
+                "auth",
+                ApiError::new(ErrorCode::Unauthorized, e.to_string()),
+            );
         }
     };
     if let Some(user) = &identity.user {
         if user.len() > 255 {
-            return refuse("auth", ApiError::new(ErrorCode::Unauthorized, "user id too long"));
+            return refuse(
+                "auth",
+                ApiError::new(ErrorCode::Unauthorized, "user id too long"),
+            );
         }
     }
     if !node.take_slot() {
@@ -141,7 +152,10 @@ pub async fn ws_handler(
         if let Err(e) = node.backplane.subscribe(Topic::User(user.clone())).await {
             metrics::counter!(m::BACKEND_ERRORS, "op" => "subscribe_user").increment(1);
             tracing::debug!(error = %e, "connection refused: user topic");
-            return refuse("backend", ApiError::new(ErrorCode::Unavailable, "backend unavailable"));
+            return refuse(
+                "backend",
+                ApiError::new(ErrorCode::Unavailable, "backend unavailable"),
+            );
         }
         guard.user = Some(user.clone());
     }
@@ -158,7 +172,13 @@ pub async fn ws_handler(
 }
 
 /// Run one connection to its end.
-async fn run(socket: WebSocket, node: Arc<Node>, identity: Identity, addr: IpAddr, guard: SlotGuard) {
+async fn run(
+    socket: WebSocket,
+    node: Arc<Node>,
+    identity: Identity,
+    addr: IpAddr,
+    guard: SlotGuard,
+) {
     let id = node.next_conn_id();
     let span = tracing::info_span!(
         "conn",
@@ -206,7 +226,10 @@ async fn run(socket: WebSocket, node: Arc<Node>, identity: Identity, addr: IpAdd
         let channels = std::mem::take(&mut reader.channels);
         // Unregister and finish the socket concurrently: neither may wait on
         // the other, and both are bounded (backend timeouts, CLOSE_GRACE).
-        tokio::join!(node.unregister(&handle, channels), finish_socket(stream, writer));
+        tokio::join!(
+            node.unregister(&handle, channels),
+            finish_socket(stream, writer)
+        );
         metrics::counter!(m::DISCONNECTS, "reason" => reason.label()).increment(1);
         tracing::info!(
             code = reason.code,
@@ -294,7 +317,8 @@ impl Reader {
         if too_large {
             let err = ReplyError::new(ErrorCode::TooLarge, "frame exceeds max_message_size");
             self.handle.push(&error_frame(None, &err));
-            self.handle.close(CloseReason::new(close::TOO_LARGE, "too_large"));
+            self.handle
+                .close(CloseReason::new(close::TOO_LARGE, "too_large"));
         } else {
             tracing::debug!(error = %text, "read error");
         }
@@ -372,7 +396,10 @@ impl Reader {
                 let ns = node.namespace(&channel)?;
                 self.check_user(&channel, ns.allow_anonymous)?;
                 if !self.identity.may_subscribe(&channel) {
-                    return Err(ReplyError::new(ErrorCode::Forbidden, "token does not allow this channel"));
+                    return Err(ReplyError::new(
+                        ErrorCode::Forbidden,
+                        "token does not allow this channel",
+                    ));
                 }
                 if self.channels.contains(&channel) {
                     return Err(ReplyError::bad_request("already subscribed"));
@@ -396,10 +423,17 @@ impl Reader {
                     return Err(ReplyError::new(ErrorCode::NotFound, "not subscribed"));
                 }
                 node.unsubscribe(&self.handle, &channel).await;
-                self.handle.push(&frame(&ServerFrame::Unsubscribed { id, channel: &channel }));
+                self.handle.push(&frame(&ServerFrame::Unsubscribed {
+                    id,
+                    channel: &channel,
+                }));
                 Ok(())
             }
-            ClientOp::Publish { channel, data, echo } => {
+            ClientOp::Publish {
+                channel,
+                data,
+                echo,
+            } => {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "publish").increment(1);
                 let ns = node.namespace(&channel)?;
                 self.check_user(&channel, ns.allow_anonymous)?;
@@ -410,13 +444,23 @@ impl Reader {
                     ));
                 }
                 if !self.identity.may_publish(&channel) {
-                    return Err(ReplyError::new(ErrorCode::Forbidden, "token does not allow publishing here"));
+                    return Err(ReplyError::new(
+                        ErrorCode::Forbidden,
+                        "token does not allow publishing here",
+                    ));
                 }
                 let exclude = (!echo).then(|| self.handle.id.to_string());
                 let offset = node
-                    .publish(&channel, data, self.identity.user.clone(), exclude, "client")
+                    .publish(
+                        &channel,
+                        data,
+                        self.identity.user.clone(),
+                        exclude,
+                        "client",
+                    )
                     .await?;
-                self.handle.push(&frame(&ServerFrame::Published { id, offset }));
+                self.handle
+                    .push(&frame(&ServerFrame::Published { id, offset }));
                 Ok(())
             }
             ClientOp::Presence { channel } => {
@@ -424,7 +468,10 @@ impl Reader {
                 let ns = node.namespace(&channel)?;
                 self.check_user(&channel, ns.allow_anonymous)?;
                 if !self.identity.may_subscribe(&channel) {
-                    return Err(ReplyError::new(ErrorCode::Forbidden, "token does not allow this channel"));
+                    return Err(ReplyError::new(
+                        ErrorCode::Forbidden,
+                        "token does not allow this channel",
+                    ));
                 }
                 let members = node.presence_members(&channel).await?;
                 self.handle.push(&frame(&ServerFrame::Presence {
@@ -447,7 +494,12 @@ type Sink = SplitSink<WebSocket, Message>;
 
 /// Drain the queue in batches (feed every frame, flush once), send pings,
 /// and send the close frame once the handle is closed.
-async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>, ping_every: Duration) {
+async fn write_loop(
+    mut sink: Sink,
+    mut outbox: Outbox,
+    handle: Arc<ConnHandle>,
+    ping_every: Duration,
+) {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Utf8Bytes> = Vec::new();

@@ -141,7 +141,10 @@ impl Hub {
 
     /// Register a connection (and index it under its user).
     pub fn add_conn(&self, conn: &Arc<ConnHandle>) {
-        self.conns.shard(&conn.id).lock().insert(conn.id.clone(), conn.clone());
+        self.conns
+            .shard(&conn.id)
+            .lock()
+            .insert(conn.id.clone(), conn.clone());
         if let Some(user) = &conn.user {
             self.users
                 .shard(user)
@@ -168,7 +171,10 @@ impl Hub {
             }
         }
         if removed {
-            let n = self.conn_count.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            let n = self
+                .conn_count
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1);
             metrics::gauge!(m::CONNECTIONS).set(n as f64);
         }
     }
@@ -285,7 +291,10 @@ impl Hub {
         if subs.is_empty() {
             drop(subs);
             shard.remove(channel);
-            let n = self.channel_count.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            let n = self
+                .channel_count
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1);
             metrics::gauge!(m::CHANNELS).set(n as f64);
         }
         true
@@ -315,7 +324,13 @@ impl Hub {
     pub fn channel_names(&self, filter: impl Fn(&str) -> bool) -> Vec<String> {
         let mut out = Vec::new();
         for shard in &self.channels.shards {
-            out.extend(shard.lock().keys().filter(|k| filter(k)).map(|k| k.to_string()));
+            out.extend(
+                shard
+                    .lock()
+                    .keys()
+                    .filter(|k| filter(k))
+                    .map(|k| k.to_string()),
+            );
         }
         out
     }
@@ -330,7 +345,13 @@ impl Hub {
         }
     }
 
-    fn fan_out(&self, channel: &str, frame: Utf8Bytes, offset: Option<u64>, exclude: Option<&str>) -> u64 {
+    fn fan_out(
+        &self,
+        channel: &str,
+        frame: Utf8Bytes,
+        offset: Option<u64>,
+        exclude: Option<&str>,
+    ) -> u64 {
         let Some(entry) = self.channels.shard(channel).lock().get(channel).cloned() else {
             return 0;
         };
@@ -409,7 +430,10 @@ impl Deliver for Hub {
             Envelope::Broadcast { data } => self.to_all(&frame(&ServerFrame::Broadcast { data })),
             Envelope::User { user, data } => {
                 let f = frame(&ServerFrame::Direct { data });
-                self.user_conns(user).iter().map(|c| u64::from(c.push(&f))).sum()
+                self.user_conns(user)
+                    .iter()
+                    .map(|c| u64::from(c.push(&f)))
+                    .sum()
             }
             Envelope::Conn { conn, data } => match self.conn(conn) {
                 Some(c) => u64::from(c.push(&frame(&ServerFrame::Direct { data }))),
@@ -463,10 +487,16 @@ mod tests {
         assert!(hub.finish_subscribe("ch", &c, vec![Utf8Bytes::from_static("reply")], Some(5)));
         assert_eq!(out.rx.try_recv().unwrap().as_str(), "reply");
         assert!(out.rx.try_recv().unwrap().as_str().contains("\"offset\":6"));
-        assert!(out.rx.try_recv().is_err(), "offset 5 was covered by the reply position");
+        assert!(
+            out.rx.try_recv().is_err(),
+            "offset 5 was covered by the reply position"
+        );
         hub.deliver(Envelope::Message(publication("ch", Some(7))));
         assert!(out.rx.try_recv().unwrap().as_str().contains("\"offset\":7"));
-        assert_eq!(c.queued_bytes(), "reply".len() + 2 * message_frame(&publication("ch", Some(6))).len());
+        assert_eq!(
+            c.queued_bytes(),
+            "reply".len() + 2 * message_frame(&publication("ch", Some(6))).len()
+        );
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();
+    crate::redis::describe_metrics();
     metrics::gauge!(NODE_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.to_owned())
         .set(1.0);
     metrics::gauge!(CONNECTIONS).set(0.0);
@@ -89,29 +90,75 @@ pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    describe_gauge!(CONNECTIONS, "Open client WebSocket connections on this node.");
+    describe_gauge!(
+        CONNECTIONS,
+        "Open client WebSocket connections on this node."
+    );
     describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket connections accepted.");
-    describe_counter!(CONNECTIONS_REFUSED, "Connection attempts refused before the upgrade, by reason.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connection attempts refused before the upgrade, by reason."
+    );
     describe_counter!(DISCONNECTS, "Connections closed, by reason.");
     describe_counter!(MESSAGES_RECEIVED, "Client frames received, by op.");
     describe_counter!(MESSAGES_SENT, "Frames written to client sockets.");
     describe_counter!(BYTES_IN, Unit::Bytes, "Bytes of client frames received.");
-    describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes of frames written to clients.");
-    describe_counter!(PUBLICATIONS, "Publications accepted by the backplane, by source (api, client).");
+    describe_counter!(
+        BYTES_OUT,
+        Unit::Bytes,
+        "Bytes of frames written to clients."
+    );
+    describe_counter!(
+        PUBLICATIONS,
+        "Publications accepted by the backplane, by source (api, client)."
+    );
     describe_counter!(DELIVERIES, "Frames queued to local connections by fan-out.");
-    describe_counter!(SLOW_CONSUMERS, "Connections closed because their send queue overflowed.");
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections closed because their send queue overflowed."
+    );
     describe_counter!(DROPPED, "Frames dropped, by reason.");
     describe_gauge!(SUBSCRIPTIONS, "Channel subscriptions of local connections.");
     describe_gauge!(CHANNELS, "Channels with at least one local subscriber.");
-    describe_histogram!(DELIVERY_LAG, Unit::Seconds, "Time from publish to fan-out on this node.");
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "Time from publish to fan-out on this node."
+    );
     describe_counter!(ERRORS, "Error replies sent to clients, by code.");
     describe_counter!(AUTH_FAILURES, "Authentication failures, by reason.");
-    describe_counter!(RATE_LIMITED, "Client frames refused by the per-connection rate limit.");
-    describe_counter!(API_REQUESTS, "HTTP API requests, by route template and status.");
-    describe_histogram!(API_LATENCY, Unit::Seconds, "HTTP API request latency, by route template.");
-    describe_counter!(BACKEND_ERRORS, "Failed backend (presence, history, backplane) calls, by op.");
-    describe_histogram!(PRESENCE_REFRESH, Unit::Seconds, "Duration of one presence refresh batch.");
-    describe_counter!(HISTORY_REPLAYS, "Subscribes with recovery, by whether the gap was recovered.");
-    describe_gauge!(NODE_INFO, "Node information (always 1), labelled with version and node id.");
-    describe_gauge!(BACKPLANE_UP, "Whether the backplane is healthy (1) or not (0).");
+    describe_counter!(
+        RATE_LIMITED,
+        "Client frames refused by the per-connection rate limit."
+    );
+    describe_counter!(
+        API_REQUESTS,
+        "HTTP API requests, by route template and status."
+    );
+    describe_histogram!(
+        API_LATENCY,
+        Unit::Seconds,
+        "HTTP API request latency, by route template."
+    );
+    describe_counter!(
+        BACKEND_ERRORS,
+        "Failed backend (presence, history, backplane) calls, by op."
+    );
+    describe_histogram!(
+        PRESENCE_REFRESH,
+        Unit::Seconds,
+        "Duration of one presence refresh batch."
+    );
+    describe_counter!(
+        HISTORY_REPLAYS,
+        "Subscribes with recovery, by whether the gap was recovered."
+    );
+    describe_gauge!(
+        NODE_INFO,
+        "Node information (always 1), labelled with version and node id."
+    );
+    describe_gauge!(
+        BACKPLANE_UP,
+        "Whether the backplane is healthy (1) or not (0)."
+    );
 }

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use crate::auth::Auth;
 use crate::backplane::{
-    Backplane, BackplaneError, Deliver, Envelope, MemoryBackplane, PresenceEvent, Publication, Topic,
+    Backplane, BackplaneError, Deliver, Envelope, MemoryBackplane, PresenceEvent, Publication,
+    Topic,
 };
 use crate::config::{Config, NamespaceOptions};
 use crate::history::{History, MemoryHistory};
@@ -77,19 +78,22 @@ impl Node {
         let auth = Auth::new(&config)?;
         let hub = Arc::new(Hub::new(config.node_id.clone()));
         let sink: Arc<dyn Deliver> = hub.clone();
-        let (backplane, history, presence, memory_history): (_, _, _, Option<Arc<MemoryHistory>>) = match &config.redis_url {
-            None => {
-                let history = Arc::new(MemoryHistory::default());
-                let backplane: Arc<dyn Backplane> = Arc::new(MemoryBackplane::new(sink, history.clone()));
-                let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(config.presence_ttl));
-                let reader: Arc<dyn History> = history.clone();
-                (backplane, reader, presence, Some(history))
-            }
-            Some(url) => {
-                let (b, h, p) = redis_backends(&config, url, sink, &shutdown).await?;
-                (b, h, p, None)
-            }
-        };
+        let (backplane, history, presence, memory_history): (_, _, _, Option<Arc<MemoryHistory>>) =
+            match &config.redis_url {
+                None => {
+                    let history = Arc::new(MemoryHistory::default());
+                    let backplane: Arc<dyn Backplane> =
+                        Arc::new(MemoryBackplane::new(sink, history.clone()));
+                    let presence: Arc<dyn Presence> =
+                        Arc::new(MemoryPresence::new(config.presence_ttl));
+                    let reader: Arc<dyn History> = history.clone();
+                    (backplane, reader, presence, Some(history))
+                }
+                Some(url) => {
+                    let (b, h, p) = redis_backends(&config, url, sink).await?;
+                    (b, h, p, None)
+                }
+            };
         Ok(Arc::new(Node {
             started_at: m::now_us() / 1_000_000,
             config,
@@ -238,7 +242,10 @@ impl Node {
                 .map_err(|e| backend_error("history_read", &e))?;
             top = Some(read.position.offset);
             if let Some(s) = &since {
-                let epoch_ok = s.epoch.as_deref().is_none_or(|e| e.is_empty() || e == read.position.epoch);
+                let epoch_ok = s
+                    .epoch
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == read.position.epoch);
                 if epoch_ok && s.offset <= read.position.offset {
                     recovered = Some(read.first_offset <= s.offset + 1);
                     replay = read.publications;
@@ -304,14 +311,18 @@ impl Node {
                 }
             }
         }
-        self.backplane.unsubscribe(Topic::Channel(channel.to_owned())).await;
+        self.backplane
+            .unsubscribe(Topic::Channel(channel.to_owned()))
+            .await;
         true
     }
 
     /// Members of a presence-enabled channel.
     pub async fn presence_members(&self, channel: &str) -> Result<Vec<Member>, ReplyError> {
         if !self.namespace(channel)?.tracks_presence() {
-            return Err(ReplyError::bad_request("presence is not enabled for this namespace"));
+            return Err(ReplyError::bad_request(
+                "presence is not enabled for this namespace",
+            ));
         }
         self.presence
             .members(channel)
@@ -362,7 +373,11 @@ impl Node {
     /// members of local join/leave channels, heartbeat the node registry.
     pub async fn maintain(&self) {
         let config = self.config.clone();
-        let tracks = |ch: &str| config.namespace(ch).is_some_and(NamespaceOptions::tracks_presence);
+        let tracks = |ch: &str| {
+            config
+                .namespace(ch)
+                .is_some_and(NamespaceOptions::tracks_presence)
+        };
         let started = tokio::time::Instant::now();
         let batch = RefreshBatch {
             members: self.hub.presence_members(tracks),
@@ -426,17 +441,33 @@ impl Node {
     /// members a few times per TTL. Ends on shutdown.
     pub async fn run_maintenance(self: Arc<Self>) {
         let mut refresh = tokio::time::interval(self.config.presence_refresh);
-        let sweep_every = (self.config.presence_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let sweep_every = (self.config.presence_ttl / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5));
         let mut sweep = tokio::time::interval(sweep_every);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_healthy = self.backplane.is_healthy();
         loop {
             tokio::select! {
                 _ = self.shutdown.token.cancelled() => break,
                 _ = refresh.tick() => self.maintain().await,
-                _ = sweep.tick() => self.sweep_expired().await,
+                _ = sweep.tick() => {
+                    // After an outage the backend may have lost our entries:
+                    // rewrite them now rather than at the next refresh tick.
+                    let healthy = self.backplane.is_healthy();
+                    if healthy && !was_healthy {
+                        tracing::info!("backplane healthy again, refreshing presence");
+                        self.maintain().await;
+                    }
+                    was_healthy = healthy;
+                    self.sweep_expired().await;
+                }
             }
-            metrics::gauge!(m::BACKPLANE_UP).set(if self.backplane.is_healthy() { 1.0 } else { 0.0 });
+            metrics::gauge!(m::BACKPLANE_UP).set(if self.backplane.is_healthy() {
+                1.0
+            } else {
+                0.0
+            });
         }
         if let Err(e) = self.presence.remove_node(&self.config.node_id).await {
             backend_error("node_remove", &e);
@@ -447,12 +478,22 @@ impl Node {
 type Backends = (Arc<dyn Backplane>, Arc<dyn History>, Arc<dyn Presence>);
 
 async fn redis_backends(
-    _config: &Config,
-    _url: &str,
-    _sink: Arc<dyn Deliver>,
-    _shutdown: &Shutdown,
+    config: &Config,
+    url: &str,
+    sink: Arc<dyn Deliver>,
 ) -> Result<Backends, BackplaneError> {
-    Err(BackplaneError::Unavailable("redis backend is not built yet".into()))
+    let b = crate::redis::connect(
+        crate::redis::RedisSettings {
+            url: url.to_owned(),
+            prefix: config.redis_prefix.clone(),
+            node_id: config.node_id.clone(),
+            timeout: config.redis_timeout,
+            presence_ttl: config.presence_ttl,
+        },
+        sink,
+    )
+    .await?;
+    Ok((b.backplane, b.history, b.presence))
 }
 
 /// Encode an `error` frame.

@@ -205,7 +205,9 @@ pub fn valid_namespace(name: &str) -> bool {
 fn field_str(obj: &serde_json::Map<String, Value>, key: &str) -> Result<String, ReplyError> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ReplyError::bad_request(format!("field `{key}` must be a string"))),
+        Some(_) => Err(ReplyError::bad_request(format!(
+            "field `{key}` must be a string"
+        ))),
         None => Err(ReplyError::bad_request(format!("missing field `{key}`"))),
     }
 }
@@ -422,10 +424,16 @@ mod tests {
 
     #[test]
     fn parses_every_op() {
-        let r = parse_request(r#"{"op":"subscribe","id":1,"channel":"chat:a","since":{"offset":3,"epoch":"e"}}"#).unwrap();
+        let r = parse_request(
+            r#"{"op":"subscribe","id":1,"channel":"chat:a","since":{"offset":3,"epoch":"e"}}"#,
+        )
+        .unwrap();
         assert_eq!(r.id, Some(Value::from(1)));
-        assert!(matches!(r.op, ClientOp::Subscribe { ref channel, since: Some(Since { offset: 3, .. }) } if channel == "chat:a"));
-        let r = parse_request(r#"{"op":"publish","channel":"a","data":{"x":[1,2]},"echo":true}"#).unwrap();
+        assert!(
+            matches!(r.op, ClientOp::Subscribe { ref channel, since: Some(Since { offset: 3, .. }) } if channel == "chat:a")
+        );
+        let r = parse_request(r#"{"op":"publish","channel":"a","data":{"x":[1,2]},"echo":true}"#)
+            .unwrap();
         match r.op {
             ClientOp::Publish { data, echo, .. } => {
                 assert_eq!(data.get(), r#"{"x":[1,2]}"#);
@@ -433,9 +441,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_request(r#"{"op":"ping"}"#).unwrap().op, ClientOp::Ping));
-        assert!(matches!(parse_request(r#"{"op":"presence","channel":"a"}"#).unwrap().op, ClientOp::Presence { .. }));
-        assert!(matches!(parse_request(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap().op, ClientOp::Unsubscribe { .. }));
+        assert!(matches!(
+            parse_request(r#"{"op":"ping"}"#).unwrap().op,
+            ClientOp::Ping
+        ));
+        assert!(matches!(
+            parse_request(r#"{"op":"presence","channel":"a"}"#)
+                .unwrap()
+                .op,
+            ClientOp::Presence { .. }
+        ));
+        assert!(matches!(
+            parse_request(r#"{"op":"unsubscribe","channel":"a"}"#)
+                .unwrap()
+                .op,
+            ClientOp::Unsubscribe { .. }
+        ));
     }
 
     #[test]
@@ -445,12 +466,32 @@ mod tests {
         let (id, e) = err(r#"{"op":"dance","id":"x"}"#);
         assert_eq!(id, Some(Value::from("x")));
         assert!(e.message.contains("unknown op"));
-        assert!(err(r#"{"op":"subscribe","id":2}"#).1.message.contains("missing field `channel`"));
-        assert!(err(r#"{"op":"subscribe","channel":5}"#).1.message.contains("must be a string"));
-        assert!(err(r#"{"op":"subscribe","channel":"a b"}"#).1.message.contains("invalid channel"));
-        assert!(err(r#"{"op":"publish","channel":"a"}"#).1.message.contains("data"));
-        assert!(err(r#"{"op":"publish","channel":"a","data":1,"echo":"y"}"#).1.message.contains("echo"));
-        assert!(err(r#"{"op":"subscribe","channel":"a","since":{"offset":"x"}}"#).1.message.contains("since"));
+        assert!(err(r#"{"op":"subscribe","id":2}"#)
+            .1
+            .message
+            .contains("missing field `channel`"));
+        assert!(err(r#"{"op":"subscribe","channel":5}"#)
+            .1
+            .message
+            .contains("must be a string"));
+        assert!(err(r#"{"op":"subscribe","channel":"a b"}"#)
+            .1
+            .message
+            .contains("invalid channel"));
+        assert!(err(r#"{"op":"publish","channel":"a"}"#)
+            .1
+            .message
+            .contains("data"));
+        assert!(err(r#"{"op":"publish","channel":"a","data":1,"echo":"y"}"#)
+            .1
+            .message
+            .contains("echo"));
+        assert!(
+            err(r#"{"op":"subscribe","channel":"a","since":{"offset":"x"}}"#)
+                .1
+                .message
+                .contains("since")
+        );
         assert!(err(r#"{"op":1}"#).1.message.contains("`op`"));
     }
 
@@ -467,9 +508,28 @@ mod tests {
     #[test]
     fn frames_encode() {
         let data = RawValue::from_string(r#"{"a":1}"#.to_owned()).unwrap();
-        let s = ServerFrame::Message { channel: "c", data: &data, offset: Some(4), from: None }.encode();
-        assert_eq!(s, r#"{"type":"message","channel":"c","data":{"a":1},"offset":4,"from":null}"#);
-        let s = ServerFrame::Subscribed { id: None, channel: "c", offset: None, epoch: None, recovered: None }.encode();
-        assert_eq!(s, r#"{"type":"subscribed","id":null,"channel":"c","offset":null,"epoch":null}"#);
+        let s = ServerFrame::Message {
+            channel: "c",
+            data: &data,
+            offset: Some(4),
+            from: None,
+        }
+        .encode();
+        assert_eq!(
+            s,
+            r#"{"type":"message","channel":"c","data":{"a":1},"offset":4,"from":null}"#
+        );
+        let s = ServerFrame::Subscribed {
+            id: None,
+            channel: "c",
+            offset: None,
+            epoch: None,
+            recovered: None,
+        }
+        .encode();
+        assert_eq!(
+            s,
+            r#"{"type":"subscribed","id":null,"channel":"c","offset":null,"epoch":null}"#
+        );
     }
 }

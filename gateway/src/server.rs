@@ -64,9 +64,16 @@ async fn readyz(State(a): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(a): State<Admin>) -> Response {
-    metrics::gauge!(m::BACKPLANE_UP).set(if a.node.backplane.is_healthy() { 1.0 } else { 0.0 });
+    metrics::gauge!(m::BACKPLANE_UP).set(if a.node.backplane.is_healthy() {
+        1.0
+    } else {
+        0.0
+    });
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         a.prometheus.render(),
     )
         .into_response()
@@ -87,11 +94,17 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 }
 
 /// Run the node until `signal` resolves, then drain and return.
-pub async fn run(
+pub async fn run<F, S>(
     config: Config,
     prometheus: PrometheusHandle,
-    signal: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+    signal: F,
+) -> Result<(), ServerError>
+where
+    F: FnOnce() -> S,
+    S: Future<Output = ()> + Send + 'static,
+{
+    // Handlers exist before anyone can learn our address and signal us.
+    let signal = signal();
     let shutdown = Shutdown::default();
     let listener = bind(config.listen).await?;
     let admin_listener = match config.admin_listen {
@@ -165,7 +178,11 @@ async fn drain(node: &Arc<Node>) {
     let started = tokio::time::Instant::now();
     node.start_draining();
     let conns = node.hub.all_conns();
-    tracing::info!(connections = conns.len(), grace_ms = grace.as_millis() as u64, "draining");
+    tracing::info!(
+        connections = conns.len(),
+        grace_ms = grace.as_millis() as u64,
+        "draining"
+    );
     let spread = grace / 2;
     let n = conns.len().max(1) as u32;
     for (i, conn) in conns.iter().enumerate() {
@@ -175,8 +192,13 @@ async fn drain(node: &Arc<Node>) {
     }
     node.shutdown.token.cancel();
     node.shutdown.tracker.close();
-    let rest = grace.saturating_sub(started.elapsed()).max(Duration::from_millis(500));
-    if tokio::time::timeout(rest, node.shutdown.tracker.wait()).await.is_err() {
+    let rest = grace
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(500));
+    if tokio::time::timeout(rest, node.shutdown.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             tasks = node.shutdown.tracker.len(),
             "drain grace ran out with tasks still running"

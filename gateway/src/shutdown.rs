@@ -18,26 +18,56 @@ pub struct Shutdown {
     pub tracker: TaskTracker,
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() {
+/// Install the SIGTERM/SIGINT handlers now and return a future that
+/// resolves on the first of them. Call it before announcing the listener:
+/// a signal that arrives before the handlers exist kills the process
+/// without a drain.
+pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        let term = signal(SignalKind::terminate());
+        if let Err(e) = &term {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+        }
+        term.ok()
+    };
+    #[cfg(unix)]
+    let int = {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::interrupt()).ok()
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let mut term = term;
+            let mut int = int;
+            let on_term = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            let on_int = async {
+                match int.as_mut() {
+                    Some(i) => {
+                        i.recv().await;
+                    }
+                    None => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = on_term => tracing::info!("SIGTERM received"),
+                _ = on_int => tracing::info!("SIGINT received"),
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -45,7 +45,8 @@ impl From<ReplyError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({"error": {"code": self.0.code, "message": self.0.message}});
         (status, Json(body)).into_response()
     }
@@ -66,7 +67,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::new(ErrorCode::BadRequest, "cannot read body")
             }
         })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
         serde_json::from_slice(bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
@@ -130,7 +135,10 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 async fn api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if !node.auth.check_api_key(given) {
         metrics::counter!(m::AUTH_FAILURES, "reason" => "api_key").increment(1);
         return ApiError::new(ErrorCode::Unauthorized, "missing or wrong API key").into_response();
@@ -165,17 +173,28 @@ fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     if !id.is_empty() && id.len() <= 255 && !id.chars().any(char::is_control) {
         Ok(())
     } else {
-        Err(ApiError::new(ErrorCode::BadRequest, format!("invalid {kind} id")))
+        Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("invalid {kind} id"),
+        ))
     }
 }
 
-async fn publish(State(node): State<Arc<Node>>, JsonBody(b): JsonBody<PublishBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn publish(
+    State(node): State<Arc<Node>>,
+    JsonBody(b): JsonBody<PublishBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     check_channel(&b.channel)?;
-    let offset = node.publish(&b.channel, b.data, None, b.exclude, "api").await?;
+    let offset = node
+        .publish(&b.channel, b.data, None, b.exclude, "api")
+        .await?;
     Ok(Json(json!({ "offset": offset })))
 }
 
-async fn broadcast(State(node): State<Arc<Node>>, JsonBody(b): JsonBody<DataBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn broadcast(
+    State(node): State<Arc<Node>>,
+    JsonBody(b): JsonBody<DataBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     node.send(Envelope::Broadcast { data: b.data }).await?;
     Ok(Json(json!({})))
 }
@@ -203,11 +222,17 @@ async fn send_conn(
 fn close_args(b: DisconnectBody) -> Result<(u16, String), ApiError> {
     let code = b.code.unwrap_or(close::DISCONNECTED);
     if !(4000..=4999).contains(&code) {
-        return Err(ApiError::new(ErrorCode::BadRequest, "code must be in 4000..=4999"));
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "code must be in 4000..=4999",
+        ));
     }
     let reason = b.reason.unwrap_or_else(|| "disconnected".to_owned());
     if reason.len() > 120 {
-        return Err(ApiError::new(ErrorCode::BadRequest, "reason must be at most 120 bytes"));
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "reason must be at most 120 bytes",
+        ));
     }
     Ok((code, reason))
 }
@@ -219,7 +244,8 @@ async fn disconnect_user(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_id("user", &user)?;
     let (code, reason) = close_args(b)?;
-    node.send(Envelope::DisconnectUser { user, code, reason }).await?;
+    node.send(Envelope::DisconnectUser { user, code, reason })
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -230,11 +256,15 @@ async fn disconnect_conn(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_id("connection", &conn)?;
     let (code, reason) = close_args(b)?;
-    node.send(Envelope::DisconnectConn { conn, code, reason }).await?;
+    node.send(Envelope::DisconnectConn { conn, code, reason })
+        .await?;
     Ok(Json(json!({})))
 }
 
-async fn presence(State(node): State<Arc<Node>>, Path(channel): Path<String>) -> Result<Response, ApiError> {
+async fn presence(
+    State(node): State<Arc<Node>>,
+    Path(channel): Path<String>,
+) -> Result<Response, ApiError> {
     check_channel(&channel)?;
     let members = node.presence_members(&channel).await?;
     Ok(Json(json!({ "channel": channel, "members": members })).into_response())
@@ -247,7 +277,10 @@ async fn history(
 ) -> Result<Response, ApiError> {
     check_channel(&channel)?;
     let Some(opts) = node.namespace(&channel)?.history() else {
-        return Err(ApiError::new(ErrorCode::BadRequest, "history is not enabled for this namespace"));
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "history is not enabled for this namespace",
+        ));
     };
     let limit = q.limit.unwrap_or(opts.size).min(opts.size);
     let read = node
@@ -276,13 +309,19 @@ async fn history(
     .into_response())
 }
 
-async fn user_status(State(node): State<Arc<Node>>, Path(user): Path<String>) -> Result<Response, ApiError> {
+async fn user_status(
+    State(node): State<Arc<Node>>,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
     check_id("user", &user)?;
     let conns: Vec<UserConn> = node.presence.user_conns(&user).await.map_err(|_| {
         metrics::counter!(m::BACKEND_ERRORS, "op" => "user_conns").increment(1);
         ApiError(ReplyError::unavailable())
     })?;
-    Ok(Json(json!({ "user": user, "online": !conns.is_empty(), "connections": conns })).into_response())
+    Ok(
+        Json(json!({ "user": user, "online": !conns.is_empty(), "connections": conns }))
+            .into_response(),
+    )
 }
 
 async fn nodes(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Backplane, BackplaneError, Deliver, Envelope, HistoryOptions, Publication, StreamPosition, Topic};
+use super::{
+    Backplane, BackplaneError, Deliver, Envelope, HistoryOptions, Publication, StreamPosition,
+    Topic,
+};
 use crate::history::MemoryHistory;
 
 const ORDER_SHARDS: usize = 64;
@@ -45,7 +48,8 @@ impl Backplane for MemoryBackplane {
         mut publication: Publication,
         history: Option<HistoryOptions>,
     ) -> Result<Option<StreamPosition>, BackplaneError> {
-        let lock = &self.order[(self.hasher.hash_one(&publication.channel) as usize) % ORDER_SHARDS];
+        let lock =
+            &self.order[(self.hasher.hash_one(&publication.channel) as usize) % ORDER_SHARDS];
         let _order = lock.lock();
         let position = history.map(|h| self.history.append(&mut publication, h));
         self.sink.deliver(Envelope::Message(publication));

@@ -113,8 +113,16 @@ impl History for MemoryHistory {
             *stream = Stream::new(options.ttl);
         }
         let first_offset = stream.top + 1 - stream.items.len() as u64;
-        let skip = since.saturating_sub(first_offset - 1).min(stream.items.len() as u64) as usize;
-        let publications = stream.items.iter().skip(skip).take(limit).cloned().collect();
+        let skip = since
+            .saturating_sub(first_offset - 1)
+            .min(stream.items.len() as u64) as usize;
+        let publications = stream
+            .items
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect();
         Ok(HistoryRead {
             position: StreamPosition {
                 offset: stream.top,

@@ -40,7 +40,12 @@ impl MemoryPresence {
 
 fn live<T: Clone>(entries: Option<&Entries<T>>, now: Instant) -> Vec<T> {
     entries
-        .map(|m| m.values().filter(|(_, exp)| *exp > now).map(|(v, _)| v.clone()).collect())
+        .map(|m| {
+            m.values()
+                .filter(|(_, exp)| *exp > now)
+                .map(|(v, _)| v.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -127,7 +132,10 @@ impl Presence for MemoryPresence {
         {
             let mut channels = self.channels.lock();
             for (channel, member) in &batch.members {
-                if let Some(entry) = channels.get_mut(channel).and_then(|m| m.get_mut(&member.conn)) {
+                if let Some(entry) = channels
+                    .get_mut(channel)
+                    .and_then(|m| m.get_mut(&member.conn))
+                {
                     entry.1 = exp;
                 }
             }
@@ -143,7 +151,9 @@ impl Presence for MemoryPresence {
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError> {
         let exp = Instant::now() + self.ttl;
-        self.nodes.lock().insert(node.id.clone(), (node.clone(), exp));
+        self.nodes
+            .lock()
+            .insert(node.id.clone(), (node.clone(), exp));
         Ok(())
     }
 
