@@ -508,10 +508,7 @@ async fn write_loop(
         tokio::select! {
             biased;
             _ = closed.cancelled() => break,
-            n = outbox.rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 {
-                    break;
-                }
+            _ = outbox.recv_many(&mut batch, WRITE_BATCH) => {
                 let write = write_batch(&mut sink, &mut batch, &handle);
                 let ok = tokio::select! {
                     ok = write => ok,
@@ -545,9 +542,7 @@ async fn write_loop(
         // A deliberate close (error reply, API disconnect, drain) delivers
         // what was queued before it; a slow consumer's queue is dropped.
         batch.clear();
-        while let Ok(f) = outbox.rx.try_recv() {
-            batch.push(f);
-        }
+        while outbox.try_recv_many(&mut batch, usize::MAX).is_some() {}
         if !batch.is_empty() {
             let _ = timeout(CLOSE_GRACE, write_batch(&mut sink, &mut batch, &handle)).await;
         }

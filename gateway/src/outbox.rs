@@ -10,13 +10,14 @@
 //! Invariant: `queued` equals the bytes of frames accepted and not yet
 //! written (including frames parked in a subscribe's recovery buffer).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{close, CloseReason};
@@ -29,17 +30,53 @@ pub struct ConnHandle {
     pub user: Option<Arc<str>>,
     /// The token's `info` claim, shown in presence.
     pub info: Option<Box<RawValue>>,
-    tx: mpsc::UnboundedSender<Utf8Bytes>,
+    /// Frames to write, in order. A plain deque (no channel) so an idle
+    /// connection holds no preallocated queue block.
+    frames: Mutex<VecDeque<Utf8Bytes>>,
+    ready: Notify,
     queued: AtomicUsize,
     limit: usize,
     close_reason: Mutex<Option<CloseReason>>,
     closed: CancellationToken,
 }
 
-/// The writer's end of a [`ConnHandle`]'s queue.
+/// The writer's end of a [`ConnHandle`]'s queue (there is exactly one).
 pub struct Outbox {
-    /// Frames to write, in order.
-    pub rx: mpsc::UnboundedReceiver<Utf8Bytes>,
+    handle: Arc<ConnHandle>,
+}
+
+/// Shrink an emptied queue above this capacity, so one burst does not pin
+/// memory for the connection's lifetime.
+const KEEP_CAPACITY: usize = 64;
+
+impl Outbox {
+    /// Move up to `max` queued frames into `buf`, waiting while there are
+    /// none. Cancel-safe: nothing is taken unless it is returned.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Utf8Bytes>, max: usize) -> usize {
+        let handle = self.handle.clone();
+        loop {
+            let notified = handle.ready.notified();
+            if let Some(n) = self.try_recv_many(buf, max) {
+                return n;
+            }
+            notified.await;
+        }
+    }
+
+    /// Move up to `max` queued frames into `buf` without waiting; `None`
+    /// when the queue is empty.
+    pub fn try_recv_many(&mut self, buf: &mut Vec<Utf8Bytes>, max: usize) -> Option<usize> {
+        let mut frames = self.handle.frames.lock();
+        if frames.is_empty() {
+            return None;
+        }
+        let n = frames.len().min(max);
+        buf.extend(frames.drain(..n));
+        if frames.is_empty() && frames.capacity() > KEEP_CAPACITY {
+            *frames = VecDeque::new();
+        }
+        Some(n)
+    }
 }
 
 impl ConnHandle {
@@ -50,18 +87,21 @@ impl ConnHandle {
         info: Option<Box<RawValue>>,
         limit: usize,
     ) -> (Arc<Self>, Outbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let handle = Arc::new(Self {
             id,
             user,
             info,
-            tx,
+            frames: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
             queued: AtomicUsize::new(0),
             limit,
             close_reason: Mutex::new(None),
             closed: CancellationToken::new(),
         });
-        (handle, Outbox { rx })
+        let outbox = Outbox {
+            handle: handle.clone(),
+        };
+        (handle, outbox)
     }
 
     /// Reserve room for `len` bytes; on overflow close as a slow consumer.
@@ -80,10 +120,8 @@ impl ConnHandle {
 
     /// Queue a frame whose bytes were already reserved.
     pub fn push_reserved(&self, frame: Utf8Bytes) {
-        let len = frame.len();
-        if self.tx.send(frame).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-        }
+        self.frames.lock().push_back(frame);
+        self.ready.notify_one();
     }
 
     /// Queue a frame; false when it was dropped (queue full or closed).
@@ -148,8 +186,9 @@ mod tests {
         assert_eq!(h.queued_bytes(), 6);
         assert_eq!(h.close_reason().unwrap().code, close::SLOW_CONSUMER);
         assert!(h.closed().is_cancelled());
-        let got = out.rx.try_recv().unwrap();
-        h.release(got.len());
+        let mut got = Vec::new();
+        assert_eq!(out.try_recv_many(&mut got, 10), Some(1));
+        h.release(got[0].len());
         assert_eq!(h.queued_bytes(), 0);
         assert!(!h.push(&f), "closed handles take nothing");
     }
