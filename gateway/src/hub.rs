@@ -265,7 +265,7 @@ impl Hub {
                 (Some(o), Some(t)) => o > t,
                 _ => true,
             };
-            if keep && !conn.closed().is_cancelled() {
+            if keep && !conn.is_closing() {
                 conn.push_reserved(p.frame);
             } else {
                 conn.release(len);

@@ -11,7 +11,7 @@
 //! written (including frames parked in a subscribe's recovery buffer).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -37,6 +37,9 @@ pub struct ConnHandle {
     queued: AtomicUsize,
     limit: usize,
     close_reason: Mutex<Option<CloseReason>>,
+    /// Set with the close reason; an atomic so the fan-out hot path does not
+    /// take the token's lock.
+    closing: AtomicBool,
     closed: CancellationToken,
 }
 
@@ -96,6 +99,7 @@ impl ConnHandle {
             queued: AtomicUsize::new(0),
             limit,
             close_reason: Mutex::new(None),
+            closing: AtomicBool::new(false),
             closed: CancellationToken::new(),
         });
         let outbox = Outbox {
@@ -126,7 +130,7 @@ impl ConnHandle {
 
     /// Queue a frame; false when it was dropped (queue full or closed).
     pub fn push(&self, frame: &Utf8Bytes) -> bool {
-        if self.closed.is_cancelled() {
+        if self.is_closing() {
             return false;
         }
         if !self.reserve(frame.len()) {
@@ -157,8 +161,14 @@ impl ConnHandle {
         }
         *slot = Some(reason);
         drop(slot);
+        self.closing.store(true, Ordering::Release);
         self.closed.cancel();
         true
+    }
+
+    /// Whether [`ConnHandle::close`] was called (cheap: one atomic load).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// The close reason, once [`ConnHandle::close`] was called.
