@@ -327,11 +327,11 @@ impl Reader {
     async fn on_message(&mut self, msg: Message) {
         match msg {
             Message::Text(text) => {
-                metrics::counter!(m::BYTES_IN).increment(text.len() as u64);
+                m::hot().bytes_in.increment(text.len() as u64);
                 self.on_text(&text).await;
             }
             Message::Binary(b) => {
-                metrics::counter!(m::BYTES_IN).increment(b.len() as u64);
+                m::hot().bytes_in.increment(b.len() as u64);
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "binary").increment(1);
                 let e = ReplyError::bad_request("binary frames are not supported; send JSON text");
                 self.handle.push(&error_frame(None, &e));
@@ -567,7 +567,8 @@ async fn write_batch(sink: &mut Sink, batch: &mut Vec<Utf8Bytes>, handle: &ConnH
     }
     let ok = sink.flush().await.is_ok();
     handle.release(bytes);
-    metrics::counter!(m::MESSAGES_SENT).increment(count as u64);
-    metrics::counter!(m::BYTES_OUT).increment(bytes as u64);
+    let hot = m::hot();
+    hot.sent.increment(count as u64);
+    hot.bytes_out.increment(bytes as u64);
     ok
 }

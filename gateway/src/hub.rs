@@ -406,7 +406,7 @@ impl Deliver for Hub {
             Envelope::Message(p) => {
                 if p.ts_us > 0 {
                     let lag_us = m::now_us().saturating_sub(p.ts_us);
-                    metrics::histogram!(m::DELIVERY_LAG).record(lag_us as f64 / 1e6);
+                    m::hot().lag.record(lag_us as f64 / 1e6);
                 }
                 let frame = message_frame(p);
                 self.fan_out(&p.channel, frame, p.offset, p.exclude.as_deref())
@@ -453,7 +453,7 @@ impl Deliver for Hub {
             }
         };
         if delivered > 0 {
-            metrics::counter!(m::DELIVERIES).increment(delivered);
+            m::hot().deliveries.increment(delivered);
         }
     }
 }
