@@ -51,6 +51,8 @@ impl Backplane for MemoryBackplane {
         let lock =
             &self.order[(self.hasher.hash_one(&publication.channel) as usize) % ORDER_SHARDS];
         let _order = lock.lock();
+        // The offset is the backend's: never deliver one set by the caller.
+        publication.offset = None;
         let position = history.map(|h| self.history.append(&mut publication, h));
         self.sink.deliver(Envelope::Message(publication));
         Ok(position)
