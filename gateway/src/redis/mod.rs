@@ -241,10 +241,12 @@ impl Link {
         self.healthy.load(Ordering::Acquire)
     }
 
-    /// Record a fresh connection (connected and healthy).
+    /// Record a fresh connection (connected and healthy). Healthy first:
+    /// [`Link::wait_connected`] (and so [`connect`]) may return as soon as
+    /// `connected` flips, and must then see a healthy link.
     fn up(&self) {
-        self.connected.send_replace(true);
         self.set_healthy(true);
+        self.connected.send_replace(true);
     }
 
     /// Record the loss of the pub/sub connection.
