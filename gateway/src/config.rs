@@ -185,6 +185,9 @@ pub struct Settings {
     /// Presence refresh interval, ms. Default 25000.
     #[arg(long, env = "GATEWAY_PRESENCE_REFRESH_MS")]
     pub presence_refresh_ms: Option<u64>,
+    /// Serve /demo, /status and /sdk/gateway-client.js. Default true.
+    #[arg(long, env = "GATEWAY_PAGES")]
+    pub pages: Option<bool>,
     /// Options of channels without a namespace (file only).
     #[arg(skip)]
     pub default_namespace: Option<NamespaceOptions>,
@@ -246,6 +249,8 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// Presence refresh interval.
     pub presence_refresh: Duration,
+    /// Serve the built-in pages and the browser SDK.
+    pub pages: bool,
     /// Default namespace options.
     pub default_namespace: NamespaceOptions,
     /// Named namespaces.
@@ -480,6 +485,7 @@ impl Config {
             drain_grace: ms(pick!(drain_grace_ms), 30_000, "drain_grace_ms")?,
             presence_ttl,
             presence_refresh,
+            pages: pick!(pages).unwrap_or(true),
             default_namespace,
             namespaces,
         })
@@ -523,6 +529,7 @@ mod tests {
         assert_eq!((c.rate_limit, c.rate_burst), (100, 200));
         assert_eq!(c.drain_grace, Duration::from_secs(30));
         assert_eq!(c.presence_ttl, Duration::from_secs(60));
+        assert!(c.pages);
         assert!(c.node_id.starts_with('n'));
     }
 

@@ -14,6 +14,7 @@ pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod pages;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;

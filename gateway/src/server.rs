@@ -130,6 +130,9 @@ where
         .with_state(node.clone())
         .merge(crate::api::router(node.clone()))
         .layer(DefaultBodyLimit::max(body_limit));
+    if node.config.pages {
+        app = app.merge(crate::pages::router());
+    }
     let local = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: node.config.listen,
         source,
