@@ -171,14 +171,16 @@ pub async fn ws_handler(
         })
 }
 
-/// Run one connection to its end.
-async fn run(
+/// Run one connection to its end. A plain fn returning the future (not an
+/// `async fn` wrapping an instrumented block), so the arguments are stored
+/// once in the connection's state machine, not twice.
+fn run(
     socket: WebSocket,
     node: Arc<Node>,
     identity: Identity,
     addr: IpAddr,
     guard: SlotGuard,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let id = node.next_conn_id();
     let span = tracing::info_span!(
         "conn",
@@ -199,7 +201,9 @@ async fn run(
             user: identity.user.as_deref(),
             ping_interval_ms: node.config.ping_interval.as_millis() as u64,
         }));
-        node.register(&handle).await;
+        // Rare, large futures are boxed so the connection's own state machine
+        // (held for its whole life) stays small.
+        Box::pin(node.register(&handle)).await;
         metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
         tracing::info!(connections = node.hub.connection_count(), "connected");
 
@@ -226,10 +230,13 @@ async fn run(
         let channels = std::mem::take(&mut reader.channels);
         // Unregister and finish the socket concurrently: neither may wait on
         // the other, and both are bounded (backend timeouts, CLOSE_GRACE).
-        tokio::join!(
-            node.unregister(&handle, channels),
-            finish_socket(stream, writer)
-        );
+        Box::pin(async {
+            tokio::join!(
+                node.unregister(&handle, channels),
+                finish_socket(stream, writer)
+            )
+        })
+        .await;
         metrics::counter!(m::DISCONNECTS, "reason" => reason.label()).increment(1);
         tracing::info!(
             code = reason.code,
@@ -240,7 +247,6 @@ async fn run(
         drop(guard);
     }
     .instrument(span)
-    .await
 }
 
 /// After a close: wait for the writer (it sends the close frame), then keep
@@ -299,7 +305,7 @@ impl Reader {
                     }
                     Ok(Some(Ok(msg))) => {
                         deadline = Instant::now() + silence;
-                        self.on_message(msg).await;
+                        Box::pin(self.on_message(msg)).await;
                     }
                 },
             }
