@@ -161,6 +161,10 @@ pub struct Settings {
     /// Per-connection send queue limit, bytes. Default 1048576.
     #[arg(long, env = "GATEWAY_QUEUE_BYTES")]
     pub queue_bytes: Option<usize>,
+    /// WebSocket read buffer per connection, bytes (the bulk of an idle
+    /// connection's memory). Default 4096.
+    #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE")]
+    pub read_buffer_size: Option<usize>,
     /// Max channels one connection may subscribe. Default 128.
     #[arg(long, env = "GATEWAY_MAX_CHANNELS_PER_CONNECTION")]
     pub max_channels_per_connection: Option<usize>,
@@ -233,6 +237,8 @@ pub struct Config {
     pub max_message_size: usize,
     /// Per-connection send queue limit in bytes.
     pub queue_bytes: usize,
+    /// WebSocket read buffer per connection in bytes.
+    pub read_buffer_size: usize,
     /// Max channels per connection.
     pub max_channels_per_connection: usize,
     /// Server ping interval.
@@ -415,6 +421,13 @@ impl Config {
         if queue_bytes < 4096 {
             return Err(invalid("queue_bytes", "must be at least 4096"));
         }
+        let read_buffer_size = pick!(read_buffer_size).unwrap_or(4096);
+        if !(256..=1 << 20).contains(&read_buffer_size) {
+            return Err(invalid(
+                "read_buffer_size",
+                "must be between 256 and 1048576",
+            ));
+        }
         let rate_limit = pick!(rate_limit).unwrap_or(100);
         let rate_burst = pick!(rate_burst).unwrap_or(200);
         if rate_limit == 0 || rate_burst == 0 {
@@ -473,6 +486,7 @@ impl Config {
             max_connections: positive(pick!(max_connections), 100_000, "max_connections")?,
             max_message_size,
             queue_bytes,
+            read_buffer_size,
             max_channels_per_connection: positive(
                 pick!(max_channels_per_connection),
                 128,

@@ -161,7 +161,7 @@ pub async fn ws_handler(
     }
     let addr = client_addr(&node, peer, &headers);
     let max = node.config.max_message_size;
-    ws.read_buffer_size(4096)
+    ws.read_buffer_size(node.config.read_buffer_size)
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
