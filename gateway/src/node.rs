@@ -402,11 +402,16 @@ impl Node {
             backend_error("presence_refresh", &e);
         }
         metrics::histogram!(m::PRESENCE_REFRESH).record(started.elapsed().as_secs_f64());
-        if let Err(e) = self.presence.heartbeat(&self.info()).await {
-            backend_error("node_heartbeat", &e);
-        }
+        self.heartbeat().await;
         if let Some(h) = &self.memory_history {
             h.sweep();
+        }
+    }
+
+    /// Publish this node's registry entry (counts for GET /api/nodes).
+    pub async fn heartbeat(&self) {
+        if let Err(e) = self.presence.heartbeat(&self.info()).await {
+            backend_error("node_heartbeat", &e);
         }
     }
 
@@ -444,6 +449,10 @@ impl Node {
         let sweep_every = (self.config.presence_ttl / 4)
             .clamp(Duration::from_millis(200), Duration::from_secs(5));
         let mut sweep = tokio::time::interval(sweep_every);
+        // The registry's counts should be fresher than the presence refresh.
+        let mut heartbeat =
+            tokio::time::interval(self.config.presence_refresh.min(Duration::from_secs(5)));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_healthy = self.backplane.is_healthy();
@@ -451,6 +460,7 @@ impl Node {
             tokio::select! {
                 _ = self.shutdown.token.cancelled() => break,
                 _ = refresh.tick() => self.maintain().await,
+                _ = heartbeat.tick() => self.heartbeat().await,
                 _ = sweep.tick() => {
                     // After an outage the backend may have lost our entries:
                     // rewrite them now rather than at the next refresh tick.
