@@ -196,7 +196,7 @@ test("two pages on two nodes chat; one node dies; its page recovers the missed m
   // Node A stops answering, then dies: everything published in between is
   // missed by alice.
   const aliceBefore = await messages(alice);
-  nodeA.signal("SIGSTOP");
+  await nodeA.freeze();
   await say(bob, "missed 1");
   await waitForText(bob, "#messages .text", "missed 1");
   await say(bob, "missed 2");

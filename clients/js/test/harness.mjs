@@ -7,7 +7,7 @@
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdirSync, createWriteStream, writeFileSync, mkdtempSync, readFileSync } from "node:fs";
+import { mkdirSync, createWriteStream, writeFileSync, mkdtempSync, readFileSync, readdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -105,6 +105,15 @@ export async function startGateway(opts = {}) {
         // gone
       }
     },
+    /**
+     * SIGSTOP, then wait until every thread is stopped: the signal is
+     * delivered asynchronously, and a thread still running could answer a
+     * frame sent right after kill(2) returned.
+     */
+    async freeze() {
+      proc.kill("SIGSTOP");
+      await waitFor(() => allStopped(proc.pid), 5000, `gateway ${name} stopped`);
+    },
     /** Kill and wait for the exit. */
     async stop(sig = "SIGKILL") {
       if (proc.exitCode === null && proc.signalCode === null) {
@@ -114,6 +123,20 @@ export async function startGateway(opts = {}) {
       return exited;
     },
   };
+}
+
+/** Whether every thread of `pid` is in state T (stopped). */
+function allStopped(pid) {
+  const tasks = readdirSync(`/proc/${pid}/task`);
+  return tasks.every((t) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+      const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+      return state === "T" || state === "t";
+    } catch {
+      return true; // the thread is gone
+    }
+  });
 }
 
 function safeRead(p) {
