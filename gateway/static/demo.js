@@ -138,12 +138,15 @@ function subscribeChat() {
     addMessage(data, ctx, recovering && ctx.replayed);
   });
   sub.on("join", (e) => {
+    const known = [...members.values()].includes(e.user ?? "anonymous");
     members.set(e.conn, e.user ?? "anonymous");
     renderMembers();
+    if (!known) event(`${e.user ?? "anonymous"} joined`);
   });
   sub.on("leave", (e) => {
     members.delete(e.conn);
     renderMembers();
+    if (![...members.values()].includes(e.user ?? "anonymous")) event(`${e.user ?? "anonymous"} left`);
   });
   sub.on("error", (e) => event(`${room}: ${e.code} ${e.message}`, "bad"));
   return sub;
