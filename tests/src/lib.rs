@@ -23,6 +23,7 @@
 
 mod api;
 mod client;
+pub mod cluster;
 mod gateway;
 pub mod jwt;
 mod raw;

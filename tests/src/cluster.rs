@@ -1,0 +1,380 @@
+//! A cluster under test: one throw-away `redis-server` and N gateway nodes.
+//!
+//! [`ClusterBuilder::start`] starts a [`RedisServer`] on a free port, then N
+//! gateway processes `n1..nN` (in parallel) that all use it with one fresh
+//! key prefix ([`crate::unique_prefix`]), and waits until every node is ready
+//! (`/readyz` 200) and sees every other node in `GET /api/nodes`. Nodes
+//! are numbered from 1 like their ids: [`Cluster::node`]`(1)` is `n1`.
+//!
+//! Besides the processes it offers the views a cluster test needs from the
+//! outside: Redis `PUBSUB NUMSUB` of a channel's pub/sub name
+//! (docs/redis.md), one counter from a node's `/metrics`, whether a node's
+//! process is still alive; and one more fault besides killing a node or
+//! Redis: freezing Redis with SIGSTOP ([`Cluster::freeze_redis`]).
+//!
+//! Invariant: every process (Redis and gateways) is killed when the
+//! [`Cluster`] drops, because each is owned by its own handle.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{eventually, unique_prefix, Api, Gateway, GatewayBuilder, RedisServer, Resp};
+
+/// Namespaces of every cluster test: [`crate::STANDARD_CONFIG`] plus
+/// `long` (history of 10,000, for recovery under continuous publishing).
+pub fn cluster_config() -> String {
+    format!(
+        "{}\n[namespaces.long]\nhistory_size = 10000\nhistory_ttl_secs = 300\nclient_publish = true\nallow_anonymous = true\n",
+        crate::STANDARD_CONFIG
+    )
+}
+
+/// Settings for a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    name: String,
+    nodes: usize,
+    env: Vec<(String, String)>,
+    config: String,
+}
+
+impl ClusterBuilder {
+    /// Three nodes with [`cluster_config`]; `name` names logs and the prefix.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            nodes: 3,
+            env: Vec::new(),
+            config: cluster_config(),
+        }
+    }
+
+    /// Number of gateway nodes (at least 1).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n.max(1);
+        self
+    }
+
+    /// A `GATEWAY_*` setting for every node.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Presence TTL and refresh interval (ms) for every node.
+    pub fn presence_ttl(self, ttl_ms: u64, refresh_ms: u64) -> Self {
+        self.env("GATEWAY_PRESENCE_TTL_MS", ttl_ms)
+            .env("GATEWAY_PRESENCE_REFRESH_MS", refresh_ms)
+    }
+
+    /// Replaces the TOML configuration of every node.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = toml.to_owned();
+        self
+    }
+
+    /// Starts Redis and the nodes, and waits until the cluster is formed.
+    pub async fn start(self) -> Result<Cluster> {
+        let redis = RedisServer::start().await?;
+        let prefix = unique_prefix(&self.name);
+        let builders: Vec<GatewayBuilder> = (1..=self.nodes)
+            .map(|n| {
+                let mut b = GatewayBuilder::new()
+                    .name(&format!("{}-n{n}", self.name))
+                    .config(&self.config)
+                    .env("GATEWAY_REDIS_URL", redis.url())
+                    .env("GATEWAY_REDIS_PREFIX", &prefix)
+                    .env("GATEWAY_NODE_ID", format!("n{n}"));
+                for (k, v) in &self.env {
+                    b = b.env(k, v);
+                }
+                b
+            })
+            .collect();
+        let nodes =
+            futures_util::future::try_join_all(builders.into_iter().map(GatewayBuilder::spawn))
+                .await?;
+        let cluster = Cluster {
+            redis,
+            prefix,
+            nodes,
+            frozen_pid: AtomicU32::new(0),
+        };
+        cluster.wait_formed().await?;
+        Ok(cluster)
+    }
+}
+
+/// One Redis server and N gateway nodes sharing it; all killed on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The Redis server every node uses.
+    pub redis: RedisServer,
+    /// The key prefix of this cluster (`GATEWAY_REDIS_PREFIX`).
+    pub prefix: String,
+    /// The nodes, `n1` first.
+    pub nodes: Vec<Gateway>,
+    /// Pid of the redis-server while frozen (see [`Cluster::freeze_redis`]).
+    frozen_pid: AtomicU32,
+}
+
+impl Cluster {
+    /// A builder; shorthand for [`ClusterBuilder::new`].
+    pub fn builder(name: &str) -> ClusterBuilder {
+        ClusterBuilder::new(name)
+    }
+
+    /// Three nodes with default settings.
+    pub async fn start(name: &str) -> Result<Self> {
+        ClusterBuilder::new(name).start().await
+    }
+
+    /// Node `n` (1-based, like its id `n<n>`). Panics on a number out of
+    /// range: that is a bug in the test.
+    pub fn node(&self, n: usize) -> &Gateway {
+        &self.nodes[n - 1]
+    }
+
+    /// Node `n`, mutable (to kill or restart it).
+    pub fn node_mut(&mut self, n: usize) -> &mut Gateway {
+        &mut self.nodes[n - 1]
+    }
+
+    /// The HTTP API of node `n`.
+    pub fn api(&self, n: usize) -> Api {
+        self.node(n).api()
+    }
+
+    /// Waits until every running node is ready and lists every running
+    /// node in `GET /api/nodes`.
+    pub async fn wait_formed(&self) -> Result<()> {
+        let want: Vec<String> = self.running_ids();
+        for (i, gw) in self.nodes.iter().enumerate() {
+            if gw.pid().is_none() {
+                continue;
+            }
+            let api = gw.api();
+            eventually(
+                crate::EVENTUALLY,
+                &format!("n{} ready and listing nodes {want:?}", i + 1),
+                || {
+                    let api = api.clone();
+                    let want = want.clone();
+                    async move {
+                        if !matches!(api.readyz().await, Ok(200)) {
+                            return false;
+                        }
+                        match api.nodes().await {
+                            Ok(body) => node_ids(&body) == want,
+                            Err(_) => false,
+                        }
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn running_ids(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, gw)| gw.pid().is_some())
+            .map(|(i, _)| format!("n{}", i + 1))
+            .collect()
+    }
+
+    /// The Redis pub/sub name of application channel `channel`:
+    /// `P:ch:{channel}` (docs/redis.md).
+    pub fn channel_name(&self, channel: &str) -> String {
+        format!("{}:ch:{{{channel}}}", self.prefix)
+    }
+
+    /// The Redis pub/sub name of user `user`: `P:user:{user}`.
+    pub fn user_name(&self, user: &str) -> String {
+        format!("{}:user:{{{user}}}", self.prefix)
+    }
+
+    /// `PUBSUB NUMSUB` of a Redis pub/sub name: how many connections (one
+    /// per subscribed node) are subscribed to it.
+    pub async fn numsub_raw(&self, name: &str) -> Result<i64> {
+        match self.redis.cmd(&["PUBSUB", "NUMSUB", name]).await? {
+            Resp::Array(Some(items)) => match items.get(1) {
+                Some(Resp::Int(n)) => Ok(*n),
+                other => bail!("unexpected PUBSUB NUMSUB item: {other:?}"),
+            },
+            other => bail!("unexpected PUBSUB NUMSUB reply: {other:?}"),
+        }
+    }
+
+    /// `PUBSUB NUMSUB` of application channel `channel`.
+    pub async fn numsub(&self, channel: &str) -> Result<i64> {
+        self.numsub_raw(&self.channel_name(channel)).await
+    }
+
+    /// Waits until `PUBSUB NUMSUB` of `channel` is `want`.
+    pub async fn wait_numsub(&self, channel: &str, want: i64) -> Result<()> {
+        let name = self.channel_name(channel);
+        let result = eventually(
+            crate::EVENTUALLY,
+            &format!("PUBSUB NUMSUB {name} == {want}"),
+            || {
+                let name = name.clone();
+                async move { matches!(self.numsub_raw(&name).await, Ok(n) if n == want) }
+            },
+        )
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let now = self.numsub_raw(&name).await;
+                Err(e.context(format!("last NUMSUB: {now:?}")))
+            }
+        }
+    }
+
+    /// The redis-server's process id (from `INFO server`).
+    pub async fn redis_pid(&self) -> Result<u32> {
+        let info = self
+            .redis
+            .cmd(&["INFO", "server"])
+            .await?
+            .as_text()
+            .context("INFO server reply is not text")?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .context("INFO server lacks process_id")?
+            .trim()
+            .parse()
+            .context("unparsable process_id")
+    }
+
+    /// Sends `SIGSTOP` (`freeze`) or `SIGCONT` to the redis-server: a
+    /// frozen Redis keeps its sockets open but answers nothing, like a
+    /// stalled host or a network black hole. (Dropping the cluster kills a
+    /// frozen server too: SIGKILL works on stopped processes.)
+    pub async fn freeze_redis(&self, freeze: bool) -> Result<()> {
+        let pid = if freeze {
+            let pid = self.redis_pid().await?;
+            self.frozen_pid.store(pid, Ordering::Relaxed);
+            pid
+        } else {
+            self.frozen_pid.load(Ordering::Relaxed)
+        };
+        let signal = if freeze { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill {signal} {pid} failed: {status}");
+        }
+        if freeze {
+            // SIGSTOP is asynchronous: wait until every thread has stopped,
+            // so that nothing sent after this returns is answered.
+            eventually(
+                crate::EVENTUALLY,
+                &format!("every thread of redis-server {pid} stopped"),
+                || async move { all_threads_stopped(pid) },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether node `n`'s process is still running (false when it was
+    /// killed through its handle or exited on its own).
+    pub fn is_alive(&self, n: usize) -> bool {
+        self.node(n).pid().is_some_and(process_alive)
+    }
+}
+
+/// The ids in a `GET /api/nodes` answer, sorted.
+pub fn node_ids(body: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = body["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// The sum of every series of counter or gauge `name` in Prometheus text
+/// (0 when the metric was never recorded).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // `name 3` or `name{labels} 3`, not `name_other 3`.
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
+        })
+        .fold(0.0, |sum, v| sum + v)
+}
+
+/// One metric of a node: the sum of its series in `GET /metrics`.
+pub async fn metric(api: &Api, name: &str) -> Result<f64> {
+    let text = api.metrics().await.context("reading /metrics")?;
+    Ok(metric_sum(&text, name))
+}
+
+/// Whether every thread of process `pid` is stopped (Linux `/proc`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        any = true;
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        if proc_state(&stat) != Some("T") {
+            return false;
+        }
+    }
+    any
+}
+
+/// The state letter of a `/proc/.../stat` line: the first field after the
+/// parenthesised command name.
+fn proc_state(stat: &str) -> Option<&str> {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+}
+
+/// Whether process `pid` exists and is not a zombie (Linux `/proc`).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => proc_state(&stat).is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_adds_series_of_exactly_that_name() {
+        let text = "# HELP x\n# TYPE gateway_a_total counter\n\
+                    gateway_a_total 3\n\
+                    gateway_a_total{op=\"x\"} 4\n\
+                    gateway_a_total_other 100\n\
+                    gateway_b 7\n";
+        assert!((metric_sum(text, "gateway_a_total") - 7.0).abs() < f64::EPSILON);
+        assert!((metric_sum(text, "gateway_b") - 7.0).abs() < f64::EPSILON);
+        assert!(metric_sum(text, "gateway_c").abs() < f64::EPSILON);
+    }
+}
