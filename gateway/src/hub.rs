@@ -37,6 +37,7 @@ const SHARDS: usize = 32;
 /// A frame parked for a subscriber that is still recovering.
 struct Parked {
     offset: Option<u64>,
+    epoch: Option<Arc<str>>,
     frame: Utf8Bytes,
 }
 
@@ -49,7 +50,7 @@ struct Subscriber {
     /// history read can see an offset before its delivery arrives). Cleared
     /// by the first newer offset or when the deadline passes (offsets
     /// restart after an epoch change, so the filter must not live long).
-    skip_upto: Option<(u64, Instant)>,
+    skip_upto: Option<(u64, Arc<str>, Instant)>,
 }
 
 /// How long after a subscribe in-flight duplicates are filtered.
@@ -88,6 +89,7 @@ pub fn message_frame(p: &Publication) -> Utf8Bytes {
         channel: &p.channel,
         data: &p.data,
         offset: p.offset,
+        epoch: p.epoch.as_deref(),
         from: p.from.as_deref(),
     })
 }
@@ -243,7 +245,7 @@ impl Hub {
         channel: &str,
         conn: &ConnHandle,
         head: Vec<Utf8Bytes>,
-        top: Option<u64>,
+        top: Option<(u64, &str)>,
     ) -> bool {
         let Some(entry) = self.channels.shard(channel).lock().get(channel).cloned() else {
             return false;
@@ -253,7 +255,7 @@ impl Hub {
             return false;
         };
         let parked = sub.pending.take().unwrap_or_default();
-        sub.skip_upto = top.map(|t| (t, Instant::now() + SKIP_WINDOW));
+        sub.skip_upto = top.map(|(t, e)| (t, Arc::from(e), Instant::now() + SKIP_WINDOW));
         for f in head {
             if !conn.push(&f) {
                 break;
@@ -261,8 +263,8 @@ impl Hub {
         }
         for p in parked {
             let len = p.frame.len();
-            let keep = match (p.offset, top) {
-                (Some(o), Some(t)) => o > t,
+            let keep = match (p.offset, &p.epoch, top) {
+                (Some(o), Some(e), Some((t, te))) => o > t || **e != *te,
                 _ => true,
             };
             if keep && !conn.is_closing() {
@@ -349,7 +351,7 @@ impl Hub {
         &self,
         channel: &str,
         frame: Utf8Bytes,
-        offset: Option<u64>,
+        position: Option<(u64, &str)>,
         exclude: Option<&str>,
     ) -> u64 {
         let Some(entry) = self.channels.shard(channel).lock().get(channel).cloned() else {
@@ -361,8 +363,10 @@ impl Hub {
             if exclude == Some(&**id) {
                 continue;
             }
-            if let (Some((top, until)), Some(o)) = (sub.skip_upto, offset) {
-                if o <= top && Instant::now() < until {
+            if let (Some((top, epoch, until)), Some((o, e))) = (&sub.skip_upto, position) {
+                // Only within the subscribe's own epoch: after a reset,
+                // offsets restart and must not be mistaken for duplicates.
+                if o <= *top && **epoch == *e && Instant::now() < *until {
                     continue;
                 }
                 sub.skip_upto = None;
@@ -376,7 +380,8 @@ impl Hub {
                 Some(parked) => {
                     if sub.conn.reserve(frame.len()) {
                         parked.push(Parked {
-                            offset,
+                            offset: position.map(|p| p.0),
+                            epoch: position.map(|p| Arc::from(p.1)),
                             frame: frame.clone(),
                         });
                         delivered += 1;
@@ -409,7 +414,8 @@ impl Deliver for Hub {
                     m::hot().lag.record(lag_us as f64 / 1e6);
                 }
                 let frame = message_frame(p);
-                self.fan_out(&p.channel, frame, p.offset, p.exclude.as_deref())
+                let position = p.offset.zip(p.epoch.as_deref());
+                self.fan_out(&p.channel, frame, position, p.exclude.as_deref())
             }
             Envelope::Join(e) => {
                 let f = frame(&ServerFrame::Join {
@@ -474,6 +480,7 @@ mod tests {
             data: RawValue::from_string(format!("{}", offset.unwrap_or(0))).unwrap(),
             from: None,
             offset,
+            epoch: offset.map(|_| "e".to_owned()),
             exclude: None,
             ts_us: 0,
         }
@@ -489,7 +496,12 @@ mod tests {
         hub.deliver(Envelope::Message(publication("ch", Some(5))));
         hub.deliver(Envelope::Message(publication("ch", Some(6))));
         assert!(next(&mut out).is_none(), "parked while pending");
-        assert!(hub.finish_subscribe("ch", &c, vec![Utf8Bytes::from_static("reply")], Some(5)));
+        assert!(hub.finish_subscribe(
+            "ch",
+            &c,
+            vec![Utf8Bytes::from_static("reply")],
+            Some((5, "e"))
+        ));
         assert_eq!(next(&mut out).unwrap().as_str(), "reply");
         assert!(next(&mut out).unwrap().as_str().contains("\"offset\":6"));
         assert!(
@@ -498,9 +510,14 @@ mod tests {
         );
         hub.deliver(Envelope::Message(publication("ch", Some(7))));
         assert!(next(&mut out).unwrap().as_str().contains("\"offset\":7"));
+        // A new epoch restarts offsets: not mistaken for duplicates.
+        let mut reset = publication("ch", Some(1));
+        reset.epoch = Some("f".into());
+        hub.deliver(Envelope::Message(reset));
+        assert!(next(&mut out).unwrap().as_str().contains("\"epoch\":\"f\""));
         assert_eq!(
             c.queued_bytes(),
-            "reply".len() + 2 * message_frame(&publication("ch", Some(6))).len()
+            "reply".len() + 3 * message_frame(&publication("ch", Some(6))).len()
         );
     }
 

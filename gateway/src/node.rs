@@ -169,6 +169,7 @@ impl Node {
             data,
             from,
             offset: None,
+            epoch: None,
             exclude,
             ts_us: m::now_us(),
         };
@@ -280,7 +281,8 @@ impl Node {
             recovered,
         }));
         head.extend(replay.iter().map(message_frame));
-        self.hub.finish_subscribe(channel, conn, head, top);
+        let position = top.zip(epoch.as_deref());
+        self.hub.finish_subscribe(channel, conn, head, position);
         Ok(())
     }
 
@@ -455,22 +457,24 @@ impl Node {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut was_healthy = self.backplane.is_healthy();
+        let mut health = tokio::time::interval(Duration::from_millis(250));
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_generation = self.backplane.generation();
         loop {
             tokio::select! {
                 _ = self.shutdown.token.cancelled() => break,
                 _ = refresh.tick() => self.maintain().await,
                 _ = heartbeat.tick() => self.heartbeat().await,
-                _ = sweep.tick() => {
-                    // After an outage the backend may have lost our entries:
-                    // rewrite them now rather than at the next refresh tick.
-                    let healthy = self.backplane.is_healthy();
-                    if healthy && !was_healthy {
-                        tracing::info!("backplane healthy again, refreshing presence");
+                _ = sweep.tick() => self.sweep_expired().await,
+                _ = health.tick() => {
+                    // After a reconnect the backend may have lost our
+                    // entries: rewrite them now, not at the next refresh.
+                    let generation = self.backplane.generation();
+                    if generation != last_generation && self.backplane.is_healthy() {
+                        tracing::info!("backplane reconnected, refreshing presence");
+                        last_generation = generation;
                         self.maintain().await;
                     }
-                    was_healthy = healthy;
-                    self.sweep_expired().await;
                 }
             }
             metrics::gauge!(m::BACKPLANE_UP).set(if self.backplane.is_healthy() {

@@ -320,6 +320,9 @@ pub enum ServerFrame<'a> {
         data: &'a RawValue,
         /// History offset or null.
         offset: Option<u64>,
+        /// Epoch of `offset` (only with history).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
         /// Publisher user id or null.
         from: Option<&'a str>,
     },
@@ -512,6 +515,7 @@ mod tests {
             channel: "c",
             data: &data,
             offset: Some(4),
+            epoch: None,
             from: None,
         }
         .encode();

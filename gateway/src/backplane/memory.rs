@@ -53,6 +53,7 @@ impl Backplane for MemoryBackplane {
         let _order = lock.lock();
         // The offset is the backend's: never deliver one set by the caller.
         publication.offset = None;
+        publication.epoch = None;
         let position = history.map(|h| self.history.append(&mut publication, h));
         self.sink.deliver(Envelope::Message(publication));
         Ok(position)

@@ -43,6 +43,9 @@ pub struct Publication {
     /// Set by the backend on publish, never by the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// Epoch of the stream `offset` belongs to; set with `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     /// Connection id that must not receive this publication (the publisher
     /// without `echo`, or the HTTP API's `exclude`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +218,14 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Whether the backend is reachable and the receive path is alive.
     fn is_healthy(&self) -> bool;
+
+    /// Changes every time the link to the backend is (re)established; a
+    /// change means the backend may have lost what this node wrote (the
+    /// node then re-writes its presence at once). Constant for in-process
+    /// backends.
+    fn generation(&self) -> u64 {
+        0
+    }
 
     /// Stop background tasks (called once, during shutdown).
     async fn shutdown(&self) {}

@@ -120,6 +120,10 @@ impl Backplane for RedisBackplane {
         self.shared.link.is_healthy()
     }
 
+    fn generation(&self) -> u64 {
+        self.shared.link.generation()
+    }
+
     async fn shutdown(&self) {
         self.subscriber.shutdown().await;
     }
@@ -149,6 +153,7 @@ mod tests {
             data: RawValue::from_string(format!(r#"{{"n":{n},"path":"a/b"}}"#))?,
             from: None,
             offset: None,
+            epoch: None,
             exclude: None,
             ts_us: 0,
         })

@@ -74,6 +74,7 @@ impl MemoryHistory {
         }
         stream.top += 1;
         publication.offset = Some(stream.top);
+        publication.epoch = Some(stream.epoch.clone());
         stream.items.push_back(publication.clone());
         while stream.items.len() > options.size {
             stream.items.pop_front();

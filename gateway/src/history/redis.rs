@@ -101,6 +101,7 @@ mod tests {
             data: RawValue::from_string(format!("[{n}]"))?,
             from: Some("u".into()),
             offset: None,
+            epoch: None,
             exclude: None,
             ts_us: 1,
         })

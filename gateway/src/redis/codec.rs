@@ -30,6 +30,7 @@ const MESSAGE_OPEN: &str = r#"{"message":{"#;
 pub fn offset_template(publication: &Publication) -> Result<(String, String), BackplaneError> {
     let mut without = publication.clone();
     without.offset = None;
+    without.epoch = None;
     let json = encode(&Envelope::Message(without))?;
     let rest = json.strip_prefix(MESSAGE_OPEN).ok_or_else(|| {
         BackplaneError::Protocol("unexpected envelope encoding (no message opening)".into())
@@ -52,6 +53,7 @@ mod tests {
             data: RawValue::from_string(data.to_owned())?,
             from: Some("alice".into()),
             offset: None,
+            epoch: None,
             exclude: None,
             ts_us: 7,
         })

@@ -222,6 +222,8 @@ pub(crate) struct Link {
     connected: watch::Sender<bool>,
     /// Connected and the last liveness probe went through.
     healthy: AtomicBool,
+    /// How many times the link came up (see [`Link::generation`]).
+    ups: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
@@ -230,7 +232,15 @@ impl Link {
         Self {
             connected: watch::Sender::new(false),
             healthy: AtomicBool::new(false),
+            ups: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Incremented every time the link comes up: a change tells the node
+    /// that Redis may have lost its entries, even after an outage too short
+    /// to observe through [`Link::is_healthy`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.ups.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -245,6 +255,7 @@ impl Link {
     /// [`Link::wait_connected`] (and so [`connect`]) may return as soon as
     /// `connected` flips, and must then see a healthy link.
     fn up(&self) {
+        self.ups.fetch_add(1, Ordering::AcqRel);
         self.set_healthy(true);
         self.connected.send_replace(true);
     }
