@@ -25,7 +25,7 @@ pub enum ErrorCode {
     TooLarge,
     /// Rate limit exceeded.
     RateLimited,
-    /// Backend unavailable; nothing was done.
+    /// Backend did not acknowledge the op in time.
     Unavailable,
     /// Our fault.
     Internal,

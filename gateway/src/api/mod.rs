@@ -4,7 +4,8 @@
 //!
 //! Every error is `{"error": {"code", "message"}}` with the status of its
 //! code; internal error text never reaches the caller. A publish answered
-//! 200 was handed to the backend; a 503 means nothing was published.
+//! 200 was handed to the backend; a 503 means it was not acknowledged (see
+//! docs/protocol.md: after a timeout it may still have been applied).
 
 use std::sync::Arc;
 
