@@ -249,6 +249,7 @@ fn publication(channel: &str, data: &str) -> Result<Publication> {
         data: raw(data)?,
         from: None,
         offset: None,
+        epoch: None,
         exclude: None,
         ts_us: 1,
     })
