@@ -1,0 +1,320 @@
+//! Smoke tests of the load generator: each scenario of the built `loadtest`
+//! binary runs with tiny parameters against gateways started here, and its
+//! JSON report must show every client connected and nothing lost,
+//! duplicated or reordered. Benchmarks proper are `loadtest suite`
+//! (docs/performance.md); these only prove the tool works.
+//!
+//! The binary is `LOADTEST_BIN`, else `loadtest` next to the gateway binary
+//! (`scripts/test` builds both with `cargo build --workspace --bins`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use tests::{gateway_bin, Gateway, GatewayBuilder, RedisServer};
+
+const SECRET: &str = "smoke-test-secret-0123456789";
+
+/// The namespaces the scenarios use by default.
+const CONFIG: &str = r#"
+rate_limit = 100000
+rate_burst = 100000
+
+[default_namespace]
+client_publish = true
+
+[namespaces.idle]
+
+[namespaces.room]
+presence = true
+
+[namespaces.fan]
+client_publish = true
+
+[namespaces.bcast]
+"#;
+
+/// How long one loadtest run may take here.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn loadtest_bin() -> PathBuf {
+    match std::env::var_os("LOADTEST_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => gateway_bin().with_file_name("loadtest"),
+    }
+}
+
+async fn gateway(name: &str, env: &[(&str, &str)]) -> Result<Gateway> {
+    let mut b = GatewayBuilder::new().name(name).config(CONFIG);
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    b.spawn().await
+}
+
+/// Runs `loadtest <args> --json <dir>/<name>.json --no-progress` and returns
+/// the report; the run must exit 0.
+async fn loadtest(dir: &Path, name: &str, args: &[String]) -> Result<Value> {
+    let bin = loadtest_bin();
+    ensure!(
+        bin.exists(),
+        "loadtest binary not found at {} (run `cargo build --workspace --bins`, or set LOADTEST_BIN)",
+        bin.display()
+    );
+    let json = dir.join(format!("loadtest-{name}.json"));
+    let _ = std::fs::remove_file(&json);
+    let run = tokio::process::Command::new(&bin)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--no-progress")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(RUN_TIMEOUT, run)
+        .await
+        .with_context(|| format!("loadtest {name} took more than {RUN_TIMEOUT:?}"))?
+        .context("running loadtest")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!(
+            "loadtest {args:?} exited with {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            out.status
+        );
+    }
+    let text = std::fs::read_to_string(&json)
+        .with_context(|| format!("reading {} (stdout: {stdout})", json.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+/// Asserts a fan-out report shows every publication delivered once, in
+/// order, to every subscriber.
+fn check_fanout(r: &Value, subscribers: f64) -> Result<()> {
+    ensure!(num(r, "connected") == subscribers, "connected: {r:#}");
+    ensure!(num(r, "expected") > 0.0, "nothing expected: {r:#}");
+    ensure!(num(r, "delivered") == num(r, "expected"), "lost: {r:#}");
+    for key in [
+        "lost",
+        "duplicates",
+        "out_of_order",
+        "unexpected",
+        "dropped",
+        "publish_errors",
+    ] {
+        ensure!(num(r, key) == 0.0, "{key} != 0: {r:#}");
+    }
+    ensure!(r["ok"] == true, "not ok: {r:#}");
+    ensure!(
+        num(&r["latency"], "count") == num(r, "delivered"),
+        "latency samples: {r:#}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_holds_jwt_clients_and_measures_the_gateway() -> Result<()> {
+    let gw = gateway("lt-idle", &[("GATEWAY_JWT_SECRET", SECRET)]).await?;
+    let pid = gw.pid().context("gateway pid")?.to_string();
+    let r = loadtest(
+        gw.dir(),
+        "idle",
+        &args(&[
+            "idle",
+            "--url",
+            &gw.ws_url(),
+            "--jwt-secret",
+            SECRET,
+            "--connections",
+            "30",
+            "--channels",
+            "5",
+            "--pid",
+            &pid,
+            "--settle-secs",
+            "0",
+            "--window-secs",
+            "1",
+            "--src-addrs",
+            "3",
+        ]),
+    )
+    .await?;
+    ensure!(num(&r, "connected") == 30.0, "{r:#}");
+    ensure!(num(&r, "dropped") == 0.0 && r["ok"] == true, "{r:#}");
+    ensure!(
+        num(&r, "rss_per_conn_bytes").is_finite(),
+        "no RSS figure: {r:#}"
+    );
+    ensure!(
+        num(&r, "cpu_pct_per_10k").is_finite(),
+        "no CPU figure: {r:#}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fanout_over_http_flat_out_loses_nothing() -> Result<()> {
+    let gw = gateway("lt-fanout-http", &[]).await?;
+    let r = loadtest(
+        gw.dir(),
+        "fanout-http",
+        &args(&[
+            "fanout",
+            "--url",
+            &gw.ws_url(),
+            "--subscribers",
+            "24",
+            "--channels",
+            "2",
+            "--messages",
+            "30",
+            "--lanes",
+            "3",
+        ]),
+    )
+    .await?;
+    check_fanout(&r, 24.0)?;
+    ensure!(num(&r, "expected") == 24.0 * 30.0, "{r:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn fanout_over_websocket_at_a_rate_loses_nothing() -> Result<()> {
+    let gw = gateway("lt-fanout-ws", &[("GATEWAY_JWT_SECRET", SECRET)]).await?;
+    let r = loadtest(
+        gw.dir(),
+        "fanout-ws",
+        &args(&[
+            "fanout",
+            "--url",
+            &gw.ws_url(),
+            "--jwt-secret",
+            SECRET,
+            "--via",
+            "ws",
+            "--window",
+            "4",
+            "--subscribers",
+            "12",
+            "--channels",
+            "3",
+            "--rate",
+            "60",
+            "--duration-secs",
+            "1",
+        ]),
+    )
+    .await?;
+    check_fanout(&r, 12.0)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn fanout_across_a_redis_cluster_loses_nothing() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let prefix = tests::unique_prefix("ltsmoke");
+    let env = [
+        ("GATEWAY_REDIS_URL", redis.url()),
+        ("GATEWAY_REDIS_PREFIX", prefix),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = gateway("lt-cluster-a", &env).await?;
+    let b = gateway("lt-cluster-b", &env).await?;
+    let urls = format!("{},{}", a.ws_url(), b.ws_url());
+    let r = loadtest(
+        a.dir(),
+        "fanout-cluster",
+        &args(&[
+            "fanout",
+            "--url",
+            &urls,
+            "--subscribers",
+            "20",
+            "--messages",
+            "25",
+            "--lanes",
+            "2",
+        ]),
+    )
+    .await?;
+    check_fanout(&r, 20.0)?;
+    ensure!(num(&r, "nodes") == 2.0, "{r:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn broadcast_rtt_steps_up_to_the_maximum() -> Result<()> {
+    let gw = gateway("lt-rtt", &[]).await?;
+    let r = loadtest(
+        gw.dir(),
+        "rtt",
+        &args(&[
+            "broadcast-rtt",
+            "--url",
+            &gw.ws_url(),
+            "--step",
+            "10",
+            "--max-clients",
+            "20",
+            "--samples",
+            "4",
+            "--bound-ms",
+            "5000",
+        ]),
+    )
+    .await?;
+    ensure!(num(&r, "max_clients_under_bound") == 20.0, "{r:#}");
+    let steps = r["steps"].as_array().context("steps")?;
+    ensure!(steps.len() == 2, "{r:#}");
+    ensure!(steps.iter().all(|s| num(s, "samples") == 4.0), "{r:#}");
+    ensure!(num(&r, "dropped") == 0.0, "{r:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn churn_leaves_the_connection_gauge_right() -> Result<()> {
+    let gw = gateway("lt-churn", &[("GATEWAY_JWT_SECRET", SECRET)]).await?;
+    let r = loadtest(
+        gw.dir(),
+        "churn",
+        &args(&[
+            "churn",
+            "--url",
+            &gw.ws_url(),
+            "--jwt-secret",
+            SECRET,
+            "--hold",
+            "10",
+            "--duration-secs",
+            "1",
+            "--rate",
+            "60",
+            "--concurrency",
+            "8",
+            "--rooms",
+            "4",
+        ]),
+    )
+    .await?;
+    ensure!(num(&r, "connected") >= 30.0, "too few cycles: {r:#}");
+    ensure!(num(&r, "failed") == 0.0, "{r:#}");
+    ensure!(num(&r, "true_count") == 10.0, "{r:#}");
+    ensure!(r["gauge_matches"] == true, "{r:#}");
+    ensure!(r["presence_matches"] == true, "{r:#}");
+    ensure!(
+        num(&r, "clean_closes") > 0.0 && num(&r, "fin_closes") > 0.0 && num(&r, "rst_closes") > 0.0,
+        "every close kind: {r:#}"
+    );
+    ensure!(r["ok"] == true, "{r:#}");
+    Ok(())
+}
