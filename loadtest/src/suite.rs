@@ -195,6 +195,12 @@ impl Drop for Proc {
     }
 }
 
+/// A cluster's Redis: every node of the cluster uses the same URL and prefix.
+struct Redis {
+    url: String,
+    prefix: String,
+}
+
 struct Ctx {
     args: SuiteArgs,
     logs: PathBuf,
@@ -215,7 +221,7 @@ impl Ctx {
     }
 
     /// Starts a gateway on 127.0.0.1:0 and waits for its listening line.
-    async fn gateway(&mut self, name: &str, redis: Option<&str>) -> Result<(Proc, SocketAddr)> {
+    async fn gateway(&mut self, name: &str, redis: Option<&Redis>) -> Result<(Proc, SocketAddr)> {
         let log = self.log_file(name)?;
         let mut cmd = Command::new(&self.args.gateway_bin);
         for (k, _) in std::env::vars_os() {
@@ -228,11 +234,9 @@ impl Ctx {
             .env("GATEWAY_NODE_ID", name)
             .env("GATEWAY_JWT_SECRET", SECRET)
             .env("GATEWAY_AUTH_REQUIRED", "true");
-        if let Some(url) = redis {
-            cmd.env("GATEWAY_REDIS_URL", url).env(
-                "GATEWAY_REDIS_PREFIX",
-                format!("lt{}", now_us() % 1_000_000),
-            );
+        if let Some(r) = redis {
+            cmd.env("GATEWAY_REDIS_URL", &r.url)
+                .env("GATEWAY_REDIS_PREFIX", &r.prefix);
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -276,7 +280,7 @@ impl Ctx {
     }
 
     /// Starts redis-server on a free loopback port.
-    async fn redis(&mut self) -> Result<(Proc, String)> {
+    async fn redis(&mut self) -> Result<(Proc, Redis)> {
         let port = free_port()?;
         let log = self.log_file("redis")?;
         let child = Command::new(&self.args.redis_server)
@@ -319,7 +323,13 @@ impl Ctx {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok((proc, format!("redis://127.0.0.1:{port}/")))
+        Ok((
+            proc,
+            Redis {
+                url: format!("redis://127.0.0.1:{port}/"),
+                prefix: format!("lt{}", now_us() % 1_000_000),
+            },
+        ))
     }
 
     /// Client options for `addrs`.
@@ -786,11 +796,11 @@ pub async fn run(args: &SuiteArgs) -> Result<ExitCode> {
             plan.cluster_subscribers
         ));
         let r = async {
-            let (redis, url) = ctx.redis().await?;
+            let (redis, cluster) = ctx.redis().await?;
             let mut gws = Vec::new();
             let mut addrs = Vec::new();
             for i in 0..3 {
-                let (gw, addr) = ctx.gateway(&format!("cfan{i}"), Some(&url)).await?;
+                let (gw, addr) = ctx.gateway(&format!("cfan{i}"), Some(&cluster)).await?;
                 gws.push(gw);
                 addrs.push(addr);
             }
@@ -836,11 +846,11 @@ pub async fn run(args: &SuiteArgs) -> Result<ExitCode> {
     if ctx.wants("latency") {
         step("latency at a fixed rate, 3 nodes + Redis");
         let r = async {
-            let (redis, url) = ctx.redis().await?;
+            let (redis, cluster) = ctx.redis().await?;
             let mut gws = Vec::new();
             let mut addrs = Vec::new();
             for i in 0..3 {
-                let (gw, addr) = ctx.gateway(&format!("clat{i}"), Some(&url)).await?;
+                let (gw, addr) = ctx.gateway(&format!("clat{i}"), Some(&cluster)).await?;
                 gws.push(gw);
                 addrs.push(addr);
             }
