@@ -85,6 +85,9 @@ pub struct ChurnOut {
     pub connects_per_sec: f64,
     /// Connect + upgrade + welcome + subscribe latency.
     pub setup_latency: Latency,
+    /// SYNs dropped by full accept queues during the churn (machine-wide
+    /// `ListenOverflows` delta).
+    pub listen_overflows: Option<u64>,
     /// Clean closes confirmed by the server's close frame.
     pub clean_closes: u64,
     /// Clean closes not confirmed in time.
@@ -128,13 +131,14 @@ impl ChurnOut {
             self.setup_latency.line()
         );
         s += &format!(
-            "  closes: {} clean (+{} unconfirmed), {} FIN, {} RST; held {}/{}\n",
+            "  closes: {} clean (+{} unconfirmed), {} FIN, {} RST; held {}/{}; listen overflows {:?}\n",
             self.clean_closes,
             self.clean_unconfirmed,
             self.fin_closes,
             self.rst_closes,
             self.hold_connected,
-            self.hold
+            self.hold,
+            self.listen_overflows
         );
         s += &format!(
             "  gauge {:?} = {} vs true count {}: {}{}\n",
@@ -220,6 +224,7 @@ pub async fn run(args: &ChurnArgs) -> Result<ChurnOut> {
     let mut pool = Pool::spawn(&specs, client.threads).await?;
     let held = connect_all(&mut pool, &counts, &client, "holding").await?;
 
+    let overflows_before = crate::common::listen_overflows();
     pool.send_all(&Cmd::Churn).await?;
     let expect = if args.rate > 0.0 {
         (args.rate * args.duration_secs) as u64
@@ -246,6 +251,10 @@ pub async fn run(args: &ChurnArgs) -> Result<ChurnOut> {
         )
         .await?;
     bar.finish_and_clear();
+    let listen_overflows = match (overflows_before, crate::common::listen_overflows()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
 
     let mut setup = new_hist();
     let mut errors = BTreeMap::new();
@@ -338,6 +347,7 @@ pub async fn run(args: &ChurnArgs) -> Result<ChurnOut> {
             0.0
         },
         setup_latency: Latency::of(&setup),
+        listen_overflows,
         clean_closes: clean,
         clean_unconfirmed: uncl,
         fin_closes: fin,

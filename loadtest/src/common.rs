@@ -275,6 +275,25 @@ pub fn proc_sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// The machine's `TcpExt: ListenOverflows` counter (/proc/net/netstat):
+/// SYNs dropped because a listener's accept queue was full. Machine-wide,
+/// so a delta over a run on this otherwise quiet loopback is the gateway's.
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let Some(names) = lines.next() {
+        let values = lines.next()?;
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let i = names
+            .split_whitespace()
+            .position(|n| n == "ListenOverflows")?;
+        return values.split_whitespace().nth(i)?.parse().ok();
+    }
+    None
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`, 100 when unknown).
 pub fn clk_tck() -> u64 {
     std::process::Command::new("getconf")
@@ -343,6 +362,11 @@ mod tests {
         hist_merge(&mut g, &hist_pairs(&h));
         assert_eq!(g.len(), 6);
         assert_eq!(g.value_at_quantile(0.5), h.value_at_quantile(0.5));
+    }
+
+    #[test]
+    fn reads_the_listen_overflow_counter() {
+        assert!(listen_overflows().is_some());
     }
 
     #[test]

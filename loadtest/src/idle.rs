@@ -95,6 +95,9 @@ pub struct IdleReport {
     pub cpu_pct: Option<f64>,
     /// CPU per 10,000 connections, % of one core.
     pub cpu_pct_per_10k: Option<f64>,
+    /// SYNs dropped by full accept queues during the connects (machine-wide
+    /// `ListenOverflows` delta); each costs its client a 1 s retransmit.
+    pub listen_overflows: Option<u64>,
     /// Clients that lost their connection before the stop.
     pub dropped: u64,
     /// How they ended.
@@ -107,14 +110,15 @@ impl IdleReport {
     /// Human summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "idle: {}/{} connected ({} failed) in {:.1} s = {:.0} connects/s over {} worker(s); setup {}\n",
+            "idle: {}/{} connected ({} failed) in {:.1} s = {:.0} connects/s over {} worker(s); setup {}; listen overflows {:?}\n",
             self.connected,
             self.connections,
             self.failed,
             self.connect_secs,
             self.connects_per_sec,
             self.workers,
-            self.setup_latency.line()
+            self.setup_latency.line(),
+            self.listen_overflows
         );
         for p in &self.processes {
             s += &format!(
@@ -269,7 +273,12 @@ pub async fn run(args: &IdleArgs) -> Result<IdleReport> {
         .worker_specs(args.connections, "idle", groups, |_| Mode::Hold);
     let counts: Vec<u64> = specs.iter().map(|s| s.count).collect();
     let mut pool = Pool::spawn(&specs, args.client.threads).await?;
+    let overflows_before = crate::common::listen_overflows();
     let connected = connect_all(&mut pool, &counts, &args.client, "connecting").await?;
+    let listen_overflows = match (overflows_before, crate::common::listen_overflows()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let connect_secs = connected.last_us.saturating_sub(connected.first_us) as f64 / 1e6;
 
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
@@ -334,6 +343,7 @@ pub async fn run(args: &IdleArgs) -> Result<IdleReport> {
         window_secs: window,
         cpu_pct: cpu,
         cpu_pct_per_10k: cpu10k,
+        listen_overflows,
         dropped,
         closes,
         ok: connected.connected == args.connections && dropped == 0,

@@ -61,7 +61,7 @@ pub struct SuiteArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only these scenarios (comma separated): ceiling, idle, fanout,
-    /// churn, rtt, cluster-fanout, latency.
+    /// fanout-ws, churn, rtt, cluster-fanout, latency.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// No progress bars.
@@ -71,7 +71,7 @@ pub struct SuiteArgs {
 
 /// HTTP publishers per channel in the flat-out fan-outs (publications in
 /// flight; order is checked per publisher).
-const FLAT_OUT_LANES: u64 = 16;
+const FLAT_OUT_LANES: u64 = 64;
 
 const SECRET: &str = "loadtest-suite-secret-0123456789abcdef";
 
@@ -732,6 +732,41 @@ pub async fn run(args: &SuiteArgs) -> Result<ExitCode> {
         );
     }
 
+    if ctx.wants("fanout-ws") {
+        step(&format!(
+            "fan-out flat out over the WebSocket publish op, {} subscribers, one node",
+            plan.fanout_subscribers
+        ));
+        let r = async {
+            let (gw, addr) = ctx.gateway("fanout-ws", None).await?;
+            let a = FanoutArgs {
+                subscribers: plan.fanout_subscribers,
+                channels: 1,
+                channel_prefix: "fan:".into(),
+                via: Via::Ws,
+                lanes: 1,
+                window: 256,
+                rate: 0.0,
+                messages: plan.fanout_messages,
+                duration_secs: 0.0,
+                payload: 64,
+                idle_timeout_ms: 10_000,
+                max_wait_secs: 300,
+                client: ctx.client(&[addr]),
+            };
+            let r = fanout::run(&a).await;
+            gw.stop().await;
+            r
+        }
+        .await;
+        record(
+            &mut results,
+            &mut failures,
+            "fanout_ws",
+            r.map(|r| (r.summary(), r.ok, to_value(&r))),
+        );
+    }
+
     if ctx.wants("churn") {
         step("churn, one node");
         let r = async {
@@ -1045,6 +1080,28 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
             _ => None,
         }),
     });
+    let fws = get("fanout_ws");
+    let wr = f(fws, &["deliveries_per_sec"]);
+    rows.push(Row {
+        scenario: format!(
+            "same, published with the WebSocket publish op (256 in flight), {} subscribers",
+            f(fws, &["connected"]).unwrap_or(0.0)
+        ),
+        target: "(informative)".into(),
+        measured: wr.map_or("-".into(), |v| {
+            format!(
+                "{:.2} M/s, lost {}, p99 {:.0} ms",
+                v / 1e6,
+                f(fws, &["lost"]).unwrap_or(0.0),
+                f(fws, &["latency", "p99_ms"]).unwrap_or(0.0)
+            )
+        }),
+        ceiling: match (wr, ceil_b) {
+            (Some(a), Some(c)) => format!("{:.0}% of the batched probe", a / c * 100.0),
+            _ => "-".into(),
+        },
+        verdict: "-".into(),
+    });
     let cr = f(cfan, &["deliveries_per_sec"]);
     rows.push(Row {
         scenario: format!(
@@ -1129,7 +1186,13 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
     rows.push(Row {
         scenario: "connect rate while filling the idle node (JWT + 2 subscribes)".into(),
         target: "(informative)".into(),
-        measured: icps.map_or("-".into(), |c| format!("{c:.0}/s")),
+        measured: icps.map_or("-".into(), |c| {
+            format!(
+                "{c:.0}/s, setup p99 {:.0} ms, {} SYNs dropped by the accept queue",
+                f(idle, &["setup_latency", "p99_ms"]).unwrap_or(0.0),
+                f(idle, &["listen_overflows"]).unwrap_or(0.0)
+            )
+        }),
         ceiling: "-".into(),
         verdict: "-".into(),
     });
