@@ -563,9 +563,10 @@ async fn write_loop(
 /// Feed a batch and flush once; gives the bytes back to the handle.
 async fn write_batch(sink: &mut Sink, batch: &mut Vec<Utf8Bytes>, handle: &ConnHandle) -> bool {
     let mut bytes = 0;
-    let count = batch.len();
+    let mut by_type = [0u64; m::SENT_TYPES.len()];
     for f in batch.drain(..) {
         bytes += f.len();
+        by_type[m::sent_type(f.as_bytes())] += 1;
         if sink.feed(Message::Text(f)).await.is_err() {
             handle.release(bytes);
             return false;
@@ -574,7 +575,11 @@ async fn write_batch(sink: &mut Sink, batch: &mut Vec<Utf8Bytes>, handle: &ConnH
     let ok = sink.flush().await.is_ok();
     handle.release(bytes);
     let hot = m::hot();
-    hot.sent.increment(count as u64);
+    for (counter, n) in hot.sent.iter().zip(by_type) {
+        if n > 0 {
+            counter.increment(n);
+        }
+    }
     hot.bytes_out.increment(bytes as u64);
     ok
 }

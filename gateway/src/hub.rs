@@ -155,8 +155,8 @@ impl Hub {
                 .or_default()
                 .insert(conn.id.clone(), conn.clone());
         }
-        let n = self.conn_count.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(m::CONNECTIONS).set(n as f64);
+        self.conn_count.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
     }
 
     /// Unregister a connection. Its channel subscriptions must have been
@@ -173,11 +173,8 @@ impl Hub {
             }
         }
         if removed {
-            let n = self
-                .conn_count
-                .fetch_sub(1, Ordering::Relaxed)
-                .saturating_sub(1);
-            metrics::gauge!(m::CONNECTIONS).set(n as f64);
+            self.conn_count.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         }
     }
 
@@ -214,8 +211,8 @@ impl Hub {
             None => {
                 let c = Arc::new(Channel::default());
                 shard.insert(Arc::from(channel), c.clone());
-                let n = self.channel_count.fetch_add(1, Ordering::Relaxed) + 1;
-                metrics::gauge!(m::CHANNELS).set(n as f64);
+                self.channel_count.fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!(m::CHANNELS).increment(1.0);
                 c
             }
         };
@@ -293,11 +290,8 @@ impl Hub {
         if subs.is_empty() {
             drop(subs);
             shard.remove(channel);
-            let n = self
-                .channel_count
-                .fetch_sub(1, Ordering::Relaxed)
-                .saturating_sub(1);
-            metrics::gauge!(m::CHANNELS).set(n as f64);
+            self.channel_count.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!(m::CHANNELS).decrement(1.0);
         }
         true
     }

@@ -62,8 +62,8 @@ pub const BACKPLANE_UP: &str = "gateway_backplane_up";
 /// `counter!` macro looks its key up in the registry on every call, which the
 /// fan-out and writer paths should not pay.
 pub struct Hot {
-    /// [`MESSAGES_SENT`].
-    pub sent: metrics::Counter,
+    /// [`MESSAGES_SENT`] by `type`, indexed like [`SENT_TYPES`].
+    pub sent: [metrics::Counter; SENT_TYPES.len()],
     /// [`BYTES_OUT`].
     pub bytes_out: metrics::Counter,
     /// [`BYTES_IN`].
@@ -79,12 +79,34 @@ pub struct Hot {
 pub fn hot() -> &'static Hot {
     static HOT: std::sync::OnceLock<Hot> = std::sync::OnceLock::new();
     HOT.get_or_init(|| Hot {
-        sent: metrics::counter!(MESSAGES_SENT),
+        sent: SENT_TYPES.map(|t| metrics::counter!(MESSAGES_SENT, "type" => t)),
         bytes_out: metrics::counter!(BYTES_OUT),
         bytes_in: metrics::counter!(BYTES_IN),
         deliveries: metrics::counter!(DELIVERIES),
         lag: metrics::histogram!(DELIVERY_LAG),
     })
+}
+
+/// The `type` label values of [`MESSAGES_SENT`]; replies (welcome,
+/// subscribed, published, ...) share `reply`.
+pub const SENT_TYPES: [&str; 7] = [
+    "message",
+    "join",
+    "leave",
+    "broadcast",
+    "direct",
+    "error",
+    "reply",
+];
+
+/// Index into [`SENT_TYPES`] of an encoded server frame. Our encoder puts
+/// `type` first (`{"type":"message",...`), so a prefix test suffices.
+pub fn sent_type(frame: &[u8]) -> usize {
+    let rest = frame.get(9..).unwrap_or_default();
+    SENT_TYPES[..6]
+        .iter()
+        .position(|t| rest.starts_with(t.as_bytes()) && rest.get(t.len()) == Some(&b'"'))
+        .unwrap_or(6)
 }
 
 /// Microseconds since the Unix epoch (publish timestamps).
@@ -113,10 +135,55 @@ pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
     metrics::gauge!(NODE_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.to_owned())
         .set(1.0);
     hot();
+    register_zeroes();
     metrics::gauge!(CONNECTIONS).set(0.0);
     metrics::gauge!(SUBSCRIPTIONS).set(0.0);
     metrics::gauge!(CHANNELS).set(0.0);
     Ok(handle)
+}
+
+/// Register counters at 0 so `rate()` sees their first event after a
+/// restart and dashboards show 0 rather than "no data".
+fn register_zeroes() {
+    for c in [CONNECTIONS_ACCEPTED, SLOW_CONSUMERS, RATE_LIMITED] {
+        metrics::counter!(c).absolute(0);
+    }
+    for reason in ["draining", "origin", "auth", "max_connections", "backend"] {
+        metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
+    }
+    for reason in [
+        "normal",
+        "shutdown",
+        "too_large",
+        "internal",
+        "slow_consumer",
+        "token_expired",
+        "heartbeat_timeout",
+        "policy",
+        "abuse",
+        "api_disconnect",
+    ] {
+        metrics::counter!(DISCONNECTS, "reason" => reason).absolute(0);
+    }
+    for code in [
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "too_large",
+        "rate_limited",
+        "unavailable",
+        "internal",
+    ] {
+        metrics::counter!(ERRORS, "code" => code).absolute(0);
+    }
+    for reason in ["missing", "expired", "invalid", "origin", "api_key"] {
+        metrics::counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
+    }
+    for source in ["api", "client"] {
+        metrics::counter!(PUBLICATIONS, "source" => source).absolute(0);
+    }
+    metrics::counter!(DROPPED, "reason" => "queue_full").absolute(0);
 }
 
 fn describe() {
@@ -131,7 +198,10 @@ fn describe() {
     );
     describe_counter!(DISCONNECTS, "Connections closed, by reason.");
     describe_counter!(MESSAGES_RECEIVED, "Client frames received, by op.");
-    describe_counter!(MESSAGES_SENT, "Frames written to client sockets.");
+    describe_counter!(
+        MESSAGES_SENT,
+        "Frames written to client sockets, by type (reply covers every op reply)."
+    );
     describe_counter!(BYTES_IN, Unit::Bytes, "Bytes of client frames received.");
     describe_counter!(
         BYTES_OUT,
@@ -191,4 +261,31 @@ fn describe() {
         BACKPLANE_UP,
         "Whether the backplane is healthy (1) or not (0)."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_type_reads_the_leading_type_field() {
+        assert_eq!(
+            SENT_TYPES[sent_type(br#"{"type":"message","channel":"a"}"#)],
+            "message"
+        );
+        assert_eq!(
+            SENT_TYPES[sent_type(br#"{"type":"join","channel":"a"}"#)],
+            "join"
+        );
+        assert_eq!(
+            SENT_TYPES[sent_type(br#"{"type":"error","id":null}"#)],
+            "error"
+        );
+        assert_eq!(
+            SENT_TYPES[sent_type(br#"{"type":"subscribed","id":1}"#)],
+            "reply"
+        );
+        assert_eq!(SENT_TYPES[sent_type(br#"{"type":"messages"}"#)], "reply");
+        assert_eq!(SENT_TYPES[sent_type(b"x")], "reply");
+    }
 }

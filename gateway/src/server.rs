@@ -65,6 +65,9 @@ async fn readyz(State(a): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(a): State<Admin>) -> Response {
+    // The gauges follow the hub's own counts exactly at every scrape.
+    metrics::gauge!(m::CONNECTIONS).set(a.node.hub.connection_count() as f64);
+    metrics::gauge!(m::CHANNELS).set(a.node.hub.channel_count() as f64);
     metrics::gauge!(m::BACKPLANE_UP).set(if a.node.backplane.is_healthy() {
         1.0
     } else {
