@@ -124,14 +124,26 @@ pub struct FanoutReport {
     pub expected: u64,
     /// Distinct deliveries received.
     pub delivered: u64,
-    /// Deliveries missing.
+    /// Deliveries of acknowledged publications that never arrived.
     pub lost: u64,
+    /// Publications refused (503 etc.): (channel, lane, seq).
+    pub refused: u64,
+    /// Deliveries of acknowledged publications that never arrived, per
+    /// gateway node (subscriber i is on node i % nodes).
+    pub lost_by_node: Vec<u64>,
+    /// Deliveries of refused publications that did not arrive.
+    pub refused_missing: u64,
+    /// Deliveries of refused publications that arrived anyway (a refused
+    /// publish may still have been executed: docs/protocol.md).
+    pub refused_delivered: u64,
     /// Duplicates received.
     pub duplicates: u64,
     /// Received after a later publication of the same channel.
     pub out_of_order: u64,
     /// Sequence numbers that were never published.
     pub unexpected: u64,
+    /// Subscribers still missing something when the wait ended.
+    pub incomplete: u64,
     /// Subscribers that lost their connection.
     pub dropped: u64,
     /// How they ended.
@@ -142,6 +154,8 @@ pub struct FanoutReport {
     pub deliveries_per_sec: f64,
     /// Publish (send) to receive latency.
     pub latency: Latency,
+    /// HTTP publish request to response, as the publisher saw it.
+    pub publish_rtt: Latency,
     /// Subscriber setup latency.
     pub setup_latency: Latency,
     /// Nothing lost, duplicated, reordered or refused.
@@ -172,9 +186,20 @@ impl FanoutReport {
             self.delivered, self.expected, self.delivery_secs, self.deliveries_per_sec
         );
         s += &format!("  latency {}\n", self.latency.line());
+        if self.publish_rtt.count > 0 {
+            s += &format!("  publish request {}\n", self.publish_rtt.line());
+        }
+        if self.refused > 0 {
+            s += &format!(
+                "  refused publications: {} (their deliveries: {} missing, {} arrived anyway)\n",
+                self.refused, self.refused_missing, self.refused_delivered
+            );
+        }
         s += &format!(
-            "  lost {}, duplicates {}, out of order {}, unexpected {}, dropped {} {:?}: {}",
+            "  lost {} {:?} ({} subscribers incomplete), duplicates {}, out of order {}, unexpected {}, dropped {} {:?}: {}",
             self.lost,
+            self.lost_by_node,
+            self.incomplete,
             self.duplicates,
             self.out_of_order,
             self.unexpected,
@@ -202,13 +227,34 @@ pub fn expected_per_channel(args: &FanoutArgs) -> Vec<u64> {
     }
 }
 
-#[derive(Default)]
 struct PubStats {
     sent: AtomicU64,
+    /// Refused or failed publications: (channel, lane, seq).
+    refused: std::sync::Mutex<Vec<(u64, u64, u64)>>,
     errors: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Request to response of HTTP publishes, us.
+    rtt: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for PubStats {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            refused: std::sync::Mutex::default(),
+            errors: std::sync::Mutex::default(),
+            rtt: std::sync::Mutex::new(new_hist()),
+        }
+    }
 }
 
 impl PubStats {
+    fn refuse(&self, lane: &Lane, j: u64, kind: String) {
+        if let Ok(mut r) = self.refused.lock() {
+            r.push((lane.channel, lane.lane, lane.seq(j)));
+        }
+        self.error(kind);
+    }
+
     fn error(&self, kind: String) {
         *self
             .errors
@@ -240,8 +286,12 @@ impl Lane {
         (self.lane..self.count).step_by(self.lanes.max(1) as usize)
     }
 
+    fn seq(&self, j: u64) -> u64 {
+        j / self.lanes.max(1) + 1
+    }
+
     fn data(&self, j: u64) -> String {
-        let seq = j / self.lanes.max(1) + 1;
+        let seq = self.seq(j);
         pad(
             format!("f:{}:{}:{seq}:{}:", self.channel, self.lane, now_us()),
             self.payload,
@@ -260,16 +310,25 @@ impl Lane {
                 tokio::time::sleep_until(due).await;
             }
             let body = serde_json::json!({"channel": self.name, "data": self.data(j)});
-            match http.post(&url).json(&body).send().await {
+            let start = Instant::now();
+            let r = http.post(&url).json(&body).send().await;
+            if let Ok(mut h) = stats.rtt.lock() {
+                let _ = h.record((start.elapsed().as_micros() as u64).max(1));
+            }
+            match r {
                 Ok(r) if r.status().is_success() => {
                     stats.sent.fetch_add(1, Relaxed);
                 }
-                Ok(r) => stats.error(format!("http_{}", r.status().as_u16())),
-                Err(e) => stats.error(if e.is_timeout() {
-                    "timeout".into()
-                } else {
-                    "http_error".into()
-                }),
+                Ok(r) => stats.refuse(&self, j, format!("http_{}", r.status().as_u16())),
+                Err(e) => stats.refuse(
+                    &self,
+                    j,
+                    if e.is_timeout() {
+                        "timeout".into()
+                    } else {
+                        "http_error".into()
+                    },
+                ),
             }
         }
     }
@@ -325,16 +384,19 @@ impl Lane {
 
     fn on_reply(
         &self,
-        r: Result<Result<Option<String>>, tokio::time::error::Elapsed>,
+        r: Result<Result<Reply>, tokio::time::error::Elapsed>,
         stats: &PubStats,
     ) -> bool {
         match r {
-            Ok(Ok(None)) => {
+            Ok(Ok((_, None))) => {
                 stats.sent.fetch_add(1, Relaxed);
                 true
             }
-            Ok(Ok(Some(code))) => {
-                stats.error(format!("ws_{code}"));
+            Ok(Ok((id, Some(code)))) => {
+                match id {
+                    Some(j) => stats.refuse(self, j, format!("ws_{code}")),
+                    None => stats.error(format!("ws_{code}")),
+                }
                 true
             }
             Ok(Err(_)) => {
@@ -349,22 +411,22 @@ impl Lane {
     }
 }
 
-/// Reads until the reply to a publish: None = published, Some(code) = error.
-async fn published_reply(ws: &mut Ws) -> Result<Option<String>> {
+/// A publish reply: its id, and None = published or Some(code) = refused.
+type Reply = (Option<u64>, Option<String>);
+
+/// Reads until the reply to a publish.
+async fn published_reply(ws: &mut Ws) -> Result<Reply> {
     loop {
         while let Some(f) = ws.next_frame()? {
             match f.opcode {
                 op::TEXT => {
                     let v: serde_json::Value = serde_json::from_slice(ws.payload(&f))?;
+                    let id = v.get("id").and_then(serde_json::Value::as_u64);
                     match v.get("type").and_then(|t| t.as_str()) {
-                        Some("published") => return Ok(None),
+                        Some("published") => return Ok((id, None)),
                         Some("error") => {
-                            return Ok(Some(
-                                v.get("code")
-                                    .and_then(|c| c.as_str())
-                                    .unwrap_or("?")
-                                    .to_owned(),
-                            ))
+                            let code = v.get("code").and_then(|c| c.as_str()).unwrap_or("?");
+                            return Ok((id, Some(code.to_owned())));
                         }
                         _ => {}
                     }
@@ -501,12 +563,14 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     bar.finish_and_clear();
     let publish_secs = publish_start.elapsed().as_secs_f64();
 
+    let refused = stats.refused.lock().map(|r| r.clone()).unwrap_or_default();
     for w in 0..pool.workers() {
         pool.send(
             w,
             &Cmd::Finish {
                 idle_ms: args.idle_timeout_ms,
                 max_ms: args.max_wait_secs * 1000,
+                refused: refused.clone(),
             },
         )
         .await?;
@@ -528,7 +592,10 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let mut closes = BTreeMap::new();
     let (mut exp, mut distinct, mut dups, mut ooo, mut unexp, mut dropped) = (0, 0, 0, 0, 0, 0);
     let (mut first, mut last) = (u64::MAX, 0);
+    let (mut refused_missing, mut refused_delivered) = (0, 0);
     for r in &reports {
+        refused_missing += r.refused_missing;
+        refused_delivered += r.refused_delivered;
         hist_merge(&mut h, &r.latency);
         merge_counts(&mut closes, &r.closes);
         exp += r.expected;
@@ -551,7 +618,15 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     let errors = stats.errors.lock().map(|e| e.clone()).unwrap_or_default();
     let publish_errors: u64 = errors.values().sum();
     let published = stats.sent.load(Relaxed);
-    let lost = exp.saturating_sub(distinct);
+    let lost = exp.saturating_sub(distinct).saturating_sub(refused_missing);
+    let mut lost_by_node = vec![0u64; client.urls.len().max(1)];
+    for r in &reports {
+        for (n, &(e, d, m)) in r.by_node.iter().enumerate() {
+            if let Some(l) = lost_by_node.get_mut(n) {
+                *l += e.saturating_sub(d).saturating_sub(m);
+            }
+        }
+    }
     Ok(FanoutReport {
         scenario: "fanout",
         nodes: client.urls.len(),
@@ -572,9 +647,14 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         expected: exp,
         delivered: distinct,
         lost,
+        lost_by_node,
+        refused: refused.len() as u64,
+        refused_missing,
+        refused_delivered,
         duplicates: dups,
         out_of_order: ooo,
         unexpected: unexp,
+        incomplete: reports.iter().map(|r| r.incomplete).sum(),
         dropped,
         closes,
         delivery_secs,
@@ -584,12 +664,18 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
             0.0
         },
         latency: Latency::of(&h),
+        publish_rtt: stats
+            .rtt
+            .lock()
+            .map(|h| Latency::of(&h))
+            .unwrap_or_default(),
         setup_latency: latency_of(&connected.setup),
         ok: lost == 0
             && dups == 0
             && ooo == 0
             && unexp == 0
-            && publish_errors == 0
+            && published > 0
+            && published + refused.len() as u64 == total
             && dropped == 0
             && connected.connected == args.subscribers,
     })

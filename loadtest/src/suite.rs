@@ -1111,18 +1111,26 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
         target: ">= 1,000,000/s, none lost".into(),
         measured: cr.map_or("-".into(), |v| {
             format!(
-                "{:.2} M/s, lost {}, dup {}, p99 {:.0} ms",
+                "{:.2} M/s, lost {}, dup {}, p99 {:.0} ms; {} of {} publications refused (503){}",
                 v / 1e6,
                 f(cfan, &["lost"]).unwrap_or(0.0),
                 f(cfan, &["duplicates"]).unwrap_or(0.0),
-                f(cfan, &["latency", "p99_ms"]).unwrap_or(0.0)
+                f(cfan, &["latency", "p99_ms"]).unwrap_or(0.0),
+                f(cfan, &["refused"]).unwrap_or(0.0),
+                f(cfan, &["published"]).unwrap_or(0.0) + f(cfan, &["refused"]).unwrap_or(0.0),
+                match f(cfan, &["refused_delivered"]) {
+                    Some(d) if d > 0.0 => format!(", {d} deliveries of them arrived anyway"),
+                    _ => String::new(),
+                }
             )
         }),
         ceiling: match (cr, ceil_b) {
             (Some(a), Some(c)) => format!("{:.0}% of the batched probe", a / c * 100.0),
             _ => "-".into(),
         },
-        verdict: verdict(cr.map(|v| v >= 1e6 && cfan["ok"] == true)),
+        verdict: verdict(
+            cr.map(|v| v >= 1e6 && cfan["ok"] == true && f(cfan, &["refused"]) == Some(0.0)),
+        ),
     });
     let p50 = f(lat, &["latency", "p50_ms"]);
     let p99 = f(lat, &["latency", "p99_ms"]);

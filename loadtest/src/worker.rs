@@ -120,6 +120,10 @@ pub enum Cmd {
         idle_ms: u64,
         /// Give up after this long in total.
         max_ms: u64,
+        /// Publications the gateway refused (channel, lane, seq): not
+        /// counted as lost when missing, counted when delivered anyway.
+        #[serde(default)]
+        refused: Vec<(u64, u64, u64)>,
     },
     /// Run the churn phase.
     Churn,
@@ -169,6 +173,12 @@ pub struct SeqReport {
     pub unexpected: u64,
     /// Subscribers still missing something at the end.
     pub incomplete: u64,
+    /// Deliveries of refused publications that never arrived (not loss).
+    pub refused_missing: u64,
+    /// Deliveries of refused publications that arrived anyway.
+    pub refused_delivered: u64,
+    /// Per gateway node: (expected, distinct, refused missing) deliveries.
+    pub by_node: Vec<(u64, u64, u64)>,
     /// Clients that lost their connection.
     pub dropped: u64,
     /// How dropped clients ended (`close_4001`, `eof`, ...).
@@ -266,11 +276,15 @@ pub enum Ev {
 
 const HIST_SHARDS: usize = 8;
 
+/// Refused publications: (channel, lane, seq).
+type Refused = Vec<(u64, u64, u64)>;
+
 struct Ctx {
     spec: WorkerSpec,
     nodes: Vec<Node>,
     ev: mpsc::UnboundedSender<Ev>,
     stop: watch::Receiver<bool>,
+    refused: watch::Receiver<Option<Arc<Refused>>>,
     expected: Vec<u64>,
     attempted: AtomicU64,
     connected: AtomicU64,
@@ -292,6 +306,10 @@ struct Ctx {
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
     unexpected: AtomicU64,
+    refused_missing: AtomicU64,
+    refused_delivered: AtomicU64,
+    /// Per gateway node: expected, distinct, refused-missing deliveries.
+    by_node: Vec<[AtomicU64; 3]>,
     first_delivery_us: AtomicU64,
     last_delivery_us: AtomicU64,
     latency: Vec<Mutex<Histogram<u64>>>,
@@ -316,6 +334,11 @@ impl Ctx {
     fn ended(&self, how: &str) {
         self.dropped.fetch_add(1, Relaxed);
         *lock(&self.closes).entry(how.to_owned()).or_default() += 1;
+    }
+
+    /// Per-node tallies of client `idx`.
+    fn node(&self, idx: u64) -> &[AtomicU64; 3] {
+        &self.by_node[(idx % self.by_node.len() as u64) as usize]
     }
 
     fn live(&self) -> u64 {
@@ -388,6 +411,9 @@ struct SeqState {
     /// Seen seqs above `next`, sorted.
     above: Vec<u64>,
     max_seen: u64,
+    /// Refused publications not (yet) received, sorted; already accounted
+    /// in `next`/`above` so the subscriber can complete without them.
+    refused: Vec<u64>,
 }
 
 /// Per-read-batch tallies, applied to the shared counters once per read.
@@ -398,6 +424,7 @@ struct Batch {
     duplicates: u64,
     out_of_order: u64,
     unexpected: u64,
+    refused_late: u64,
     latencies: Vec<u64>,
 }
 
@@ -442,6 +469,14 @@ impl SeqState {
             b.unexpected += 1;
             return;
         }
+        if let Ok(i) = self.refused.binary_search(&seq) {
+            // Refused by the gateway, delivered after all: a distinct
+            // delivery, no longer missing.
+            self.refused.remove(i);
+            b.distinct += 1;
+            b.refused_late += 1;
+            return;
+        }
         if seq < self.next || self.above.binary_search(&seq).is_ok() {
             b.duplicates += 1;
             return;
@@ -451,6 +486,14 @@ impl SeqState {
             b.out_of_order += 1;
         }
         self.max_seen = self.max_seen.max(seq);
+        self.mark(seq);
+    }
+
+    fn received(&self, seq: u64) -> bool {
+        seq < self.next || self.above.binary_search(&seq).is_ok()
+    }
+
+    fn mark(&mut self, seq: u64) {
         if seq == self.next {
             self.next += 1;
             while self.above.first() == Some(&self.next) {
@@ -460,6 +503,21 @@ impl SeqState {
         } else if let Err(pos) = self.above.binary_search(&seq) {
             self.above.insert(pos, seq);
         }
+    }
+
+    /// Accounts a refused publication: returns true when it was received.
+    fn refuse(&mut self, seq: u64) -> bool {
+        if seq == 0 || seq > self.expected {
+            return false;
+        }
+        if self.received(seq) {
+            return true;
+        }
+        if let Err(pos) = self.refused.binary_search(&seq) {
+            self.refused.insert(pos, seq);
+            self.mark(seq);
+        }
+        false
     }
 }
 
@@ -523,12 +581,38 @@ fn on_data(ctx: &Ctx, seq: &mut Option<SubSeq>, d: &[u8], recv_us: u64, b: &mut 
     }
 }
 
+/// Applies the refused list to a subscriber (once, when it arrives).
+fn apply_refused(ctx: &Ctx, idx: u64, seq: &mut Option<SubSeq>, list: &[(u64, u64, u64)]) {
+    let Some(sub) = seq.as_mut() else { return };
+    let (mut missing, mut delivered) = (0, 0);
+    for &(c, l, s) in list {
+        if c as usize != sub.channel {
+            continue;
+        }
+        if let Some(lane) = sub.lanes.get_mut(l as usize) {
+            if lane.refuse(s) {
+                delivered += 1;
+            } else if lane.refused.binary_search(&s).is_ok() {
+                missing += 1;
+            }
+        }
+    }
+    ctx.refused_missing.fetch_add(missing, Relaxed);
+    ctx.refused_delivered.fetch_add(delivered, Relaxed);
+    ctx.node(idx)[2].fetch_add(missing, Relaxed);
+    if !sub.complete && sub.done() {
+        sub.complete = true;
+        ctx.remaining.fetch_sub(1, Relaxed);
+    }
+}
+
 fn flush_batch(ctx: &Ctx, slot: usize, seq: &mut Option<SubSeq>, b: &mut Batch, recv_us: u64) {
     if b.deliveries == 0 {
         return;
     }
     ctx.deliveries.fetch_add(b.deliveries, Relaxed);
     ctx.distinct.fetch_add(b.distinct, Relaxed);
+    ctx.node(slot as u64)[1].fetch_add(b.distinct, Relaxed);
     if b.duplicates > 0 {
         ctx.duplicates.fetch_add(b.duplicates, Relaxed);
     }
@@ -537,6 +621,11 @@ fn flush_batch(ctx: &Ctx, slot: usize, seq: &mut Option<SubSeq>, b: &mut Batch, 
     }
     if b.unexpected > 0 {
         ctx.unexpected.fetch_add(b.unexpected, Relaxed);
+    }
+    if b.refused_late > 0 {
+        ctx.refused_delivered.fetch_add(b.refused_late, Relaxed);
+        ctx.refused_missing.fetch_sub(b.refused_late, Relaxed);
+        ctx.node(slot as u64)[2].fetch_sub(b.refused_late, Relaxed);
     }
     ctx.first_delivery_us.fetch_min(recv_us, Relaxed);
     ctx.last_delivery_us.fetch_max(recv_us, Relaxed);
@@ -721,6 +810,7 @@ async fn client(ctx: Arc<Ctx>, idx: u64, permit: tokio::sync::OwnedSemaphorePerm
     let _ = lock(&ctx.setup).record(took.clamp(1, 600_000_000));
     if let Some(s) = &mut seq {
         ctx.expected_total.fetch_add(s.expected(), Relaxed);
+        ctx.node(idx)[0].fetch_add(s.expected(), Relaxed);
         if s.done() {
             s.complete = true;
         } else {
@@ -734,6 +824,10 @@ async fn client(ctx: Arc<Ctx>, idx: u64, permit: tokio::sync::OwnedSemaphorePerm
 
 async fn receive(ctx: &Ctx, idx: u64, ws: &mut Ws, seq: &mut Option<SubSeq>) {
     let mut stop = ctx.stop.clone();
+    let mut refused = ctx.refused.clone();
+    if let Some(list) = refused.borrow_and_update().clone() {
+        apply_refused(ctx, idx, seq, &list);
+    }
     let mut b = Batch::default();
     let mut recv_us = now_us();
     loop {
@@ -783,6 +877,11 @@ async fn receive(ctx: &Ctx, idx: u64, ws: &mut Ws, seq: &mut Option<SubSeq>) {
         tokio::select! {
             biased;
             _ = stop.changed() => {}
+            Ok(()) = refused.changed(), if seq.is_some() => {
+                if let Some(list) = refused.borrow_and_update().clone() {
+                    apply_refused(ctx, idx, seq, &list);
+                }
+            }
             r = ws.fill() => match r {
                 Ok(0) => { ctx.ended("eof"); return; }
                 Ok(_) => recv_us = now_us(),
@@ -828,6 +927,7 @@ async fn run_worker(ev: mpsc::UnboundedSender<Ev>) -> Result<()> {
     let spec: WorkerSpec = serde_json::from_str(&first).context("parsing the worker spec")?;
     let nodes = spec.ep.nodes()?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (refused_tx, refused_rx) = watch::channel(None);
     let expected = match &spec.mode {
         Mode::Seq { expected, .. } => expected.clone(),
         _ => Vec::new(),
@@ -836,6 +936,7 @@ async fn run_worker(ev: mpsc::UnboundedSender<Ev>) -> Result<()> {
         nodes,
         ev: ev.clone(),
         stop: stop_rx,
+        refused: refused_rx,
         expected,
         attempted: AtomicU64::new(0),
         connected: AtomicU64::new(0),
@@ -856,6 +957,11 @@ async fn run_worker(ev: mpsc::UnboundedSender<Ev>) -> Result<()> {
         duplicates: AtomicU64::new(0),
         out_of_order: AtomicU64::new(0),
         unexpected: AtomicU64::new(0),
+        refused_missing: AtomicU64::new(0),
+        refused_delivered: AtomicU64::new(0),
+        by_node: (0..spec.ep.urls.len().max(1))
+            .map(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)])
+            .collect(),
         first_delivery_us: AtomicU64::new(u64::MAX),
         last_delivery_us: AtomicU64::new(0),
         latency: (0..HIST_SHARDS).map(|_| Mutex::new(new_hist())).collect(),
@@ -878,7 +984,14 @@ async fn run_worker(ev: mpsc::UnboundedSender<Ev>) -> Result<()> {
                 connect_upto(&ctx, &sem, upto).await;
                 let _ = ev.send(Ev::Connected(ctx.connect_report()));
             }
-            Cmd::Finish { idle_ms, max_ms } => {
+            Cmd::Finish {
+                idle_ms,
+                max_ms,
+                refused,
+            } => {
+                if !refused.is_empty() {
+                    let _ = refused_tx.send(Some(Arc::new(refused)));
+                }
                 let report = finish(&ctx, idle_ms, max_ms).await;
                 let _ = ev.send(Ev::Finished(report));
             }
@@ -977,6 +1090,19 @@ async fn finish(ctx: &Ctx, idle_ms: u64, max_ms: u64) -> SeqReport {
             break;
         }
     }
+    // Let deliveries in flight land (refused publications may still arrive
+    // after every subscriber has what was acknowledged): the counters are
+    // read one by one below, so they must be still.
+    let settle = Instant::now() + Duration::from_secs(3);
+    let mut last_count = ctx.deliveries.load(Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let count = ctx.deliveries.load(Relaxed);
+        if count == last_count || Instant::now() > settle {
+            break;
+        }
+        last_count = count;
+    }
     let mut h = new_hist();
     for shard in &ctx.latency {
         let _ = h.add(&*lock(shard));
@@ -991,6 +1117,13 @@ async fn finish(ctx: &Ctx, idle_ms: u64, max_ms: u64) -> SeqReport {
         out_of_order: ctx.out_of_order.load(Relaxed),
         unexpected: ctx.unexpected.load(Relaxed),
         incomplete: ctx.remaining.load(Relaxed),
+        refused_missing: ctx.refused_missing.load(Relaxed),
+        refused_delivered: ctx.refused_delivered.load(Relaxed),
+        by_node: ctx
+            .by_node
+            .iter()
+            .map(|n| (n[0].load(Relaxed), n[1].load(Relaxed), n[2].load(Relaxed)))
+            .collect(),
         dropped: ctx.dropped.load(Relaxed),
         closes: lock(&ctx.closes).clone(),
         first_us: if first == u64::MAX { 0 } else { first },
@@ -1336,6 +1469,80 @@ mod tests {
         );
         assert!(data_str(br#"{"type":"message","data":{"x":1}}"#).is_none());
         assert!(data_str(br#"{"type":"broadcast","data":"b:9:5:"}"#).is_some());
+    }
+
+    #[test]
+    fn refused_publications_are_not_loss() {
+        let mut s = SeqState {
+            expected: 4,
+            next: 1,
+            ..SeqState::default()
+        };
+        let mut b = Batch::default();
+        s.on(1, &mut b);
+        assert!(s.refuse(1), "received before the refusal was known");
+        assert!(!s.refuse(3));
+        s.on(2, &mut b);
+        assert_eq!(s.next, 4, "3 is accounted as refused");
+        s.on(3, &mut b);
+        assert_eq!(b.refused_late, 1);
+        assert_eq!(b.duplicates, 0);
+        s.on(4, &mut b);
+        assert_eq!(s.next, 5);
+        assert_eq!(b.distinct, 4, "1, 2, the late refused 3, 4");
+    }
+
+    #[test]
+    fn refused_accounting_balances_in_any_order() {
+        // Deterministic pseudo-random orders.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..500 {
+            let n = 1 + rnd(40);
+            let refused: Vec<u64> = (1..=n).filter(|_| rnd(4) == 0).collect();
+            let mut arrivals: Vec<u64> = (1..=n)
+                .filter(|s| !refused.contains(s) || rnd(2) == 0)
+                .collect();
+            for i in (1..arrivals.len()).rev() {
+                let j = rnd(i as u64 + 1) as usize;
+                arrivals.swap(i, j);
+            }
+            let cut = rnd(arrivals.len() as u64 + 1) as usize;
+            let mut sub = SubSeq::new(0, n, 1);
+            let mut b = Batch::default();
+            let (mut missing, mut delivered) = (0u64, 0u64);
+            for &s in &arrivals[..cut] {
+                sub.lanes[0].on(s, &mut b);
+            }
+            for &s in &refused {
+                if sub.lanes[0].refuse(s) {
+                    delivered += 1;
+                } else if sub.lanes[0].refused.binary_search(&s).is_ok() {
+                    missing += 1;
+                }
+            }
+            for &s in &arrivals[cut..] {
+                sub.lanes[0].on(s, &mut b);
+            }
+            missing -= b.refused_late;
+            delivered += b.refused_late;
+            assert!(
+                sub.done(),
+                "n {n} refused {refused:?} arrivals {arrivals:?} cut {cut}"
+            );
+            assert_eq!(
+                b.distinct + missing,
+                n,
+                "n {n} refused {refused:?} arrivals {arrivals:?} cut {cut}"
+            );
+            assert_eq!(missing + delivered, refused.len() as u64);
+            assert_eq!(b.duplicates, 0);
+        }
     }
 
     #[test]
