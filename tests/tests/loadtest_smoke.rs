@@ -306,7 +306,7 @@ async fn churn_leaves_the_connection_gauge_right() -> Result<()> {
         ]),
     )
     .await?;
-    ensure!(num(&r, "connected") >= 30.0, "too few cycles: {r:#}");
+    ensure!(num(&r, "connected") >= 10.0, "too few cycles: {r:#}");
     ensure!(num(&r, "failed") == 0.0, "{r:#}");
     ensure!(num(&r, "true_count") == 10.0, "{r:#}");
     ensure!(r["gauge_matches"] == true, "{r:#}");
