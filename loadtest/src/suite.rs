@@ -1016,6 +1016,11 @@ fn f(v: &Value, path: &[&str]) -> Option<f64> {
     cur.as_f64()
 }
 
+/// A number for a row's label, `N` when the scenario did not run.
+fn label(v: Option<f64>) -> String {
+    v.map_or("N".into(), |v| format!("{v:.0}"))
+}
+
 fn verdict(pass: Option<bool>) -> String {
     match pass {
         Some(true) => "met".into(),
@@ -1042,7 +1047,7 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
     rows.push(Row {
         scenario: format!(
             "RSS per idle connection, {} on one node (2 channels, 1 with presence)",
-            f(idle, &["connected"]).unwrap_or(0.0)
+            label(f(idle, &["connected"]))
         ),
         target: "<= 6 KiB".into(),
         measured: rss.map_or("-".into(), |b| format!("{:.2} KiB", b / 1024.0)),
@@ -1059,8 +1064,8 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
     let cpu = f(idle, &["cpu_pct_per_10k"]);
     rows.push(Row {
         scenario: format!(
-            "idle CPU over {:.0} s (pings every 25 s, presence refresh)",
-            f(idle, &["window_secs"]).unwrap_or(0.0)
+            "idle CPU over {} s (pings every 25 s, presence refresh)",
+            label(f(idle, &["window_secs"]))
         ),
         target: "<= 1% of a core per 10k".into(),
         measured: cpu.map_or("-".into(), |c| format!("{c:.3}% per 10k")),
@@ -1071,7 +1076,7 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
     rows.push(Row {
         scenario: format!(
             "fan-out flat out, one node, {} subscribers of one channel, 64 B",
-            f(fan, &["connected"]).unwrap_or(0.0)
+            label(f(fan, &["connected"]))
         ),
         target: ">= 60% of the batched probe".into(),
         measured: fr.map_or("-".into(), |v| {
@@ -1103,7 +1108,7 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
     rows.push(Row {
         scenario: format!(
             "same, published with the WebSocket publish op (256 in flight), {} subscribers",
-            f(fws, &["connected"]).unwrap_or(0.0)
+            label(f(fws, &["connected"]))
         ),
         target: "(informative)".into(),
         measured: wr.map_or("-".into(), |v| {
@@ -1124,7 +1129,7 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
     rows.push(Row {
         scenario: format!(
             "fan-out flat out, 3 nodes + Redis, {} subscribers of one channel",
-            f(cfan, &["connected"]).unwrap_or(0.0)
+            label(f(cfan, &["connected"]))
         ),
         target: ">= 1,000,000/s, none lost".into(),
         measured: cr.map_or("-".into(), |v| {
@@ -1157,9 +1162,9 @@ fn table(r: &BTreeMap<String, Value>) -> Table {
     let p99 = f(lat, &["latency", "p99_ms"]);
     rows.push(Row {
         scenario: format!(
-            "latency, {:.0} publications/s over {} channels, 3 nodes",
-            f(lat, &["rate"]).unwrap_or(0.0),
-            f(lat, &["channels"]).unwrap_or(0.0)
+            "latency, {} publications/s over {} channels, 3 nodes",
+            label(f(lat, &["rate"])),
+            label(f(lat, &["channels"]))
         ),
         target: "p50 <= 1 ms, p99 <= 5 ms".into(),
         measured: match (p50, p99) {
