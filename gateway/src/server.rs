@@ -91,10 +91,22 @@ fn admin_router(admin: Admin) -> Router {
         .with_state(admin)
 }
 
+/// Accept queue length. tokio's `TcpListener::bind` uses 128: a burst of
+/// reconnects (after a drain elsewhere) then drops SYNs and each dropped
+/// client waits a 1 s retransmit. The kernel caps it at `somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    let err = |source| ServerError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 /// Run the node until `signal` resolves, then drain and return.
