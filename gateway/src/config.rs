@@ -263,6 +263,9 @@ pub struct Config {
     pub namespaces: HashMap<String, NamespaceOptions>,
 }
 
+/// Upper bound of every `*_ms` setting: one day.
+const MAX_MS: u64 = 86_400_000;
+
 fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
@@ -316,6 +319,13 @@ impl Config {
             let v = v.unwrap_or(default);
             if v == 0 {
                 return Err(invalid(setting, "must be greater than 0"));
+            }
+            // Bounded so deadline arithmetic can never overflow the clock.
+            if v > MAX_MS {
+                return Err(invalid(
+                    setting,
+                    format!("must be at most {MAX_MS} (a day)"),
+                ));
             }
             Ok(Duration::from_millis(v))
         };
@@ -461,6 +471,12 @@ impl Config {
                     format!("{name:?}: history_ttl_secs must be > 0"),
                 ));
             }
+            if opts.history_ttl_secs > 366 * 86_400 {
+                return Err(invalid(
+                    "namespaces",
+                    format!("{name:?}: history_ttl_secs above a year"),
+                ));
+            }
             if opts.history_size > 1_000_000 {
                 return Err(invalid(
                     "namespaces",
@@ -559,6 +575,10 @@ mod tests {
         assert!(e.contains("max-message-size"), "{e}");
         let e = parse(&["--node-id", "a.b"]).unwrap_err().to_string();
         assert!(e.contains("node_id"), "{e}");
+        let e = parse(&["--ping-interval-ms", "18446744073709551615"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ping_interval_ms"), "{e}");
     }
 
     #[test]

@@ -278,7 +278,10 @@ impl Reader {
         let silence = config.ping_interval + config.pong_timeout;
         let expires = self.identity.exp.map(|exp| {
             let now = m::now_us() / 1_000_000;
-            Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+            // A far-future `exp` (signed by the backend, but still input)
+            // must not overflow the clock: cap the wait at a year.
+            let left = Duration::from_secs(exp.saturating_sub(now).min(365 * 86_400));
+            Instant::now() + left
         });
         let mut deadline = Instant::now() + silence;
         loop {
