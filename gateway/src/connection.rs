@@ -208,12 +208,11 @@ fn run(
         tracing::info!(connections = node.hub.connection_count(), "connected");
 
         let (sink, stream) = socket.split();
-        let writer = node.shutdown.tracker.spawn(write_loop(
-            sink,
-            outbox,
-            handle.clone(),
-            node.config.ping_interval,
-        ));
+        handle.set_ping_slot(node.ping_slot_of(&id));
+        let writer = node
+            .shutdown
+            .tracker
+            .spawn(write_loop(sink, outbox, handle.clone()));
         let mut reader = Reader {
             node: node.clone(),
             handle: handle.clone(),
@@ -503,14 +502,7 @@ type Sink = SplitSink<WebSocket, Message>;
 
 /// Drain the queue in batches (feed every frame, flush once), send pings,
 /// and send the close frame once the handle is closed.
-async fn write_loop(
-    mut sink: Sink,
-    mut outbox: Outbox,
-    handle: Arc<ConnHandle>,
-    ping_every: Duration,
-) {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>) {
     let mut batch: Vec<Utf8Bytes> = Vec::new();
     let closed = handle.closed().clone();
     loop {
@@ -518,7 +510,9 @@ async fn write_loop(
             biased;
             _ = closed.cancelled() => break,
             _ = outbox.recv_many(&mut batch, WRITE_BATCH) => {
-                let write = write_batch(&mut sink, &mut batch, &handle);
+                // Pings come from the node's pinger (no timer per connection).
+                let ping = handle.take_ping();
+                let write = write_batch(&mut sink, &mut batch, &handle, ping);
                 let ok = tokio::select! {
                     ok = write => ok,
                     // Closed while stuck on a slow socket: give the write in
@@ -536,12 +530,6 @@ async fn write_loop(
                     batch = Vec::new();
                 }
             }
-            _ = ping.tick() => {
-                if timeout(CLOSE_GRACE, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
-                    handle.close(CloseReason::new(close::NORMAL, "write_failed"));
-                    return;
-                }
-            }
         }
     }
     let reason = handle
@@ -553,7 +541,11 @@ async fn write_loop(
         batch.clear();
         while outbox.try_recv_many(&mut batch, usize::MAX).is_some() {}
         if !batch.is_empty() {
-            let _ = timeout(CLOSE_GRACE, write_batch(&mut sink, &mut batch, &handle)).await;
+            let _ = timeout(
+                CLOSE_GRACE,
+                write_batch(&mut sink, &mut batch, &handle, false),
+            )
+            .await;
         }
     }
     let frame = CloseFrame {
@@ -564,7 +556,15 @@ async fn write_loop(
 }
 
 /// Feed a batch and flush once; gives the bytes back to the handle.
-async fn write_batch(sink: &mut Sink, batch: &mut Vec<Utf8Bytes>, handle: &ConnHandle) -> bool {
+async fn write_batch(
+    sink: &mut Sink,
+    batch: &mut Vec<Utf8Bytes>,
+    handle: &ConnHandle,
+    ping: bool,
+) -> bool {
+    if ping && sink.feed(Message::Ping(Default::default())).await.is_err() {
+        return false;
+    }
     let mut bytes = 0;
     let mut by_type = [0u64; m::SENT_TYPES.len()];
     for f in batch.drain(..) {

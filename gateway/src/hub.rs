@@ -193,6 +193,16 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Call `f` for every local connection, under the shard locks (`f` must
+    /// be quick and must not call back into the hub).
+    pub fn for_each_conn(&self, mut f: impl FnMut(&ConnHandle)) {
+        for shard in &self.conns.shards {
+            for conn in shard.lock().values() {
+                f(conn);
+            }
+        }
+    }
+
     /// Every local connection (for draining).
     pub fn all_conns(&self) -> Vec<Arc<ConnHandle>> {
         let mut out = Vec::with_capacity(self.connection_count());

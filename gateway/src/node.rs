@@ -29,6 +29,9 @@ use crate::presence::{Member, MemoryPresence, NodeInfo, Presence, RefreshBatch, 
 use crate::protocol::{ErrorCode, ReplyError, ServerFrame, Since};
 use crate::shutdown::Shutdown;
 
+/// Pinger slots per `ping_interval`.
+const PING_SLOTS: u32 = 25;
+
 /// Errors building a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -111,6 +114,41 @@ impl Node {
         }))
     }
 
+    /// The pinger slot of a connection id (from its sequence number).
+    pub fn ping_slot_of(&self, id: &str) -> u32 {
+        let seq = id
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        (seq % u64::from(PING_SLOTS)) as u32
+    }
+
+    /// The pinger: every `ping_interval / PING_SLOTS` it asks the writers of
+    /// one slot's connections to ping, so each connection is pinged once per
+    /// `ping_interval` without a timer of its own (one wake-up of this task
+    /// instead of thousands of timer entries). Ends on shutdown.
+    pub async fn run_pinger(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.ping_interval / PING_SLOTS);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick fires at once: start with the slot pinged last, so
+        // no connection is pinged right after it connected.
+        let mut slot = PING_SLOTS - 1;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.token.cancelled() => break,
+                _ = tick.tick() => {
+                    slot = (slot + 1) % PING_SLOTS;
+                    self.hub.for_each_conn(|c| {
+                        if c.ping_slot() == slot {
+                            c.request_ping();
+                        }
+                    });
+                }
+            }
+        }
+    }
+
     /// A new connection id: `<node>.<boot>.<seq>`.
     pub fn next_conn_id(&self) -> Arc<str> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -125,6 +163,12 @@ impl Node {
             return false;
         }
         true
+    }
+
+    /// Connection slots in use: connections from before the upgrade until
+    /// their close handshake has finished.
+    pub fn open_slots(&self) -> usize {
+        self.slots.load(Ordering::Acquire)
     }
 
     /// Give a slot back.

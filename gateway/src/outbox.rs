@@ -11,7 +11,7 @@
 //! written (including frames parked in a subscribe's recovery buffer).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -41,6 +41,10 @@ pub struct ConnHandle {
     /// take the token's lock.
     closing: AtomicBool,
     closed: CancellationToken,
+    /// Set by the node's pinger; the writer sends a WebSocket ping.
+    ping_due: AtomicBool,
+    /// Which of the pinger's slots this connection is pinged in.
+    ping_slot: AtomicU32,
 }
 
 /// The writer's end of a [`ConnHandle`]'s queue (there is exactly one).
@@ -54,13 +58,17 @@ const KEEP_CAPACITY: usize = 64;
 
 impl Outbox {
     /// Move up to `max` queued frames into `buf`, waiting while there are
-    /// none. Cancel-safe: nothing is taken unless it is returned.
+    /// none and no ping is due (then it returns 0). Cancel-safe: nothing is
+    /// taken unless it is returned.
     pub async fn recv_many(&mut self, buf: &mut Vec<Utf8Bytes>, max: usize) -> usize {
         let handle = self.handle.clone();
         loop {
             let notified = handle.ready.notified();
             if let Some(n) = self.try_recv_many(buf, max) {
                 return n;
+            }
+            if handle.ping_due.load(Ordering::Acquire) {
+                return 0;
             }
             notified.await;
         }
@@ -101,6 +109,8 @@ impl ConnHandle {
             close_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
             closed: CancellationToken::new(),
+            ping_due: AtomicBool::new(false),
+            ping_slot: AtomicU32::new(0),
         });
         let outbox = Outbox {
             handle: handle.clone(),
@@ -164,6 +174,27 @@ impl ConnHandle {
         self.closing.store(true, Ordering::Release);
         self.closed.cancel();
         true
+    }
+
+    /// Ask the writer to send a WebSocket ping.
+    pub fn request_ping(&self) {
+        self.ping_due.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// Take a pending ping request.
+    pub fn take_ping(&self) -> bool {
+        self.ping_due.swap(false, Ordering::AcqRel)
+    }
+
+    /// The pinger slot of this connection.
+    pub fn ping_slot(&self) -> u32 {
+        self.ping_slot.load(Ordering::Relaxed)
+    }
+
+    /// Place this connection in a pinger slot.
+    pub fn set_ping_slot(&self, slot: u32) {
+        self.ping_slot.store(slot, Ordering::Relaxed);
     }
 
     /// Whether [`ConnHandle::close`] was called (cheap: one atomic load).

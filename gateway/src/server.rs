@@ -4,8 +4,9 @@
 //! every client gets close 1001, the closes spread at ~2 ms per connection
 //! (at most over the first half of the drain grace) so clients do not all
 //! reconnect in the same millisecond;
-//! then the listeners stop and every tracked task gets the rest of the
-//! grace to finish. A warning is logged if the grace runs out.
+//! the listeners keep answering (readyz 503) until every connection is gone
+//! or the grace runs out; then they stop and every tracked task gets what is
+//! left of the grace (at least 500 ms) to finish. A warning is logged if the grace runs out.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -169,6 +170,7 @@ where
     tracing::info!(addr = %local, node = %node.config.node_id, redis = node.config.redis_url.is_some(), "listening");
 
     shutdown.tracker.spawn(node.clone().run_maintenance());
+    shutdown.tracker.spawn(node.clone().run_pinger());
     signal.await;
     drain(&node).await;
     Ok(())
@@ -211,6 +213,13 @@ async fn drain(node: &Arc<Node>) {
         let at = started + spread * (i as u32) / n;
         tokio::time::sleep_until(at).await;
         conn.close(CloseReason::new(close::SHUTDOWN, "shutdown"));
+    }
+    // Keep the listeners up (readyz answering 503, upgrades refused) until
+    // every connection is gone or the grace runs out: a load balancer that
+    // probes now must see "not ready", not "connection refused".
+    let deadline = started + grace;
+    while node.open_slots() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     node.shutdown.token.cancel();
     node.shutdown.tracker.close();
