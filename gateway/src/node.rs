@@ -415,8 +415,9 @@ impl Node {
         }
     }
 
-    /// Refresh every entry this node owns, send leave events for expired
-    /// members of local join/leave channels, heartbeat the node registry.
+    /// Refresh every presence and user-index entry this node owns in one
+    /// batch, and drop expired in-memory history streams. (The registry
+    /// heartbeat has its own, shorter interval.)
     pub async fn maintain(&self) {
         let config = self.config.clone();
         let tracks = |ch: &str| {
@@ -448,7 +449,6 @@ impl Node {
             backend_error("presence_refresh", &e);
         }
         metrics::histogram!(m::PRESENCE_REFRESH).record(started.elapsed().as_secs_f64());
-        self.heartbeat().await;
         if let Some(h) = &self.memory_history {
             h.sweep();
         }
@@ -518,6 +518,7 @@ impl Node {
                         tracing::info!("backplane reconnected, refreshing presence");
                         last_generation = generation;
                         self.maintain().await;
+                        self.heartbeat().await;
                     }
                 }
             }

@@ -41,6 +41,13 @@ impl MemoryBackplane {
     }
 }
 
+impl MemoryBackplane {
+    /// The order lock of a channel (sharded).
+    fn order_lock(&self, channel: &str) -> &Mutex<()> {
+        &self.order[(self.hasher.hash_one(channel) as usize) % ORDER_SHARDS]
+    }
+}
+
 #[async_trait]
 impl Backplane for MemoryBackplane {
     async fn publish(
@@ -48,9 +55,7 @@ impl Backplane for MemoryBackplane {
         mut publication: Publication,
         history: Option<HistoryOptions>,
     ) -> Result<Option<StreamPosition>, BackplaneError> {
-        let lock =
-            &self.order[(self.hasher.hash_one(&publication.channel) as usize) % ORDER_SHARDS];
-        let _order = lock.lock();
+        let _order = self.order_lock(&publication.channel).lock();
         // The offset is the backend's: never deliver one set by the caller.
         publication.offset = None;
         publication.epoch = None;
@@ -60,13 +65,13 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn send(&self, envelope: Envelope) -> Result<(), BackplaneError> {
-        if let Topic::Channel(channel) = envelope.topic() {
-            let lock = &self.order[(self.hasher.hash_one(&channel) as usize) % ORDER_SHARDS];
-            let _order = lock.lock();
-            self.sink.deliver(envelope);
-        } else {
-            self.sink.deliver(envelope);
-        }
+        // Join/leave share the channel's order with its publications.
+        let channel = match &envelope {
+            Envelope::Join(e) | Envelope::Leave(e) => Some(self.order_lock(&e.channel)),
+            _ => None,
+        };
+        let _order = channel.map(|lock| lock.lock());
+        self.sink.deliver(envelope);
         Ok(())
     }
 
