@@ -341,6 +341,13 @@ impl Hub {
         out
     }
 
+    /// Whether connection `conn` is (or is becoming) a subscriber of
+    /// `channel`.
+    pub fn is_subscribed(&self, channel: &str, conn: &str) -> bool {
+        let entry = self.channels.shard(channel).lock().get(channel).cloned();
+        entry.is_some_and(|c| c.subs.lock().contains_key(conn))
+    }
+
     /// The presence member describing `conn`.
     pub fn member(&self, conn: &ConnHandle) -> Member {
         Member {

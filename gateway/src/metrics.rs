@@ -51,6 +51,9 @@ pub const API_LATENCY: &str = "gateway_api_request_duration_seconds";
 pub const BACKEND_ERRORS: &str = "gateway_backend_errors_total";
 /// Presence refresh duration (histogram, seconds).
 pub const PRESENCE_REFRESH: &str = "gateway_presence_refresh_duration_seconds";
+/// Presence and user-index entries written back after the backend lost
+/// them or took them as expired (counter).
+pub const PRESENCE_RESTORED: &str = "gateway_presence_restored_total";
 /// History replays on subscribe, by `recovered` (counter).
 pub const HISTORY_REPLAYS: &str = "gateway_history_replays_total";
 /// Node info (gauge 1 with `version` and `node` labels).
@@ -184,6 +187,7 @@ fn register_zeroes() {
         metrics::counter!(PUBLICATIONS, "source" => source).absolute(0);
     }
     metrics::counter!(DROPPED, "reason" => "queue_full").absolute(0);
+    metrics::counter!(PRESENCE_RESTORED).absolute(0);
 }
 
 fn describe() {
@@ -248,6 +252,10 @@ fn describe() {
         PRESENCE_REFRESH,
         Unit::Seconds,
         "Duration of one presence refresh batch."
+    );
+    describe_counter!(
+        PRESENCE_RESTORED,
+        "Presence entries of live connections written back after the backend lost them or took them as expired."
     );
     describe_counter!(
         HISTORY_REPLAYS,

@@ -445,12 +445,60 @@ impl Node {
                 })
                 .collect(),
         };
-        if let Err(e) = self.presence.refresh(&batch).await {
-            backend_error("presence_refresh", &e);
+        match self.presence.refresh(&batch).await {
+            Ok(missing) if !missing.is_empty() => self.restore_presence(missing).await,
+            Ok(_) => {}
+            Err(e) => {
+                backend_error("presence_refresh", &e);
+            }
         }
         metrics::histogram!(m::PRESENCE_REFRESH).record(started.elapsed().as_secs_f64());
         if let Some(h) = &self.memory_history {
             h.sweep();
+        }
+    }
+
+    /// Write back the entries a refresh found gone (the backend lost them,
+    /// or this node could not refresh for a whole TTL and another node took
+    /// them as expired and sent their leave events), keeping only those that
+    /// are still live here; a member of a join/leave channel is announced
+    /// again with a join event.
+    async fn restore_presence(&self, mut missing: RefreshBatch) {
+        missing
+            .members
+            .retain(|(channel, m)| self.hub.is_subscribed(channel, &m.conn));
+        missing
+            .user_conns
+            .retain(|(_, c)| self.hub.conn(&c.conn).is_some());
+        if missing.is_empty() {
+            return;
+        }
+        if let Err(e) = self.presence.restore(&missing).await {
+            backend_error("presence_restore", &e);
+            return;
+        }
+        metrics::counter!(m::PRESENCE_RESTORED).increment(missing.len() as u64);
+        tracing::info!(
+            members = missing.members.len(),
+            user_conns = missing.user_conns.len(),
+            "presence entries were gone from the backend; wrote them back"
+        );
+        for (channel, member) in missing.members {
+            if !self
+                .config
+                .namespace(&channel)
+                .is_some_and(|ns| ns.join_leave)
+            {
+                continue;
+            }
+            let event = PresenceEvent {
+                channel,
+                user: member.user,
+                conn: member.conn,
+            };
+            if let Err(e) = self.backplane.send(Envelope::Join(event)).await {
+                backend_error("presence_event", &e);
+            }
         }
     }
 

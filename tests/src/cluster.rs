@@ -332,7 +332,7 @@ pub async fn metric(api: &Api, name: &str) -> Result<f64> {
 }
 
 /// Whether every thread of process `pid` is stopped (Linux `/proc`).
-fn all_threads_stopped(pid: u32) -> bool {
+pub(crate) fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };

@@ -357,6 +357,23 @@ impl Gateway {
         self.signal("INT")
     }
 
+    /// Sends `SIGSTOP` (`freeze`) or `SIGCONT`: a frozen node keeps its
+    /// sockets open but does nothing, like a stalled VM or a long pause.
+    /// Returns once every thread has stopped (SIGSTOP is asynchronous).
+    pub async fn freeze(&self, freeze: bool) -> Result<()> {
+        self.signal(if freeze { "STOP" } else { "CONT" })?;
+        if freeze {
+            let pid = self.pid().context("gateway is not running")?;
+            crate::eventually(
+                crate::EVENTUALLY,
+                &format!("every thread of gateway {pid} stopped"),
+                || async move { crate::cluster::all_threads_stopped(pid) },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     fn signal(&self, name: &str) -> Result<()> {
         let pid = self.pid().context("gateway is not running")?;
         let status = Command::new("kill")

@@ -316,3 +316,70 @@ async fn killed_node_members_vanish_within_the_ttl_with_leave_events() -> Result
     bob.expect_nothing(Duration::from_millis(100)).await?;
     Ok(())
 }
+
+/// A node that stalls for longer than the presence TTL (a long pause, a
+/// frozen VM) loses its members to another node's sweep, which sends their
+/// leave events. When it resumes, its next refresh finds them gone, writes
+/// the ones still connected back and announces them with a join again, so
+/// every subscriber's view is right once more (docs/redis.md, refresh).
+#[tokio::test]
+async fn a_stalled_node_writes_its_members_back_with_a_join() -> Result<()> {
+    const TTL_MS: u64 = 2000;
+    const REFRESH_MS: u64 = 500;
+    /// Slack on top of the TTL: sweep interval (TTL/4), a loaded machine.
+    const SLACK: Duration = Duration::from_secs(8);
+    let cluster = Cluster::builder("presence_stall")
+        .nodes(2)
+        .presence_ttl(TTL_MS, REFRESH_MS)
+        .start()
+        .await?;
+    let mut alice = cluster.node(1).connect_user("alice").await?;
+    let mut bob = cluster.node(2).connect_user("bob").await?;
+    alice.subscribe(ROOM).await?;
+    bob.subscribe(ROOM).await?;
+    expect_event(&mut alice, "alice (n1)", "join", "bob", &bob.conn()).await?;
+    let both: BTreeSet<_> = [member_of(&alice, "alice"), member_of(&bob, "bob")].into();
+
+    cluster.node(2).freeze(true).await?;
+    let frozen = tokio::time::Instant::now();
+    let left = alice
+        .expect_type("leave", Duration::from_millis(TTL_MS) + SLACK)
+        .await
+        .context("alice: waiting for bob's leave while n2 is frozen")?;
+    ensure!(
+        left["channel"] == ROOM && left["conn"] == bob.conn().as_str(),
+        "unexpected leave {left}"
+    );
+    let p = cluster.api(1).presence(ROOM).await?;
+    ensure!(
+        members(&p) == [member_of(&alice, "alice")].into(),
+        "presence while n2 is frozen: {p}"
+    );
+    eprintln!(
+        "[timing] presence_stall: bob's leave {:?} after n2 froze",
+        frozen.elapsed()
+    );
+
+    cluster.node(2).freeze(false).await?;
+    let resumed = tokio::time::Instant::now();
+    expect_event(&mut alice, "alice (n1)", "join", "bob", &bob.conn()).await?;
+    let p = cluster.api(1).presence(ROOM).await?;
+    ensure!(members(&p) == both, "presence after n2 resumed: {p}");
+    ensure!(
+        matches!(cluster.api(1).is_online("bob").await, Ok(true)),
+        "bob offline after n2 resumed"
+    );
+    let restored =
+        tests::cluster::metric(&cluster.api(2), "gateway_presence_restored_total").await?;
+    ensure!(
+        restored >= 1.0,
+        "gateway_presence_restored_total on n2: {restored}"
+    );
+    eprintln!(
+        "[timing] presence_stall: bob's join {:?} after n2 resumed",
+        resumed.elapsed()
+    );
+    // One join, not one per refresh.
+    alice.expect_nothing(Duration::from_millis(TTL_MS)).await?;
+    Ok(())
+}

@@ -1162,7 +1162,8 @@ async fn refresh_and_heartbeat_keep_entries_alive(kind: Kind) -> Result<()> {
 
 /// A refresh extends entries, it does not create them: a member that left,
 /// or a user connection that was removed, between two refreshes of a batch
-/// that still names it stays gone.
+/// that still names it stays gone, and the refresh names it as missing;
+/// `restore` writes missing entries back.
 async fn refresh_does_not_bring_back_removed_entries(kind: Kind) -> Result<()> {
     let b = Backends::start(kind, "pres_norevive", LONG_TTL).await?;
     let p = &b.presence;
@@ -1179,10 +1180,22 @@ async fn refresh_does_not_bring_back_removed_entries(kind: Kind) -> Result<()> {
         p.join("chat:n", m).await?;
         p.add_user_conn(&m.user, &user_conn(&m.conn, "n1")).await?;
     }
-    p.refresh(&batch).await?;
+    let missing = p.refresh(&batch).await?;
+    ensure!(missing.is_empty(), "missing after joins: {missing:?}");
     ensure!(p.leave("chat:n", &m1.conn).await?, "leave: not present");
     p.remove_user_conn("alice", &m1.conn).await?;
-    p.refresh(&batch).await?;
+    let missing = p.refresh(&batch).await?;
+    ensure!(
+        conns(
+            &missing
+                .members
+                .iter()
+                .map(|(_, m)| m.clone())
+                .collect::<Vec<_>>()
+        ) == [m1.conn.clone()]
+            && missing.user_conns == [("alice".to_owned(), user_conn(&m1.conn, "n1"))],
+        "missing after the leave: {missing:?}"
+    );
     ensure!(
         conns(&p.members("chat:n").await?) == [m2.conn.clone()],
         "members {:?}",
@@ -1195,6 +1208,20 @@ async fn refresh_does_not_bring_back_removed_entries(kind: Kind) -> Result<()> {
     ensure!(
         p.user_conns("bob").await? == [user_conn(&m2.conn, "n1")],
         "bob's conns"
+    );
+    p.restore(&missing).await?;
+    ensure!(
+        conns(&p.members("chat:n").await?) == [m1.conn.clone(), m2.conn.clone()],
+        "members after restore {:?}",
+        conns(&p.members("chat:n").await?)
+    );
+    ensure!(
+        p.user_conns("alice").await? == [user_conn(&m1.conn, "n1")],
+        "alice's conns after restore"
+    );
+    ensure!(
+        p.refresh(&batch).await?.is_empty(),
+        "a refresh after the restore still misses entries"
     );
     b.shutdown().await;
     Ok(())

@@ -127,24 +127,37 @@ impl Presence for MemoryPresence {
         Ok(conns)
     }
 
-    async fn refresh(&self, batch: &RefreshBatch) -> Result<(), BackplaneError> {
+    async fn refresh(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError> {
         let exp = Instant::now() + self.ttl;
+        let mut missing = RefreshBatch::default();
         {
             let mut channels = self.channels.lock();
             for (channel, member) in &batch.members {
-                if let Some(entry) = channels
+                match channels
                     .get_mut(channel)
                     .and_then(|m| m.get_mut(&member.conn))
                 {
-                    entry.1 = exp;
+                    Some(entry) => entry.1 = exp,
+                    None => missing.members.push((channel.clone(), member.clone())),
                 }
             }
         }
         let mut users = self.users.lock();
         for (user, conn) in &batch.user_conns {
-            if let Some(entry) = users.get_mut(user).and_then(|m| m.get_mut(&conn.conn)) {
-                entry.1 = exp;
+            match users.get_mut(user).and_then(|m| m.get_mut(&conn.conn)) {
+                Some(entry) => entry.1 = exp,
+                None => missing.user_conns.push((user.clone(), conn.clone())),
             }
+        }
+        Ok(missing)
+    }
+
+    async fn restore(&self, batch: &RefreshBatch) -> Result<(), BackplaneError> {
+        for (channel, member) in &batch.members {
+            self.join(channel, member).await?;
+        }
+        for (user, conn) in &batch.user_conns {
+            self.add_user_conn(user, conn).await?;
         }
         Ok(())
     }

@@ -64,6 +64,18 @@ pub struct RefreshBatch {
     pub user_conns: Vec<(String, UserConn)>,
 }
 
+impl RefreshBatch {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.members.len() + self.user_conns.len()
+    }
+
+    /// Whether the batch holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Presence, user index and node registry.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
@@ -86,7 +98,16 @@ pub trait Presence: Send + Sync + 'static {
     async fn user_conns(&self, user: &str) -> Result<Vec<UserConn>, BackplaneError>;
 
     /// Extend the expiry of every entry this node owns, in one batch.
-    async fn refresh(&self, batch: &RefreshBatch) -> Result<(), BackplaneError>;
+    ///
+    /// An entry that no longer exists is not re-created: a leave may have
+    /// raced the refresh. It is returned instead (the backend lost it, or
+    /// another node took it as expired while this node could not refresh),
+    /// so the caller can check that it is still live and [`restore`] it.
+    ///
+    /// [`restore`]: Presence::restore
+    async fn refresh(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError>;
+    /// Write entries in full, with a fresh expiry.
+    async fn restore(&self, batch: &RefreshBatch) -> Result<(), BackplaneError>;
 
     /// Register or refresh this node in the registry.
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError>;

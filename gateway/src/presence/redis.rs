@@ -22,11 +22,11 @@
 //!   then every sweeping node had its chance to take them), so busy keys do
 //!   not collect the entries of crashed nodes.
 //! - [`Presence::refresh`] only extends entries that still exist (`ZADD
-//!   XX`), so a member that left or was reported expired is not brought
-//!   back by a refresh that raced its removal. Each complete refresh sets
-//!   the marker `P:alive:<node>` to expire with the entries it wrote; when a
-//!   refresh finds the marker gone (Redis lost its data, or this node
-//!   missed refreshing for a whole TTL) it re-writes every entry instead.
+//!   XX CH`), so a member that left is not brought back by a refresh that
+//!   raced its removal. The replies name the entries that were gone (Redis
+//!   lost its data, or this node missed refreshing for a whole TTL and
+//!   another node took them as expired); the node re-checks those against
+//!   its live connections and re-writes them with [`Presence::restore`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -120,6 +120,25 @@ impl RedisPresence {
             })
             .await
             .map(|_pruned| ())
+    }
+
+    /// The keys, id and JSON of every entry of a batch, members first.
+    fn entries<'a>(
+        &self,
+        batch: &'a RefreshBatch,
+    ) -> Result<Vec<(Expiring, &'a str, String)>, BackplaneError> {
+        let mut entries = Vec::with_capacity(batch.len());
+        for (channel, member) in &batch.members {
+            entries.push((
+                self.members_keys(channel),
+                member.conn.as_str(),
+                encode(member)?,
+            ));
+        }
+        for (user, conn) in &batch.user_conns {
+            entries.push((self.user_keys(user), conn.conn.as_str(), encode(conn)?));
+        }
+        Ok(entries)
     }
 
     /// Delete one entry; returns whether it existed.
@@ -246,81 +265,76 @@ impl Presence for RedisPresence {
         self.live("user_index", self.user_keys(user), true).await
     }
 
-    async fn refresh(&self, batch: &RefreshBatch) -> Result<(), BackplaneError> {
-        let alive = self.shared.keys.alive(&self.shared.settings.node_id);
+    async fn refresh(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError> {
         let expiry = self.expiry();
         let key_ttl = self.key_ttl();
-        let check = alive.clone();
-        let present: i64 = self
-            .shared
-            .call("presence_refresh", |mut conn| async move {
-                ::redis::cmd("EXISTS")
-                    .arg(check)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        // Without the marker our entries may be gone: write them in full.
-        let rewrite = present == 0;
-        let mut entries = Vec::with_capacity(batch.members.len() + batch.user_conns.len());
-        for (channel, member) in &batch.members {
-            entries.push((
-                self.members_keys(channel),
-                member.conn.as_str(),
-                encode(member)?,
-            ));
+        let entries = self.entries(batch)?;
+        let mut missing = RefreshBatch::default();
+        for (at, chunk) in entries.chunks(REFRESH_CHUNK).enumerate() {
+            let mut pipe = ::redis::pipe();
+            let mut touched = HashSet::new();
+            for (keys, id, _) in chunk {
+                // XX: never re-create an entry (a leave may have raced this
+                // refresh); CH: the reply says whether it still existed (the
+                // new expiry is always later, so an update is a change).
+                pipe.cmd("ZADD")
+                    .arg(&keys.expiry)
+                    .arg("XX")
+                    .arg("CH")
+                    .arg(expiry)
+                    .arg(*id);
+                if touched.insert(keys.hash.as_str()) {
+                    pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
+                    pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
+                }
+            }
+            let changed: Vec<i64> = self
+                .shared
+                .call("presence_refresh", |mut conn| async move {
+                    pipe.query_async(&mut conn).await
+                })
+                .await?;
+            for (i, _) in changed.iter().enumerate().filter(|(_, c)| **c == 0) {
+                let index = at * REFRESH_CHUNK + i;
+                match batch.members.get(index) {
+                    Some(m) => missing.members.push(m.clone()),
+                    None => {
+                        if let Some(u) = batch.user_conns.get(index - batch.members.len()) {
+                            missing.user_conns.push(u.clone());
+                        }
+                    }
+                }
+            }
         }
-        for (user, conn) in &batch.user_conns {
-            entries.push((self.user_keys(user), conn.conn.as_str(), encode(conn)?));
-        }
+        Ok(missing)
+    }
+
+    async fn restore(&self, batch: &RefreshBatch) -> Result<(), BackplaneError> {
+        let expiry = self.expiry();
+        let key_ttl = self.key_ttl();
+        let entries = self.entries(batch)?;
         for chunk in entries.chunks(REFRESH_CHUNK) {
             let mut pipe = ::redis::pipe();
             let mut touched = HashSet::new();
             for (keys, id, json) in chunk {
-                if rewrite {
-                    pipe.cmd("HSET").arg(&keys.hash).arg(*id).arg(json).ignore();
-                    pipe.cmd("ZADD")
-                        .arg(&keys.expiry)
-                        .arg(expiry)
-                        .arg(*id)
-                        .ignore();
-                } else {
-                    pipe.cmd("ZADD")
-                        .arg(&keys.expiry)
-                        .arg("XX")
-                        .arg(expiry)
-                        .arg(*id)
-                        .ignore();
-                }
+                pipe.cmd("HSET").arg(&keys.hash).arg(*id).arg(json).ignore();
+                pipe.cmd("ZADD")
+                    .arg(&keys.expiry)
+                    .arg(expiry)
+                    .arg(*id)
+                    .ignore();
                 if touched.insert(keys.hash.as_str()) {
                     pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
                     pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
                 }
             }
             self.shared
-                .call("presence_refresh", |mut conn| async move {
+                .call("presence_restore", |mut conn| async move {
                     pipe.query_async::<()>(&mut conn).await
                 })
                 .await?;
         }
-        // The marker expires with the entries written above (a relative
-        // PEXPIRE: clock offsets between this node and Redis do not matter).
-        let remaining = expiry.saturating_sub(now_ms()).max(1);
-        self.shared
-            .call("presence_refresh", |mut conn| async move {
-                ::redis::pipe()
-                    .cmd("SET")
-                    .arg(&alive)
-                    .arg(1)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&alive)
-                    .arg(remaining)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
-            .await
+        Ok(())
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError> {

@@ -86,13 +86,6 @@ impl Keys {
         format!("{}:user-conns-exp:{{{user}}}", self.prefix)
     }
 
-    /// Marker of a node's presence refresh: `P:alive:<id>`. It expires with
-    /// the entries the last complete refresh wrote; when it is missing,
-    /// Redis lost them (or they expired) and the next refresh re-writes.
-    pub fn alive(&self, node: &str) -> String {
-        format!("{}:alive:{node}", self.prefix)
-    }
-
     /// Node registry hash (id -> NodeInfo JSON): `P:{nodes}` (tagged so
     /// that it shares a slot with its expiry set).
     pub fn nodes(&self) -> String {

@@ -152,10 +152,22 @@ async fn refresh_rewrites_entries_after_redis_lost_them() -> TestResult {
     p.refresh(&batch).await?;
     server.restart().await?;
     // Redis lost everything; once the link is re-established the next
-    // refresh re-writes the batch.
+    // refresh names the batch as missing and restore writes it back.
     let mut back = false;
     for _ in 0..200 {
-        let _ = p.refresh(&batch).await;
+        if let Ok(missing) = p.refresh(&batch).await {
+            assert_eq!(
+                conns(
+                    &missing
+                        .members
+                        .iter()
+                        .map(|(_, m)| m.clone())
+                        .collect::<Vec<_>>()
+                ),
+                ["c1"]
+            );
+            p.restore(&missing).await?;
+        }
         if p.members("room")
             .await
             .map(|m| m.len() == 1)
@@ -195,8 +207,11 @@ async fn refresh_after_a_missed_ttl_rewrites() -> TestResult {
     }
     assert_eq!(conns(&taken), ["c1"]);
     // This node missed its refreshes for a whole TTL: the next refresh
-    // finds its marker gone and writes the live connection back.
-    p.refresh(&batch).await?;
+    // names the taken member, and restore writes it back.
+    let missing = p.refresh(&batch).await?;
+    assert_eq!(missing.members.len(), 1);
+    assert!(p.members("room").await?.is_empty());
+    p.restore(&missing).await?;
     assert_eq!(conns(&p.members("room").await?), ["c1"]);
     Ok(())
 }
