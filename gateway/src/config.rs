@@ -162,7 +162,7 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_QUEUE_BYTES")]
     pub queue_bytes: Option<usize>,
     /// WebSocket read buffer per connection, bytes (the bulk of an idle
-    /// connection's memory). Default 4096.
+    /// connection's memory). Default 1024.
     #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE")]
     pub read_buffer_size: Option<usize>,
     /// Max channels one connection may subscribe. Default 128.
@@ -431,7 +431,7 @@ impl Config {
         if queue_bytes < 4096 {
             return Err(invalid("queue_bytes", "must be at least 4096"));
         }
-        let read_buffer_size = pick!(read_buffer_size).unwrap_or(4096);
+        let read_buffer_size = pick!(read_buffer_size).unwrap_or(1024);
         if !(256..=1 << 20).contains(&read_buffer_size) {
             return Err(invalid(
                 "read_buffer_size",

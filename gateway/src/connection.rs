@@ -14,7 +14,7 @@
 //! Invariant: whatever happens, the connection is unregistered exactly once
 //! and its slot and user-topic reference are given back ([`SlotGuard`]).
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,19 +165,24 @@ pub async fn ws_handler(
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
-        .on_upgrade(move |socket| {
-            let tracker = node.shutdown.tracker.clone();
-            tracker.track_future(run(socket, node, identity, addr, guard))
+        .on_upgrade({
+            // Boxed: the upgrade task keeps this closure's captures.
+            let identity = Box::new(identity);
+            move |socket| {
+                let tracker = node.shutdown.tracker.clone();
+                tracker.track_future(run(socket, node, identity, addr, guard))
+            }
         })
 }
 
-/// Run one connection to its end. A plain fn returning the future (not an
-/// `async fn` wrapping an instrumented block), so the arguments are stored
-/// once in the connection's state machine, not twice.
+/// Run one connection to its end. A plain fn that does the synchronous
+/// setup (queue, welcome, split, writer task) before it builds the future:
+/// the connection's state machine, held for its whole life, then stores only
+/// what the reader needs, not the socket and the arguments as well.
 fn run(
     socket: WebSocket,
     node: Arc<Node>,
-    identity: Identity,
+    identity: Box<Identity>,
     addr: IpAddr,
     guard: SlotGuard,
 ) -> impl std::future::Future<Output = ()> + Send {
@@ -188,38 +193,40 @@ fn run(
         user.id = identity.user.as_deref().unwrap_or(""),
         peer.addr = %addr
     );
+    let (handle, outbox) = ConnHandle::new(
+        id.clone(),
+        identity.user.as_deref().map(Arc::from),
+        identity.info.clone(),
+        node.config.queue_bytes,
+    );
+    handle.push(&frame(&ServerFrame::Welcome {
+        conn: &id,
+        node: &node.config.node_id,
+        user: identity.user.as_deref(),
+        ping_interval_ms: node.config.ping_interval.as_millis() as u64,
+    }));
+    handle.set_ping_slot(node.ping_slot_of(&id));
+    let (sink, stream) = socket.split();
+    let writer = node
+        .shutdown
+        .tracker
+        .spawn(write_loop(sink, outbox, handle.clone()));
+    let reader = Reader {
+        limiter: RateLimiter::new(node.config.rate_limit, node.config.rate_burst),
+        node,
+        handle,
+        identity: *identity,
+        channels: Vec::new(),
+    };
     async move {
-        let (handle, outbox) = ConnHandle::new(
-            id.clone(),
-            identity.user.as_deref().map(Arc::from),
-            identity.info.clone(),
-            node.config.queue_bytes,
-        );
-        handle.push(&frame(&ServerFrame::Welcome {
-            conn: &id,
-            node: &node.config.node_id,
-            user: identity.user.as_deref(),
-            ping_interval_ms: node.config.ping_interval.as_millis() as u64,
-        }));
+        let mut reader = reader;
+        let node = reader.node.clone();
+        let handle = reader.handle.clone();
         // Rare, large futures are boxed so the connection's own state machine
         // (held for its whole life) stays small.
         Box::pin(node.register(&handle)).await;
         metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
         tracing::info!(connections = node.hub.connection_count(), "connected");
-
-        let (sink, stream) = socket.split();
-        handle.set_ping_slot(node.ping_slot_of(&id));
-        let writer = node
-            .shutdown
-            .tracker
-            .spawn(write_loop(sink, outbox, handle.clone()));
-        let mut reader = Reader {
-            node: node.clone(),
-            handle: handle.clone(),
-            identity,
-            channels: HashSet::new(),
-            limiter: RateLimiter::new(node.config.rate_limit, node.config.rate_burst),
-        };
         let stream = reader.read_loop(stream).await;
         // The peer may have gone first: closing the handle ends the writer.
         handle.close(CloseReason::new(close::NORMAL, "client_closed"));
@@ -231,7 +238,7 @@ fn run(
         // the other, and both are bounded (backend timeouts, CLOSE_GRACE).
         Box::pin(async {
             tokio::join!(
-                node.unregister(&handle, channels),
+                node.unregister(&handle, channels.into_iter().map(String::from)),
                 finish_socket(stream, writer)
             )
         })
@@ -265,7 +272,9 @@ struct Reader {
     node: Arc<Node>,
     handle: Arc<ConnHandle>,
     identity: Identity,
-    channels: HashSet<String>,
+    /// Subscribed channels (a few per connection, at most
+    /// `max_channels_per_connection`: a plain vector is smaller than a set).
+    channels: Vec<Box<str>>,
     limiter: RateLimiter,
 }
 
@@ -409,7 +418,7 @@ impl Reader {
                         "token does not allow this channel",
                     ));
                 }
-                if self.channels.contains(&channel) {
+                if self.channels.iter().any(|c| **c == *channel) {
                     return Err(ReplyError::bad_request("already subscribed"));
                 }
                 if self.channels.len() >= node.config.max_channels_per_connection {
@@ -422,14 +431,15 @@ impl Reader {
                     ));
                 }
                 node.subscribe(&self.handle, &channel, since, id).await?;
-                self.channels.insert(channel);
+                self.channels.push(channel.into_boxed_str());
                 Ok(())
             }
             ClientOp::Unsubscribe { channel } => {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "unsubscribe").increment(1);
-                if !self.channels.remove(&channel) {
+                let Some(at) = self.channels.iter().position(|c| **c == *channel) else {
                     return Err(ReplyError::new(ErrorCode::NotFound, "not subscribed"));
-                }
+                };
+                self.channels.swap_remove(at);
                 node.unsubscribe(&self.handle, &channel).await;
                 self.handle.push(&frame(&ServerFrame::Unsubscribed {
                     id,
@@ -503,7 +513,7 @@ type Sink = SplitSink<WebSocket, Message>;
 /// Drain the queue in batches (feed every frame, flush once), send pings,
 /// and send the close frame once the handle is closed.
 async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>) {
-    let mut batch: Vec<Utf8Bytes> = Vec::new();
+    let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
     let closed = handle.closed().clone();
     loop {
         tokio::select! {
@@ -526,8 +536,12 @@ async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>)
                     handle.close(CloseReason::new(close::NORMAL, "write_failed"));
                     return;
                 }
-                if batch.capacity() > 4 * WRITE_BATCH {
-                    batch = Vec::new();
+                // A busy connection keeps its buffer (it and the queue's
+                // swap back and forth without allocating); one that went
+                // quiet drops it, so idle connections hold no queue memory
+                // (see `Outbox::try_recv_many`).
+                if handle.queued_bytes() == 0 {
+                    batch = VecDeque::new();
                 }
             }
         }
@@ -558,7 +572,7 @@ async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>)
 /// Feed a batch and flush once; gives the bytes back to the handle.
 async fn write_batch(
     sink: &mut Sink,
-    batch: &mut Vec<Utf8Bytes>,
+    batch: &mut VecDeque<Utf8Bytes>,
     handle: &ConnHandle,
     ping: bool,
 ) -> bool {

@@ -43,14 +43,35 @@ struct Parked {
 
 struct Subscriber {
     conn: Arc<ConnHandle>,
-    /// `Some` while the subscribe is in progress (see module docs).
-    pending: Option<Vec<Parked>>,
-    /// After the subscribe: publications with offset <= this were covered
+    /// `None` once live with nothing to filter, the common case: the
+    /// transient state is boxed so a live subscriber costs only its key and
+    /// two pointers in the channel's table.
+    state: Option<Box<SubState>>,
+}
+
+enum SubState {
+    /// The subscribe is in progress (see module docs): deliveries are parked.
+    Pending(Vec<Parked>),
+    /// After the subscribe: publications with offset <= `top` were covered
     /// by the reply position but may still be in flight to this node (a
     /// history read can see an offset before its delivery arrives). Cleared
-    /// by the first newer offset or when the deadline passes (offsets
-    /// restart after an epoch change, so the filter must not live long).
-    skip_upto: Option<(u64, Arc<str>, Instant)>,
+    /// by the first newer offset or when `until` passes (offsets restart
+    /// after an epoch change, so the filter must not live long).
+    Skip {
+        top: u64,
+        epoch: Arc<str>,
+        until: Instant,
+    },
+}
+
+impl Subscriber {
+    /// Take the parked deliveries of a pending subscriber.
+    fn take_parked(&mut self) -> Vec<Parked> {
+        match self.state.take().map(|b| *b) {
+            Some(SubState::Pending(parked)) => parked,
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// How long after a subscribe in-flight duplicates are filtered.
@@ -99,7 +120,8 @@ pub struct Hub {
     node_id: String,
     conns: Sharded<Arc<ConnHandle>>,
     channels: Sharded<Arc<Channel>>,
-    users: Sharded<HashMap<Arc<str>, Arc<ConnHandle>>>,
+    /// user -> that user's connections (a few: a vector, not a table).
+    users: Sharded<Vec<Arc<ConnHandle>>>,
     conn_count: AtomicUsize,
     channel_count: AtomicUsize,
 }
@@ -153,7 +175,7 @@ impl Hub {
                 .lock()
                 .entry(user.clone())
                 .or_default()
-                .insert(conn.id.clone(), conn.clone());
+                .push(conn.clone());
         }
         self.conn_count.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
@@ -166,7 +188,7 @@ impl Hub {
         if let Some(user) = &conn.user {
             let mut shard = self.users.shard(user).lock();
             if let Some(devices) = shard.get_mut(user) {
-                devices.remove(&conn.id);
+                devices.retain(|c| c.id != conn.id);
                 if devices.is_empty() {
                     shard.remove(user);
                 }
@@ -189,7 +211,7 @@ impl Hub {
             .shard(user)
             .lock()
             .get(user)
-            .map(|d| d.values().cloned().collect())
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -234,8 +256,7 @@ impl Hub {
             conn.id.clone(),
             Subscriber {
                 conn: conn.clone(),
-                pending: Some(Vec::new()),
-                skip_upto: None,
+                state: Some(Box::new(SubState::Pending(Vec::new()))),
             },
         );
         metrics::gauge!(m::SUBSCRIPTIONS).increment(1.0);
@@ -261,8 +282,14 @@ impl Hub {
         let Some(sub) = subs.get_mut(&conn.id) else {
             return false;
         };
-        let parked = sub.pending.take().unwrap_or_default();
-        sub.skip_upto = top.map(|(t, e)| (t, Arc::from(e), Instant::now() + SKIP_WINDOW));
+        let parked = sub.take_parked();
+        sub.state = top.map(|(t, e)| {
+            Box::new(SubState::Skip {
+                top: t,
+                epoch: Arc::from(e),
+                until: Instant::now() + SKIP_WINDOW,
+            })
+        });
         for f in head {
             if !conn.push(&f) {
                 break;
@@ -290,10 +317,10 @@ impl Hub {
             return false;
         };
         let mut subs = entry.subs.lock();
-        let Some(sub) = subs.remove(&conn.id) else {
+        let Some(mut sub) = subs.remove(&conn.id) else {
             return false;
         };
-        for p in sub.pending.unwrap_or_default() {
+        for p in sub.take_parked() {
             conn.release(p.frame.len());
         }
         metrics::gauge!(m::SUBSCRIPTIONS).decrement(1.0);
@@ -374,30 +401,34 @@ impl Hub {
             if exclude == Some(&**id) {
                 continue;
             }
-            if let (Some((top, epoch, until)), Some((o, e))) = (&sub.skip_upto, position) {
-                // Only within the subscribe's own epoch: after a reset,
-                // offsets restart and must not be mistaken for duplicates.
-                if o <= *top && **epoch == *e && Instant::now() < *until {
-                    continue;
+            if let Some(state) = &mut sub.state {
+                match &mut **state {
+                    SubState::Pending(parked) => {
+                        if sub.conn.reserve(frame.len()) {
+                            parked.push(Parked {
+                                offset: position.map(|p| p.0),
+                                epoch: position.map(|p| Arc::from(p.1)),
+                                frame: frame.clone(),
+                            });
+                            delivered += 1;
+                        }
+                        continue;
+                    }
+                    SubState::Skip { top, epoch, until } => {
+                        if let Some((o, e)) = position {
+                            // Only within the subscribe's own epoch: after a
+                            // reset, offsets restart and must not be
+                            // mistaken for duplicates.
+                            if o <= *top && **epoch == *e && Instant::now() < *until {
+                                continue;
+                            }
+                            sub.state = None;
+                        }
+                    }
                 }
-                sub.skip_upto = None;
             }
-            match &mut sub.pending {
-                None => {
-                    if sub.conn.push(&frame) {
-                        delivered += 1;
-                    }
-                }
-                Some(parked) => {
-                    if sub.conn.reserve(frame.len()) {
-                        parked.push(Parked {
-                            offset: position.map(|p| p.0),
-                            epoch: position.map(|p| Arc::from(p.1)),
-                            frame: frame.clone(),
-                        });
-                        delivered += 1;
-                    }
-                }
+            if sub.conn.push(&frame) {
+                delivered += 1;
             }
         }
         delivered
@@ -482,8 +513,8 @@ mod tests {
     use serde_json::value::RawValue;
 
     fn next(out: &mut crate::outbox::Outbox) -> Option<Utf8Bytes> {
-        let mut v = Vec::new();
-        out.try_recv_many(&mut v, 1).map(|_| v.remove(0))
+        let mut v = std::collections::VecDeque::new();
+        out.try_recv_many(&mut v, 1).and_then(|_| v.pop_front())
     }
 
     fn publication(channel: &str, offset: Option<u64>) -> Publication {

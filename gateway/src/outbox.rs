@@ -52,15 +52,11 @@ pub struct Outbox {
     handle: Arc<ConnHandle>,
 }
 
-/// Shrink an emptied queue above this capacity, so one burst does not pin
-/// memory for the connection's lifetime.
-const KEEP_CAPACITY: usize = 64;
-
 impl Outbox {
     /// Move up to `max` queued frames into `buf`, waiting while there are
     /// none and no ping is due (then it returns 0). Cancel-safe: nothing is
     /// taken unless it is returned.
-    pub async fn recv_many(&mut self, buf: &mut Vec<Utf8Bytes>, max: usize) -> usize {
+    pub async fn recv_many(&mut self, buf: &mut VecDeque<Utf8Bytes>, max: usize) -> usize {
         let handle = self.handle.clone();
         loop {
             let notified = handle.ready.notified();
@@ -76,15 +72,21 @@ impl Outbox {
 
     /// Move up to `max` queued frames into `buf` without waiting; `None`
     /// when the queue is empty.
-    pub fn try_recv_many(&mut self, buf: &mut Vec<Utf8Bytes>, max: usize) -> Option<usize> {
+    ///
+    /// When everything fits and `buf` is empty the two deques are swapped
+    /// (no copy), so the queue's allocation travels to the writer and the
+    /// queue gets `buf`'s: a writer that drops its emptied buffer leaves an
+    /// idle connection holding no queue memory at all.
+    pub fn try_recv_many(&mut self, buf: &mut VecDeque<Utf8Bytes>, max: usize) -> Option<usize> {
         let mut frames = self.handle.frames.lock();
         if frames.is_empty() {
             return None;
         }
         let n = frames.len().min(max);
-        buf.extend(frames.drain(..n));
-        if frames.is_empty() && frames.capacity() > KEEP_CAPACITY {
-            *frames = VecDeque::new();
+        if buf.is_empty() && n == frames.len() {
+            std::mem::swap(&mut *frames, buf);
+        } else {
+            buf.extend(frames.drain(..n));
         }
         Some(n)
     }
@@ -227,7 +229,7 @@ mod tests {
         assert_eq!(h.queued_bytes(), 6);
         assert_eq!(h.close_reason().unwrap().code, close::SLOW_CONSUMER);
         assert!(h.closed().is_cancelled());
-        let mut got = Vec::new();
+        let mut got = VecDeque::new();
         assert_eq!(out.try_recv_many(&mut got, 10), Some(1));
         h.release(got[0].len());
         assert_eq!(h.queued_bytes(), 0);

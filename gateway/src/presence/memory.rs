@@ -22,7 +22,9 @@ type Entries<T> = HashMap<String, (T, Instant)>;
 pub struct MemoryPresence {
     ttl: Duration,
     channels: Mutex<HashMap<String, Entries<Member>>>,
-    users: Mutex<HashMap<String, Entries<UserConn>>>,
+    /// A user's connections in a plain vector: a user has a few, and a map
+    /// per user would cost every connection a table.
+    users: Mutex<HashMap<String, Vec<(UserConn, Instant)>>>,
     nodes: Mutex<Entries<NodeInfo>>,
 }
 
@@ -102,18 +104,19 @@ impl Presence for MemoryPresence {
 
     async fn add_user_conn(&self, user: &str, conn: &UserConn) -> Result<(), BackplaneError> {
         let exp = Instant::now() + self.ttl;
-        self.users
-            .lock()
-            .entry(user.to_owned())
-            .or_default()
-            .insert(conn.conn.clone(), (conn.clone(), exp));
+        let mut users = self.users.lock();
+        let conns = users.entry(user.to_owned()).or_default();
+        match conns.iter_mut().find(|(c, _)| c.conn == conn.conn) {
+            Some(entry) => *entry = (conn.clone(), exp),
+            None => conns.push((conn.clone(), exp)),
+        }
         Ok(())
     }
 
     async fn remove_user_conn(&self, user: &str, conn: &str) -> Result<(), BackplaneError> {
         let mut users = self.users.lock();
         if let Some(conns) = users.get_mut(user) {
-            conns.remove(conn);
+            conns.retain(|(c, _)| c.conn != conn);
             if conns.is_empty() {
                 users.remove(user);
             }
@@ -122,7 +125,18 @@ impl Presence for MemoryPresence {
     }
 
     async fn user_conns(&self, user: &str) -> Result<Vec<UserConn>, BackplaneError> {
-        let mut conns = live(self.users.lock().get(user), Instant::now());
+        let now = Instant::now();
+        let mut conns: Vec<UserConn> = self
+            .users
+            .lock()
+            .get(user)
+            .map(|cs| {
+                cs.iter()
+                    .filter(|(_, exp)| *exp > now)
+                    .map(|(c, _)| c.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         conns.sort_by(|a, b| a.conn.cmp(&b.conn));
         Ok(conns)
     }
@@ -144,7 +158,10 @@ impl Presence for MemoryPresence {
         }
         let mut users = self.users.lock();
         for (user, conn) in &batch.user_conns {
-            match users.get_mut(user).and_then(|m| m.get_mut(&conn.conn)) {
+            match users
+                .get_mut(user)
+                .and_then(|cs| cs.iter_mut().find(|(c, _)| c.conn == conn.conn))
+            {
                 Some(entry) => entry.1 = exp,
                 None => missing.user_conns.push((user.clone(), conn.clone())),
             }
