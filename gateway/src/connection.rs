@@ -170,7 +170,7 @@ pub async fn ws_handler(
             let identity = Box::new(identity);
             move |socket| {
                 let tracker = node.shutdown.tracker.clone();
-                tracker.track_future(run(socket, node, identity, addr, guard))
+                tracker.track_future(run(socket, node, *identity, addr, guard))
             }
         })
 }
@@ -182,7 +182,7 @@ pub async fn ws_handler(
 fn run(
     socket: WebSocket,
     node: Arc<Node>,
-    identity: Box<Identity>,
+    identity: Identity,
     addr: IpAddr,
     guard: SlotGuard,
 ) -> impl std::future::Future<Output = ()> + Send {
@@ -215,7 +215,7 @@ fn run(
         limiter: RateLimiter::new(node.config.rate_limit, node.config.rate_burst),
         node,
         handle,
-        identity: *identity,
+        identity,
         channels: Vec::new(),
     };
     async move {
