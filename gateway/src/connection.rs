@@ -301,7 +301,7 @@ impl Reader {
             };
             tokio::select! {
                 biased;
-                _ = self.handle.closed().cancelled() => break,
+                _ = self.handle.closed() => break,
                 _ = token_expiry => {
                     self.handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token_expired"));
                 }
@@ -514,11 +514,10 @@ type Sink = SplitSink<WebSocket, Message>;
 /// and send the close frame once the handle is closed.
 async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>) {
     let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
-    let closed = handle.closed().clone();
     loop {
         tokio::select! {
             biased;
-            _ = closed.cancelled() => break,
+            _ = handle.closed() => break,
             _ = outbox.recv_many(&mut batch, WRITE_BATCH) => {
                 // Pings come from the node's pinger (no timer per connection).
                 let ping = handle.take_ping();
@@ -527,9 +526,13 @@ async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>)
                     ok = write => ok,
                     // Closed while stuck on a slow socket: give the write in
                     // flight a bounded chance, so the close frame can follow.
-                    _ = closed.cancelled() => {
+                    _ = handle.closed() => {
                         batch.clear();
-                        timeout(CLOSE_GRACE, sink.flush()).await.is_ok_and(|r| r.is_ok())
+                        // Boxed, like the close below: rare paths must not
+                        // grow the state every idle connection holds.
+                        Box::pin(timeout(CLOSE_GRACE, sink.flush()))
+                            .await
+                            .is_ok_and(|r| r.is_ok())
                     }
                 };
                 if !ok {
@@ -546,6 +549,17 @@ async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>)
             }
         }
     }
+    Box::pin(send_close(sink, outbox, batch, handle)).await;
+}
+
+/// After the handle was closed: deliver what was queued (unless the
+/// connection is a slow consumer), then send the close frame.
+async fn send_close(
+    mut sink: Sink,
+    mut outbox: Outbox,
+    mut batch: VecDeque<Utf8Bytes>,
+    handle: Arc<ConnHandle>,
+) {
     let reason = handle
         .close_reason()
         .unwrap_or_else(|| CloseReason::new(close::NORMAL, "normal"));

@@ -174,7 +174,7 @@ impl Hub {
                 .shard(user)
                 .lock()
                 .entry(user.clone())
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(1))
                 .push(conn.clone());
         }
         self.conn_count.fetch_add(1, Ordering::Relaxed);

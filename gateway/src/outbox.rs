@@ -18,7 +18,6 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{close, CloseReason};
 
@@ -40,7 +39,9 @@ pub struct ConnHandle {
     /// Set with the close reason; an atomic so the fan-out hot path does not
     /// take the token's lock.
     closing: AtomicBool,
-    closed: CancellationToken,
+    /// Wakes [`ConnHandle::closed`] waiters (inline: no token allocation
+    /// per connection).
+    closed: Notify,
     /// Set by the node's pinger; the writer sends a WebSocket ping.
     ping_due: AtomicBool,
     /// Which of the pinger's slots this connection is pinged in.
@@ -110,7 +111,7 @@ impl ConnHandle {
             limit,
             close_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
-            closed: CancellationToken::new(),
+            closed: Notify::new(),
             ping_due: AtomicBool::new(false),
             ping_slot: AtomicU32::new(0),
         });
@@ -174,7 +175,7 @@ impl ConnHandle {
         *slot = Some(reason);
         drop(slot);
         self.closing.store(true, Ordering::Release);
-        self.closed.cancel();
+        self.closed.notify_waiters();
         true
     }
 
@@ -209,9 +210,17 @@ impl ConnHandle {
         self.close_reason.lock().clone()
     }
 
-    /// Resolves when [`ConnHandle::close`] was called.
-    pub fn closed(&self) -> &CancellationToken {
-        &self.closed
+    /// Resolves when [`ConnHandle::close`] was called (at once if it was).
+    pub async fn closed(&self) {
+        loop {
+            // Created before the check: `notify_waiters` wakes every
+            // `Notified` that exists when it runs, polled or not.
+            let notified = self.closed.notified();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -228,7 +237,7 @@ mod tests {
         assert!(!h.push(&f));
         assert_eq!(h.queued_bytes(), 6);
         assert_eq!(h.close_reason().unwrap().code, close::SLOW_CONSUMER);
-        assert!(h.closed().is_cancelled());
+        assert!(h.is_closing());
         let mut got = VecDeque::new();
         assert_eq!(out.try_recv_many(&mut got, 10), Some(1));
         h.release(got[0].len());

@@ -7,9 +7,11 @@
 //! both backends.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -18,10 +20,33 @@ use crate::backplane::BackplaneError;
 
 type Entries<T> = HashMap<String, (T, Instant)>;
 
+/// A channel member as stored: keyed by its connection id, with the node
+/// name shared between entries (one node's members all carry the same).
+struct Stored {
+    user: Box<str>,
+    node: Arc<str>,
+    info: Option<Box<RawValue>>,
+    expires: Instant,
+}
+
+impl Stored {
+    fn member(&self, conn: &str) -> Member {
+        Member {
+            user: self.user.to_string(),
+            conn: conn.to_owned(),
+            node: self.node.to_string(),
+            info: self.info.clone(),
+        }
+    }
+}
+
 /// In-memory [`Presence`].
 pub struct MemoryPresence {
     ttl: Duration,
-    channels: Mutex<HashMap<String, Entries<Member>>>,
+    /// channel -> conn id -> member (compact: presence is per subscription).
+    channels: Mutex<HashMap<String, HashMap<Box<str>, Stored>>>,
+    /// Node names seen, shared by the stored members.
+    node_names: Mutex<Vec<Arc<str>>>,
     /// A user's connections in a plain vector: a user has a few, and a map
     /// per user would cost every connection a table.
     users: Mutex<HashMap<String, Vec<(UserConn, Instant)>>>,
@@ -29,37 +54,47 @@ pub struct MemoryPresence {
 }
 
 impl MemoryPresence {
+    /// The shared copy of a node name.
+    fn node_name(&self, node: &str) -> Arc<str> {
+        let mut names = self.node_names.lock();
+        if let Some(n) = names.iter().find(|n| ***n == *node) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(node);
+        // Bounded: node ids come from this cluster's configuration, but
+        // never let a long run of distinct ones grow the list.
+        if names.len() < 64 {
+            names.push(n.clone());
+        }
+        n
+    }
+
     /// Presence whose entries expire `ttl` after their last refresh.
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
             channels: Mutex::new(HashMap::new()),
+            node_names: Mutex::new(Vec::new()),
             users: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
         }
     }
 }
 
-fn live<T: Clone>(entries: Option<&Entries<T>>, now: Instant) -> Vec<T> {
-    entries
-        .map(|m| {
-            m.values()
-                .filter(|(_, exp)| *exp > now)
-                .map(|(v, _)| v.clone())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[async_trait]
 impl Presence for MemoryPresence {
     async fn join(&self, channel: &str, member: &Member) -> Result<(), BackplaneError> {
-        let exp = Instant::now() + self.ttl;
+        let stored = Stored {
+            user: member.user.as_str().into(),
+            node: self.node_name(&member.node),
+            info: member.info.clone(),
+            expires: Instant::now() + self.ttl,
+        };
         self.channels
             .lock()
             .entry(channel.to_owned())
             .or_default()
-            .insert(member.conn.clone(), (member.clone(), exp));
+            .insert(member.conn.as_str().into(), stored);
         Ok(())
     }
 
@@ -76,7 +111,18 @@ impl Presence for MemoryPresence {
     }
 
     async fn members(&self, channel: &str) -> Result<Vec<Member>, BackplaneError> {
-        let mut members = live(self.channels.lock().get(channel), Instant::now());
+        let now = Instant::now();
+        let mut members: Vec<Member> = self
+            .channels
+            .lock()
+            .get(channel)
+            .map(|ms| {
+                ms.iter()
+                    .filter(|(_, m)| m.expires > now)
+                    .map(|(conn, m)| m.member(conn))
+                    .collect()
+            })
+            .unwrap_or_default();
         members.sort_by(|a, b| a.conn.cmp(&b.conn));
         Ok(members)
     }
@@ -87,15 +133,14 @@ impl Presence for MemoryPresence {
         let Some(members) = channels.get_mut(channel) else {
             return Ok(Vec::new());
         };
-        let expired: Vec<String> = members
-            .iter()
-            .filter(|(_, (_, exp))| *exp <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let out = expired
-            .iter()
-            .filter_map(|k| members.remove(k).map(|(m, _)| m))
-            .collect();
+        let mut out = Vec::new();
+        members.retain(|conn, m| {
+            let live = m.expires > now;
+            if !live {
+                out.push(m.member(conn));
+            }
+            live
+        });
         if members.is_empty() {
             channels.remove(channel);
         }
@@ -105,7 +150,10 @@ impl Presence for MemoryPresence {
     async fn add_user_conn(&self, user: &str, conn: &UserConn) -> Result<(), BackplaneError> {
         let exp = Instant::now() + self.ttl;
         let mut users = self.users.lock();
-        let conns = users.entry(user.to_owned()).or_default();
+        // Most users have one connection: no room for four up front.
+        let conns = users
+            .entry(user.to_owned())
+            .or_insert_with(|| Vec::with_capacity(1));
         match conns.iter_mut().find(|(c, _)| c.conn == conn.conn) {
             Some(entry) => *entry = (conn.clone(), exp),
             None => conns.push((conn.clone(), exp)),
@@ -149,9 +197,9 @@ impl Presence for MemoryPresence {
             for (channel, member) in &batch.members {
                 match channels
                     .get_mut(channel)
-                    .and_then(|m| m.get_mut(&member.conn))
+                    .and_then(|m| m.get_mut(member.conn.as_str()))
                 {
-                    Some(entry) => entry.1 = exp,
+                    Some(entry) => entry.expires = exp,
                     None => missing.members.push((channel.clone(), member.clone())),
                 }
             }
