@@ -165,6 +165,9 @@ pub struct Settings {
     /// connection's memory). Default 1024.
     #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE")]
     pub read_buffer_size: Option<usize>,
+    /// Runtime worker threads. Default: the CPUs this process may use.
+    #[arg(long, env = "GATEWAY_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Max channels one connection may subscribe. Default 128.
     #[arg(long, env = "GATEWAY_MAX_CHANNELS_PER_CONNECTION")]
     pub max_channels_per_connection: Option<usize>,
@@ -239,6 +242,8 @@ pub struct Config {
     pub queue_bytes: usize,
     /// WebSocket read buffer per connection in bytes.
     pub read_buffer_size: usize,
+    /// Runtime worker threads.
+    pub worker_threads: usize,
     /// Max channels per connection.
     pub max_channels_per_connection: usize,
     /// Server ping interval.
@@ -438,6 +443,12 @@ impl Config {
                 "must be between 256 and 1048576",
             ));
         }
+        let worker_threads = pick!(worker_threads).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if !(1..=1024).contains(&worker_threads) {
+            return Err(invalid("worker_threads", "must be between 1 and 1024"));
+        }
         let rate_limit = pick!(rate_limit).unwrap_or(100);
         let rate_burst = pick!(rate_burst).unwrap_or(200);
         if rate_limit == 0 || rate_burst == 0 {
@@ -503,6 +514,7 @@ impl Config {
             max_message_size,
             queue_bytes,
             read_buffer_size,
+            worker_threads,
             max_channels_per_connection: positive(
                 pick!(max_channels_per_connection),
                 128,
@@ -559,6 +571,8 @@ mod tests {
         assert_eq!((c.rate_limit, c.rate_burst), (100, 200));
         assert_eq!(c.drain_grace, Duration::from_secs(30));
         assert_eq!(c.presence_ttl, Duration::from_secs(60));
+        assert_eq!(c.read_buffer_size, 1024);
+        assert!(c.worker_threads >= 1);
         assert!(c.pages);
         assert!(c.node_id.starts_with('n'));
     }
@@ -579,6 +593,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ping_interval_ms"), "{e}");
+        let e = parse(&["--worker-threads", "0"]).unwrap_err().to_string();
+        assert!(e.contains("worker_threads"), "{e}");
+        assert_eq!(parse(&["--worker-threads", "3"]).unwrap().worker_threads, 3);
     }
 
     #[test]

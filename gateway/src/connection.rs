@@ -27,7 +27,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout, Instant};
 use tracing::Instrument;
 
 use crate::api::ApiError;
@@ -205,7 +205,6 @@ fn run(
         user: identity.user.as_deref(),
         ping_interval_ms: node.config.ping_interval.as_millis() as u64,
     }));
-    handle.set_ping_slot(node.ping_slot_of(&id));
     let (sink, stream) = socket.split();
     let writer = node
         .shutdown
@@ -291,31 +290,30 @@ impl Reader {
             let left = Duration::from_secs(exp.saturating_sub(now).min(365 * 86_400));
             Instant::now() + left
         });
-        let mut deadline = Instant::now() + silence;
+        // One heartbeat timer for the connection's life, pushed back by every
+        // frame (tokio extends a registered timer without touching its
+        // wheel), instead of a new timer per frame.
+        let heartbeat = sleep_until(Instant::now() + silence);
+        let token_expiry = sleep_until(expires.unwrap_or_else(Instant::now));
+        tokio::pin!(heartbeat, token_expiry);
         loop {
-            let token_expiry = async {
-                match expires {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 biased;
                 _ = self.handle.closed() => break,
-                _ = token_expiry => {
+                _ = &mut token_expiry, if expires.is_some() => {
                     self.handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token_expired"));
                 }
-                next = timeout_at(deadline, stream.next()) => match next {
-                    Err(_) => {
-                        self.handle.close(CloseReason::new(close::HEARTBEAT_TIMEOUT, "heartbeat_timeout"));
-                    }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
+                _ = &mut heartbeat => {
+                    self.handle.close(CloseReason::new(close::HEARTBEAT_TIMEOUT, "heartbeat_timeout"));
+                }
+                next = stream.next() => match next {
+                    None => break,
+                    Some(Err(e)) => {
                         self.on_read_error(e);
                         break;
                     }
-                    Ok(Some(Ok(msg))) => {
-                        deadline = Instant::now() + silence;
+                    Some(Ok(msg)) => {
+                        heartbeat.as_mut().reset(Instant::now() + silence);
                         Box::pin(self.on_message(msg)).await;
                     }
                 },

@@ -32,7 +32,8 @@ use crate::outbox::ConnHandle;
 use crate::presence::Member;
 use crate::protocol::{CloseReason, ServerFrame};
 
-const SHARDS: usize = 32;
+/// Shards of each hub map (also the node pinger's slots).
+pub const SHARDS: usize = 32;
 
 /// A frame parked for a subscriber that is still recovering.
 struct Parked {
@@ -219,6 +220,17 @@ impl Hub {
     /// be quick and must not call back into the hub).
     pub fn for_each_conn(&self, mut f: impl FnMut(&ConnHandle)) {
         for shard in &self.conns.shards {
+            for conn in shard.lock().values() {
+                f(conn);
+            }
+        }
+    }
+
+    /// Call `f` for every connection of one shard of the connection map
+    /// (`shard < SHARDS`), under that shard's lock; the same rules as
+    /// [`Hub::for_each_conn`].
+    pub fn for_each_conn_in_shard(&self, shard: usize, mut f: impl FnMut(&ConnHandle)) {
+        if let Some(shard) = self.conns.shards.get(shard) {
             for conn in shard.lock().values() {
                 f(conn);
             }

@@ -29,8 +29,9 @@ use crate::presence::{Member, MemoryPresence, NodeInfo, Presence, RefreshBatch, 
 use crate::protocol::{ErrorCode, ReplyError, ServerFrame, Since};
 use crate::shutdown::Shutdown;
 
-/// Pinger slots per `ping_interval`.
-const PING_SLOTS: u32 = 25;
+/// Pinger slots per `ping_interval`: one per hub shard, so a tick pings
+/// one shard's connections without looking at the others.
+const PING_SLOTS: u32 = crate::hub::SHARDS as u32;
 
 /// Errors building a node.
 #[derive(Debug, thiserror::Error)]
@@ -114,16 +115,6 @@ impl Node {
         }))
     }
 
-    /// The pinger slot of a connection id (from its sequence number).
-    pub fn ping_slot_of(&self, id: &str) -> u32 {
-        let seq = id
-            .rsplit('.')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0);
-        (seq % u64::from(PING_SLOTS)) as u32
-    }
-
     /// The pinger: every `ping_interval / PING_SLOTS` it asks the writers of
     /// one slot's connections to ping, so each connection is pinged once per
     /// `ping_interval` without a timer of its own (one wake-up of this task
@@ -139,11 +130,7 @@ impl Node {
                 _ = self.shutdown.token.cancelled() => break,
                 _ = tick.tick() => {
                     slot = (slot + 1) % PING_SLOTS;
-                    self.hub.for_each_conn(|c| {
-                        if c.ping_slot() == slot {
-                            c.request_ping();
-                        }
-                    });
+                    self.hub.for_each_conn_in_shard(slot as usize, ConnHandle::request_ping);
                 }
             }
         }

@@ -11,7 +11,7 @@
 //! written (including frames parked in a subscribe's recovery buffer).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -44,8 +44,6 @@ pub struct ConnHandle {
     closed: Notify,
     /// Set by the node's pinger; the writer sends a WebSocket ping.
     ping_due: AtomicBool,
-    /// Which of the pinger's slots this connection is pinged in.
-    ping_slot: AtomicU32,
 }
 
 /// The writer's end of a [`ConnHandle`]'s queue (there is exactly one).
@@ -113,7 +111,6 @@ impl ConnHandle {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             ping_due: AtomicBool::new(false),
-            ping_slot: AtomicU32::new(0),
         });
         let outbox = Outbox {
             handle: handle.clone(),
@@ -188,16 +185,6 @@ impl ConnHandle {
     /// Take a pending ping request.
     pub fn take_ping(&self) -> bool {
         self.ping_due.swap(false, Ordering::AcqRel)
-    }
-
-    /// The pinger slot of this connection.
-    pub fn ping_slot(&self) -> u32 {
-        self.ping_slot.load(Ordering::Relaxed)
-    }
-
-    /// Place this connection in a pinger slot.
-    pub fn set_ping_slot(&self, slot: u32) {
-        self.ping_slot.store(slot, Ordering::Relaxed);
     }
 
     /// Whether [`ConnHandle::close`] was called (cheap: one atomic load).

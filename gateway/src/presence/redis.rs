@@ -22,8 +22,9 @@
 //!   then every sweeping node had its chance to take them), so busy keys do
 //!   not collect the entries of crashed nodes.
 //! - [`Presence::refresh`] only extends entries that still exist (`ZADD
-//!   XX CH`), so a member that left is not brought back by a refresh that
-//!   raced its removal. The replies name the entries that were gone (Redis
+//!   XX`), so a member that left is not brought back by a refresh that
+//!   raced its removal. A `ZSCORE` after each names the entries that were
+//!   gone (Redis
 //!   lost its data, or this node missed refreshing for a whole TTL and
 //!   another node took them as expired); the node re-checks those against
 //!   its live connections and re-writes them with [`Presence::restore`].
@@ -275,26 +276,28 @@ impl Presence for RedisPresence {
             let mut touched = HashSet::new();
             for (keys, id, _) in chunk {
                 // XX: never re-create an entry (a leave may have raced this
-                // refresh); CH: the reply says whether it still existed (the
-                // new expiry is always later, so an update is a change).
+                // refresh). Then ZSCORE says whether it exists (ZADD's own
+                // reply cannot: an entry written in the same millisecond is
+                // not "changed").
                 pipe.cmd("ZADD")
                     .arg(&keys.expiry)
                     .arg("XX")
-                    .arg("CH")
                     .arg(expiry)
-                    .arg(*id);
+                    .arg(*id)
+                    .ignore();
+                pipe.cmd("ZSCORE").arg(&keys.expiry).arg(*id);
                 if touched.insert(keys.hash.as_str()) {
                     pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
                     pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
                 }
             }
-            let changed: Vec<i64> = self
+            let scores: Vec<Option<f64>> = self
                 .shared
                 .call("presence_refresh", |mut conn| async move {
                     pipe.query_async(&mut conn).await
                 })
                 .await?;
-            for (i, _) in changed.iter().enumerate().filter(|(_, c)| **c == 0) {
+            for (i, _) in scores.iter().enumerate().filter(|(_, s)| s.is_none()) {
                 let index = at * REFRESH_CHUNK + i;
                 match batch.members.get(index) {
                     Some(m) => missing.members.push(m.clone()),

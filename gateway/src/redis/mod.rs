@@ -1,7 +1,8 @@
 //! Redis cluster backends: connection setup and the state the three Redis
 //! backends share ([`RedisBackplane`], [`RedisHistory`], [`RedisPresence`]).
 //!
-//! Owns the command pool (deadpool-redis, multiplexed connections), the
+//! Owns the command pool (deadpool, connections made by deadpool-redis's
+//! manager, multiplexed; see [`CommandManager`]), the
 //! Lua scripts, the link state (connected / healthy)
 //! and the background subscriber task ([`pubsub`]) that holds the node's one
 //! pub/sub connection. docs/redis.md describes the key layout, the envelope
@@ -32,8 +33,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ::redis::aio::MultiplexedConnection;
 use ::redis::{ErrorKind, RedisError};
-use deadpool_redis::{Pool, PoolConfig, PoolError, Runtime, Timeouts};
+use deadpool::managed::{Metrics, Object, PoolConfig, PoolError, RecycleResult, Timeouts};
+use deadpool::Runtime;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::watch;
 
@@ -100,10 +103,12 @@ pub async fn connect(
         create: Some(settings.timeout),
         recycle: Some(settings.timeout),
     };
-    let mut config = deadpool_redis::Config::from_url(settings.url.clone());
-    config.pool = Some(pool_config);
-    let pool = config
-        .create_pool(Some(Runtime::Tokio1))
+    let manager = deadpool_redis::Manager::new(settings.url.as_str())
+        .map_err(|e| BackplaneError::Protocol(format!("invalid Redis URL ({:?})", e.kind())))?;
+    let pool = Pool::builder(CommandManager(manager))
+        .config(pool_config)
+        .runtime(Runtime::Tokio1)
+        .build()
         .map_err(|e| BackplaneError::Protocol(format!("cannot create Redis pool: {e}")))?;
     let shared = Arc::new(Shared {
         keys: Keys::new(&settings.prefix),
@@ -166,6 +171,33 @@ pub fn describe_metrics() {
 /// Command connections; they are multiplexed, so a few carry a lot.
 const POOL_SIZE: usize = 16;
 
+/// The command pool's manager. deadpool-redis's own manager makes the
+/// connections, but it also sends `UNWATCH` + `PING` on every checkout: one
+/// extra round trip before every command (twice the round trips of a publish,
+/// measured in the latency benchmark). This one hands out connections without
+/// a round trip; [`Shared::call`] drops a connection from the pool instead
+/// when a command on it fails with a connection error or times out.
+pub(crate) struct CommandManager(deadpool_redis::Manager);
+
+impl deadpool::managed::Manager for CommandManager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        deadpool::managed::Manager::create(&self.0).await
+    }
+
+    async fn recycle(
+        &self,
+        _conn: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        Ok(())
+    }
+}
+
+type Pool = deadpool::managed::Pool<CommandManager>;
+
 /// State shared by the Redis backends of one node.
 pub(crate) struct Shared {
     /// Settings as given to [`connect`].
@@ -185,20 +217,38 @@ pub(crate) struct Shared {
 impl Shared {
     /// Run one Redis round trip on a pooled connection, bounded by the
     /// timeout; errors are counted under `op` and mapped to
-    /// [`BackplaneError`].
+    /// [`BackplaneError`]. A connection that timed out or failed with a
+    /// connection error leaves the pool (the pool makes a new one when
+    /// needed), so a dead or stuck connection is not handed out again.
     pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, BackplaneError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        let mut leased: Option<Object<CommandManager>> = None;
         let attempt = async {
-            let conn = self.pool.get().await.map_err(pool_error)?;
-            f(conn).await.map_err(redis_error)
+            let conn = self.pool.get().await.map_err(|e| (pool_error(e), false))?;
+            let multiplexed = MultiplexedConnection::clone(&conn);
+            leased = Some(conn);
+            f(multiplexed).await.map_err(|e| {
+                let broken =
+                    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
+                (redis_error(e), broken)
+            })
         };
-        let result = match tokio::time::timeout(self.settings.timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(BackplaneError::Unavailable("Redis call timed out".into())),
+        let (result, broken) = match tokio::time::timeout(self.settings.timeout, attempt).await {
+            Ok(Ok(v)) => (Ok(v), false),
+            Ok(Err((e, broken))) => (Err(e), broken),
+            Err(_) => (
+                Err(BackplaneError::Unavailable("Redis call timed out".into())),
+                true,
+            ),
         };
+        if broken {
+            if let Some(conn) = leased.take() {
+                drop(Object::take(conn));
+            }
+        }
         match &result {
             Ok(_) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
@@ -303,7 +353,7 @@ pub(crate) fn redis_error(e: RedisError) -> BackplaneError {
     }
 }
 
-fn pool_error(e: PoolError) -> BackplaneError {
+fn pool_error(e: PoolError<RedisError>) -> BackplaneError {
     match e {
         PoolError::Backend(e) => redis_error(e),
         other => BackplaneError::Unavailable(format!("Redis pool: {other}")),
