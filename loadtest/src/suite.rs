@@ -54,6 +54,11 @@ pub struct SuiteArgs {
     /// Skip the ceiling probes.
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Runtime threads of each cluster node (`GATEWAY_WORKER_THREADS`), e.g.
+    /// 1 to model pods with a one-core CPU limit. 0 = the gateway's default
+    /// (one per CPU, in each node).
+    #[arg(long, default_value_t = 0)]
+    pub cluster_worker_threads: usize,
     /// Where results go.
     #[arg(long, default_value = "loadtest/results")]
     pub out_dir: PathBuf,
@@ -241,6 +246,12 @@ impl Ctx {
         if let Some(r) = redis {
             cmd.env("GATEWAY_REDIS_URL", &r.url)
                 .env("GATEWAY_REDIS_PREFIX", &r.prefix);
+            if self.args.cluster_worker_threads > 0 {
+                cmd.env(
+                    "GATEWAY_WORKER_THREADS",
+                    self.args.cluster_worker_threads.to_string(),
+                );
+            }
         }
         let mut child = cmd
             .stdin(Stdio::null())
