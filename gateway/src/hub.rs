@@ -345,21 +345,27 @@ impl Hub {
         true
     }
 
-    /// Presence entries this node owns: (channel, member) for every
-    /// subscription on a channel for which `tracks` is true.
-    pub fn presence_members(&self, tracks: impl Fn(&str) -> bool) -> Vec<(String, Member)> {
+    /// Presence entries this node owns in one shard of the channel map
+    /// (`shard < SHARDS`): (channel, member) for every subscription on a
+    /// channel for which `tracks` is true.
+    pub fn presence_members(
+        &self,
+        shard: usize,
+        tracks: impl Fn(&str) -> bool,
+    ) -> Vec<(String, Member)> {
         let mut out = Vec::new();
-        for shard in &self.channels.shards {
-            let channels: Vec<(Arc<str>, Arc<Channel>)> = shard
-                .lock()
-                .iter()
-                .filter(|(name, _)| tracks(name))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            for (name, ch) in channels {
-                for sub in ch.subs.lock().values() {
-                    out.push((name.to_string(), self.member(&sub.conn)));
-                }
+        let Some(shard) = self.channels.shards.get(shard) else {
+            return out;
+        };
+        let channels: Vec<(Arc<str>, Arc<Channel>)> = shard
+            .lock()
+            .iter()
+            .filter(|(name, _)| tracks(name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, ch) in channels {
+            for sub in ch.subs.lock().values() {
+                out.push((name.to_string(), self.member(&sub.conn)));
             }
         }
         out

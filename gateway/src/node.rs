@@ -402,8 +402,8 @@ impl Node {
         }
     }
 
-    /// Refresh every presence and user-index entry this node owns in one
-    /// batch, and drop expired in-memory history streams. (The registry
+    /// Refresh every presence and user-index entry this node owns (a batch
+    /// per hub shard), and drop expired in-memory history streams. (The registry
     /// heartbeat has its own, shorter interval.)
     pub async fn maintain(&self) {
         let config = self.config.clone();
@@ -413,30 +413,39 @@ impl Node {
                 .is_some_and(NamespaceOptions::tracks_presence)
         };
         let started = tokio::time::Instant::now();
-        let batch = RefreshBatch {
-            members: self.hub.presence_members(tracks),
-            user_conns: self
-                .hub
-                .all_conns()
-                .iter()
-                .filter_map(|c| {
-                    c.user.as_ref().map(|u| {
-                        (
-                            u.to_string(),
-                            UserConn {
-                                conn: c.id.to_string(),
-                                node: self.config.node_id.clone(),
-                            },
-                        )
-                    })
-                })
-                .collect(),
-        };
-        match self.presence.refresh(&batch).await {
-            Ok(missing) if !missing.is_empty() => self.restore_presence(missing).await,
-            Ok(_) => {}
-            Err(e) => {
-                backend_error("presence_refresh", &e);
+        // One batch per hub shard: the transient copy of every entry stays
+        // small (a whole-node batch of 100k connections would be tens of MB
+        // every refresh), at about the same number of Redis pipelines.
+        for shard in 0..crate::hub::SHARDS {
+            let mut user_conns = Vec::new();
+            self.hub.for_each_conn_in_shard(shard, |c| {
+                if let Some(u) = &c.user {
+                    user_conns.push((
+                        u.to_string(),
+                        UserConn {
+                            conn: c.id.to_string(),
+                            node: self.config.node_id.clone(),
+                        },
+                    ));
+                }
+            });
+            let batch = RefreshBatch {
+                members: self.hub.presence_members(shard, tracks),
+                user_conns,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            match self.presence.refresh(&batch).await {
+                Ok(missing) if !missing.is_empty() => self.restore_presence(missing).await,
+                Ok(_) => {}
+                Err(e) => {
+                    // The backend is failing: the rest waits for the next
+                    // tick (or the reconnect's refresh), not for a timeout
+                    // per shard.
+                    backend_error("presence_refresh", &e);
+                    break;
+                }
             }
         }
         metrics::histogram!(m::PRESENCE_REFRESH).record(started.elapsed().as_secs_f64());
