@@ -314,7 +314,11 @@ impl Reader {
                     }
                     Some(Ok(msg)) => {
                         heartbeat.as_mut().reset(Instant::now() + silence);
-                        Box::pin(self.on_message(msg)).await;
+                        // Control frames (a pong every ping interval) need
+                        // nothing from us: no boxed future for them.
+                        if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                            Box::pin(self.on_message(msg)).await;
+                        }
                     }
                 },
             }
