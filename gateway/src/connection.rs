@@ -295,11 +295,15 @@ impl Reader {
         // wheel), instead of a new timer per frame.
         let heartbeat = sleep_until(Instant::now() + silence);
         let token_expiry = sleep_until(expires.unwrap_or_else(Instant::now));
-        tokio::pin!(heartbeat, token_expiry);
+        // Created once: a new close waiter per frame would lock the
+        // handle's `Notify` twice per frame (register, deregister).
+        let handle = self.handle.clone();
+        let closed = handle.closed();
+        tokio::pin!(heartbeat, token_expiry, closed);
         loop {
             tokio::select! {
                 biased;
-                _ = self.handle.closed() => break,
+                _ = &mut closed => break,
                 _ = &mut token_expiry, if expires.is_some() => {
                     self.handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token_expired"));
                 }
@@ -516,37 +520,49 @@ type Sink = SplitSink<WebSocket, Message>;
 /// and send the close frame once the handle is closed.
 async fn write_loop(mut sink: Sink, mut outbox: Outbox, handle: Arc<ConnHandle>) {
     let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
-    loop {
-        tokio::select! {
-            biased;
-            _ = handle.closed() => break,
-            _ = outbox.recv_many(&mut batch, WRITE_BATCH) => {
-                // Pings come from the node's pinger (no timer per connection).
-                let ping = handle.take_ping();
-                let write = write_batch(&mut sink, &mut batch, &handle, ping);
-                let ok = tokio::select! {
-                    ok = write => ok,
-                    // Closed while stuck on a slow socket: give the write in
-                    // flight a bounded chance, so the close frame can follow.
-                    _ = handle.closed() => {
+    {
+        // Created once (see `Reader::read_loop`); it must not be polled again
+        // after it fired, so every path that sees it fire leaves the loop.
+        let closed = handle.closed();
+        tokio::pin!(closed);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                _ = outbox.recv_many(&mut batch, WRITE_BATCH) => {
+                    // Pings come from the node's pinger (no timer per connection).
+                    let ping = handle.take_ping();
+                    let write = write_batch(&mut sink, &mut batch, &handle, ping);
+                    let written = tokio::select! {
+                        ok = write => Some(ok),
+                        _ = &mut closed => None,
+                    };
+                    let Some(ok) = written else {
+                        // Closed while stuck on a slow socket: give the write in
+                        // flight a bounded chance, so the close frame can follow.
+                        // Boxed, like the close below: rare paths must not grow
+                        // the state every idle connection holds.
                         batch.clear();
-                        // Boxed, like the close below: rare paths must not
-                        // grow the state every idle connection holds.
-                        Box::pin(timeout(CLOSE_GRACE, sink.flush()))
+                        let flushed = Box::pin(timeout(CLOSE_GRACE, sink.flush()))
                             .await
-                            .is_ok_and(|r| r.is_ok())
+                            .is_ok_and(|r| r.is_ok());
+                        if flushed {
+                            break;
+                        }
+                        handle.close(CloseReason::new(close::NORMAL, "write_failed"));
+                        return;
+                    };
+                    if !ok {
+                        handle.close(CloseReason::new(close::NORMAL, "write_failed"));
+                        return;
                     }
-                };
-                if !ok {
-                    handle.close(CloseReason::new(close::NORMAL, "write_failed"));
-                    return;
-                }
-                // A busy connection keeps its buffer (it and the queue's
-                // swap back and forth without allocating); one that went
-                // quiet drops it, so idle connections hold no queue memory
-                // (see `Outbox::try_recv_many`).
-                if handle.queued_bytes() == 0 {
-                    batch = VecDeque::new();
+                    // A busy connection keeps its buffer (it and the queue's
+                    // swap back and forth without allocating); one that went
+                    // quiet drops it, so idle connections hold no queue memory
+                    // (see `Outbox::try_recv_many`).
+                    if handle.queued_bytes() == 0 {
+                        batch = VecDeque::new();
+                    }
                 }
             }
         }
