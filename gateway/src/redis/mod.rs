@@ -29,13 +29,15 @@ pub(crate) mod testutil;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{ErrorKind, RedisError};
-use deadpool::managed::{Metrics, Object, PoolConfig, PoolError, RecycleResult, Timeouts};
+use deadpool::managed::{
+    Metrics, Object, PoolConfig, PoolError, RecycleError, RecycleResult, Timeouts,
+};
 use deadpool::Runtime;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::watch;
@@ -105,7 +107,12 @@ pub async fn connect(
     };
     let manager = deadpool_redis::Manager::new(settings.url.as_str())
         .map_err(|e| BackplaneError::Protocol(format!("invalid Redis URL ({:?})", e.kind())))?;
-    let pool = Pool::builder(CommandManager(manager))
+    let link = Link::new();
+    let manager = CommandManager {
+        inner: manager,
+        link_ups: link.ups.clone(),
+    };
+    let pool = Pool::builder(manager)
         .config(pool_config)
         .runtime(Runtime::Tokio1)
         .build()
@@ -113,7 +120,7 @@ pub async fn connect(
     let shared = Arc::new(Shared {
         keys: Keys::new(&settings.prefix),
         scripts: scripts::Scripts::new(),
-        link: Link::new(),
+        link,
         failing: AtomicBool::new(false),
         pool,
         settings,
@@ -174,25 +181,42 @@ const POOL_SIZE: usize = 16;
 /// The command pool's manager. deadpool-redis's own manager makes the
 /// connections, but it also sends `UNWATCH` + `PING` on every checkout: one
 /// extra round trip before every command (twice the round trips of a publish,
-/// measured in the latency benchmark). This one hands out connections without
-/// a round trip; [`Shared::call`] drops a connection from the pool instead
-/// when a command on it fails with a connection error or times out.
-pub(crate) struct CommandManager(deadpool_redis::Manager);
+/// measured in the latency benchmark). This one checks a connection without
+/// a round trip: it is handed out unless the pub/sub link came up again
+/// since it was made (Redis restarted or failed over, so it is most likely
+/// dead: the pool makes a fresh one instead of failing a command on it).
+/// [`Shared::call`] also drops a connection from the pool when a command on
+/// it fails with a connection error or times out.
+pub(crate) struct CommandManager {
+    inner: deadpool_redis::Manager,
+    /// The link's up count ([`Link::generation`]).
+    link_ups: Arc<AtomicU64>,
+}
+
+/// A pooled command connection and the link generation it was made in.
+pub(crate) struct Pooled {
+    conn: MultiplexedConnection,
+    generation: u64,
+}
 
 impl deadpool::managed::Manager for CommandManager {
-    type Type = MultiplexedConnection;
+    type Type = Pooled;
     type Error = RedisError;
 
-    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
-        deadpool::managed::Manager::create(&self.0).await
+    async fn create(&self) -> Result<Pooled, RedisError> {
+        let generation = self.link_ups.load(Ordering::Acquire);
+        let conn = deadpool::managed::Manager::create(&self.inner).await?;
+        Ok(Pooled { conn, generation })
     }
 
-    async fn recycle(
-        &self,
-        _conn: &mut MultiplexedConnection,
-        _: &Metrics,
-    ) -> RecycleResult<RedisError> {
-        Ok(())
+    async fn recycle(&self, pooled: &mut Pooled, _: &Metrics) -> RecycleResult<RedisError> {
+        if pooled.generation == self.link_ups.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(RecycleError::message(
+                "made before the pub/sub link last reconnected",
+            ))
+        }
     }
 }
 
@@ -228,7 +252,7 @@ impl Shared {
         let mut leased: Option<Object<CommandManager>> = None;
         let attempt = async {
             let conn = self.pool.get().await.map_err(|e| (pool_error(e), false))?;
-            let multiplexed = MultiplexedConnection::clone(&conn);
+            let multiplexed = conn.conn.clone();
             leased = Some(conn);
             f(multiplexed).await.map_err(|e| {
                 let broken =
@@ -272,8 +296,9 @@ pub(crate) struct Link {
     connected: watch::Sender<bool>,
     /// Connected and the last liveness probe went through.
     healthy: AtomicBool,
-    /// How many times the link came up (see [`Link::generation`]).
-    ups: std::sync::atomic::AtomicU64,
+    /// How many times the link came up (see [`Link::generation`]); shared
+    /// with the command pool's manager.
+    ups: Arc<AtomicU64>,
 }
 
 impl Link {
@@ -282,7 +307,7 @@ impl Link {
         Self {
             connected: watch::Sender::new(false),
             healthy: AtomicBool::new(false),
-            ups: std::sync::atomic::AtomicU64::new(0),
+            ups: Arc::new(AtomicU64::new(0)),
         }
     }
 
