@@ -386,11 +386,16 @@ impl Hub {
         out
     }
 
-    /// Whether connection `conn` is (or is becoming) a subscriber of
-    /// `channel`.
-    pub fn is_subscribed(&self, channel: &str, conn: &str) -> bool {
+    /// Whether connection `conn` is a live subscriber of `channel` (its
+    /// subscribe has finished; a pending one writes its own presence entry).
+    pub fn is_live_subscriber(&self, channel: &str, conn: &str) -> bool {
         let entry = self.channels.shard(channel).lock().get(channel).cloned();
-        entry.is_some_and(|c| c.subs.lock().contains_key(conn))
+        entry.is_some_and(|c| {
+            c.subs
+                .lock()
+                .get(conn)
+                .is_some_and(|s| !matches!(s.state.as_deref(), Some(SubState::Pending(_))))
+        })
     }
 
     /// The presence member describing `conn`.

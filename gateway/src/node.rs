@@ -457,29 +457,36 @@ impl Node {
     /// Write back the entries a refresh found gone (the backend lost them,
     /// or this node could not refresh for a whole TTL and another node took
     /// them as expired and sent their leave events), keeping only those that
-    /// are still live here; a member of a join/leave channel is announced
-    /// again with a join event.
+    /// are still live here (a subscribe still in progress writes its own
+    /// entry); a member the restore really re-created is announced again
+    /// with a join event on a join/leave channel.
     async fn restore_presence(&self, mut missing: RefreshBatch) {
         missing
             .members
-            .retain(|(channel, m)| self.hub.is_subscribed(channel, &m.conn));
+            .retain(|(channel, m)| self.hub.is_live_subscriber(channel, &m.conn));
         missing
             .user_conns
             .retain(|(_, c)| self.hub.conn(&c.conn).is_some());
         if missing.is_empty() {
             return;
         }
-        if let Err(e) = self.presence.restore(&missing).await {
-            backend_error("presence_restore", &e);
+        let created = match self.presence.restore(&missing).await {
+            Ok(created) => created,
+            Err(e) => {
+                backend_error("presence_restore", &e);
+                return;
+            }
+        };
+        if created.is_empty() {
             return;
         }
-        metrics::counter!(m::PRESENCE_RESTORED).increment(missing.len() as u64);
+        metrics::counter!(m::PRESENCE_RESTORED).increment(created.len() as u64);
         tracing::info!(
-            members = missing.members.len(),
-            user_conns = missing.user_conns.len(),
+            members = created.members.len(),
+            user_conns = created.user_conns.len(),
             "presence entries were gone from the backend; wrote them back"
         );
-        for (channel, member) in missing.members {
+        for (channel, member) in created.members {
             if !self
                 .config
                 .namespace(&channel)

@@ -1209,7 +1209,21 @@ async fn refresh_does_not_bring_back_removed_entries(kind: Kind) -> Result<()> {
         p.user_conns("bob").await? == [user_conn(&m2.conn, "n1")],
         "bob's conns"
     );
-    p.restore(&missing).await?;
+    let created = p.restore(&missing).await?;
+    ensure!(
+        conns(
+            &created
+                .members
+                .iter()
+                .map(|(_, m)| m.clone())
+                .collect::<Vec<_>>()
+        ) == [m1.conn.clone()]
+            && created.user_conns == [("alice".to_owned(), user_conn(&m1.conn, "n1"))],
+        "restore must report what it created: {created:?}"
+    );
+    // Restoring what exists (say its own join just wrote it) creates nothing.
+    let again = p.restore(&batch).await?;
+    ensure!(again.is_empty(), "a second restore created {again:?}");
     ensure!(
         conns(&p.members("chat:n").await?) == [m1.conn.clone(), m2.conn.clone()],
         "members after restore {:?}",

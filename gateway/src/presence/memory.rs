@@ -217,14 +217,32 @@ impl Presence for MemoryPresence {
         Ok(missing)
     }
 
-    async fn restore(&self, batch: &RefreshBatch) -> Result<(), BackplaneError> {
+    async fn restore(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError> {
+        let mut created = RefreshBatch::default();
         for (channel, member) in &batch.members {
+            let exists = self
+                .channels
+                .lock()
+                .get(channel)
+                .is_some_and(|m| m.contains_key(member.conn.as_str()));
+            // Exists or not, the entry gets a fresh expiry.
             self.join(channel, member).await?;
+            if !exists {
+                created.members.push((channel.clone(), member.clone()));
+            }
         }
         for (user, conn) in &batch.user_conns {
+            let exists = self
+                .users
+                .lock()
+                .get(user)
+                .is_some_and(|cs| cs.iter().any(|(c, _)| c.conn == conn.conn));
             self.add_user_conn(user, conn).await?;
+            if !exists {
+                created.user_conns.push((user.clone(), conn.clone()));
+            }
         }
-        Ok(())
+        Ok(created)
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError> {

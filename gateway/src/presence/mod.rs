@@ -106,8 +106,11 @@ pub trait Presence: Send + Sync + 'static {
     ///
     /// [`restore`]: Presence::restore
     async fn refresh(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError>;
-    /// Write entries in full, with a fresh expiry.
-    async fn restore(&self, batch: &RefreshBatch) -> Result<(), BackplaneError>;
+    /// Write back entries that do not exist, with a fresh expiry (one that
+    /// exists, say because its own join just wrote it, keeps its value and
+    /// gets the fresh expiry). Returns the entries it created, so the caller
+    /// announces only those.
+    async fn restore(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError>;
 
     /// Register or refresh this node in the registry.
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError>;

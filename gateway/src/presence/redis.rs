@@ -312,15 +312,18 @@ impl Presence for RedisPresence {
         Ok(missing)
     }
 
-    async fn restore(&self, batch: &RefreshBatch) -> Result<(), BackplaneError> {
+    async fn restore(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError> {
         let expiry = self.expiry();
         let key_ttl = self.key_ttl();
         let entries = self.entries(batch)?;
-        for chunk in entries.chunks(REFRESH_CHUNK) {
+        let mut created = RefreshBatch::default();
+        for (at, chunk) in entries.chunks(REFRESH_CHUNK).enumerate() {
             let mut pipe = ::redis::pipe();
             let mut touched = HashSet::new();
             for (keys, id, json) in chunk {
-                pipe.cmd("HSET").arg(&keys.hash).arg(*id).arg(json).ignore();
+                // HSETNX: an entry its own join wrote meanwhile is kept, and
+                // not reported as created (no second join event).
+                pipe.cmd("HSETNX").arg(&keys.hash).arg(*id).arg(json);
                 pipe.cmd("ZADD")
                     .arg(&keys.expiry)
                     .arg(expiry)
@@ -331,13 +334,25 @@ impl Presence for RedisPresence {
                     pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
                 }
             }
-            self.shared
+            let set: Vec<i64> = self
+                .shared
                 .call("presence_restore", |mut conn| async move {
-                    pipe.query_async::<()>(&mut conn).await
+                    pipe.query_async(&mut conn).await
                 })
                 .await?;
+            for (i, _) in set.iter().enumerate().filter(|(_, n)| **n == 1) {
+                let index = at * REFRESH_CHUNK + i;
+                match batch.members.get(index) {
+                    Some(m) => created.members.push(m.clone()),
+                    None => {
+                        if let Some(u) = batch.user_conns.get(index - batch.members.len()) {
+                            created.user_conns.push(u.clone());
+                        }
+                    }
+                }
+            }
         }
-        Ok(())
+        Ok(created)
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError> {
