@@ -54,6 +54,43 @@ pub struct MemoryPresence {
 }
 
 impl MemoryPresence {
+    /// Write (or refresh) a member; returns whether it was not there.
+    fn put_member(&self, channel: &str, member: &Member) -> bool {
+        let stored = Stored {
+            user: member.user.as_str().into(),
+            node: self.node_name(&member.node),
+            info: member.info.clone(),
+            expires: Instant::now() + self.ttl,
+        };
+        self.channels
+            .lock()
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(member.conn.as_str().into(), stored)
+            .is_none()
+    }
+
+    /// Write (or refresh) a user's connection; returns whether it was not
+    /// there.
+    fn put_user_conn(&self, user: &str, conn: &UserConn) -> bool {
+        let exp = Instant::now() + self.ttl;
+        let mut users = self.users.lock();
+        // Most users have one connection: no room for four up front.
+        let conns = users
+            .entry(user.to_owned())
+            .or_insert_with(|| Vec::with_capacity(1));
+        match conns.iter_mut().find(|(c, _)| c.conn == conn.conn) {
+            Some(entry) => {
+                *entry = (conn.clone(), exp);
+                false
+            }
+            None => {
+                conns.push((conn.clone(), exp));
+                true
+            }
+        }
+    }
+
     /// The shared copy of a node name.
     fn node_name(&self, node: &str) -> Arc<str> {
         let mut names = self.node_names.lock();
@@ -84,17 +121,7 @@ impl MemoryPresence {
 #[async_trait]
 impl Presence for MemoryPresence {
     async fn join(&self, channel: &str, member: &Member) -> Result<(), BackplaneError> {
-        let stored = Stored {
-            user: member.user.as_str().into(),
-            node: self.node_name(&member.node),
-            info: member.info.clone(),
-            expires: Instant::now() + self.ttl,
-        };
-        self.channels
-            .lock()
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(member.conn.as_str().into(), stored);
+        self.put_member(channel, member);
         Ok(())
     }
 
@@ -148,16 +175,7 @@ impl Presence for MemoryPresence {
     }
 
     async fn add_user_conn(&self, user: &str, conn: &UserConn) -> Result<(), BackplaneError> {
-        let exp = Instant::now() + self.ttl;
-        let mut users = self.users.lock();
-        // Most users have one connection: no room for four up front.
-        let conns = users
-            .entry(user.to_owned())
-            .or_insert_with(|| Vec::with_capacity(1));
-        match conns.iter_mut().find(|(c, _)| c.conn == conn.conn) {
-            Some(entry) => *entry = (conn.clone(), exp),
-            None => conns.push((conn.clone(), exp)),
-        }
+        self.put_user_conn(user, conn);
         Ok(())
     }
 
@@ -220,25 +238,12 @@ impl Presence for MemoryPresence {
     async fn restore(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError> {
         let mut created = RefreshBatch::default();
         for (channel, member) in &batch.members {
-            let exists = self
-                .channels
-                .lock()
-                .get(channel)
-                .is_some_and(|m| m.contains_key(member.conn.as_str()));
-            // Exists or not, the entry gets a fresh expiry.
-            self.join(channel, member).await?;
-            if !exists {
+            if self.put_member(channel, member) {
                 created.members.push((channel.clone(), member.clone()));
             }
         }
         for (user, conn) in &batch.user_conns {
-            let exists = self
-                .users
-                .lock()
-                .get(user)
-                .is_some_and(|cs| cs.iter().any(|(c, _)| c.conn == conn.conn));
-            self.add_user_conn(user, conn).await?;
-            if !exists {
+            if self.put_user_conn(user, conn) {
                 created.user_conns.push((user.clone(), conn.clone()));
             }
         }

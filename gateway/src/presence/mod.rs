@@ -74,6 +74,19 @@ impl RefreshBatch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The entries at `indices`, numbered members first, then user
+    /// connections (the order backends that pipeline a batch use).
+    pub fn select(&self, indices: impl IntoIterator<Item = usize>) -> RefreshBatch {
+        let mut out = RefreshBatch::default();
+        for i in indices {
+            match i.checked_sub(self.members.len()) {
+                None => out.members.extend(self.members.get(i).cloned()),
+                Some(u) => out.user_conns.extend(self.user_conns.get(u).cloned()),
+            }
+        }
+        out
+    }
 }
 
 /// Presence, user index and node registry.

@@ -123,6 +123,48 @@ impl RedisPresence {
             .map(|_pruned| ())
     }
 
+    /// Run a batch in pipelines of [`REFRESH_CHUNK`] entries. `write` adds
+    /// the entry's commands, exactly one of them not ignored; both keys of
+    /// every expiring hash touched get their key TTL once per pipeline.
+    /// Returns the entries whose reply `pick` chose.
+    async fn pipelined<R: ::redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        batch: &RefreshBatch,
+        write: impl Fn(&mut ::redis::Pipeline, &Expiring, &str, &str),
+        pick: impl Fn(&R) -> bool,
+    ) -> Result<RefreshBatch, BackplaneError> {
+        let key_ttl = self.key_ttl();
+        let entries = self.entries(batch)?;
+        let mut picked = Vec::new();
+        for (at, chunk) in entries.chunks(REFRESH_CHUNK).enumerate() {
+            let mut pipe = ::redis::pipe();
+            let mut touched = HashSet::new();
+            for (keys, id, json) in chunk {
+                write(&mut pipe, keys, id, json);
+                if touched.insert(keys.hash.as_str()) {
+                    pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
+                    pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
+                }
+            }
+            let replies: Vec<R> = self
+                .shared
+                .call(
+                    op,
+                    |mut conn| async move { pipe.query_async(&mut conn).await },
+                )
+                .await?;
+            picked.extend(
+                replies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| pick(r))
+                    .map(|(i, _)| at * REFRESH_CHUNK + i),
+            );
+        }
+        Ok(batch.select(picked))
+    }
+
     /// The keys, id and JSON of every entry of a batch, members first.
     fn entries<'a>(
         &self,
@@ -268,91 +310,44 @@ impl Presence for RedisPresence {
 
     async fn refresh(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError> {
         let expiry = self.expiry();
-        let key_ttl = self.key_ttl();
-        let entries = self.entries(batch)?;
-        let mut missing = RefreshBatch::default();
-        for (at, chunk) in entries.chunks(REFRESH_CHUNK).enumerate() {
-            let mut pipe = ::redis::pipe();
-            let mut touched = HashSet::new();
-            for (keys, id, _) in chunk {
-                // XX: never re-create an entry (a leave may have raced this
-                // refresh). Then ZSCORE says whether it exists (ZADD's own
-                // reply cannot: an entry written in the same millisecond is
-                // not "changed").
+        // ZADD XX never re-creates an entry (a leave may have raced this
+        // refresh); then ZSCORE says whether it exists (ZADD's own reply
+        // cannot: an entry written in the same millisecond is not "changed").
+        self.pipelined(
+            "presence_refresh",
+            batch,
+            |pipe, keys, id, _| {
                 pipe.cmd("ZADD")
                     .arg(&keys.expiry)
                     .arg("XX")
                     .arg(expiry)
-                    .arg(*id)
+                    .arg(id)
                     .ignore();
-                pipe.cmd("ZSCORE").arg(&keys.expiry).arg(*id);
-                if touched.insert(keys.hash.as_str()) {
-                    pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
-                    pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
-                }
-            }
-            let scores: Vec<Option<f64>> = self
-                .shared
-                .call("presence_refresh", |mut conn| async move {
-                    pipe.query_async(&mut conn).await
-                })
-                .await?;
-            for (i, _) in scores.iter().enumerate().filter(|(_, s)| s.is_none()) {
-                let index = at * REFRESH_CHUNK + i;
-                match batch.members.get(index) {
-                    Some(m) => missing.members.push(m.clone()),
-                    None => {
-                        if let Some(u) = batch.user_conns.get(index - batch.members.len()) {
-                            missing.user_conns.push(u.clone());
-                        }
-                    }
-                }
-            }
-        }
-        Ok(missing)
+                pipe.cmd("ZSCORE").arg(&keys.expiry).arg(id);
+            },
+            |score: &Option<f64>| score.is_none(),
+        )
+        .await
     }
 
     async fn restore(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError> {
         let expiry = self.expiry();
-        let key_ttl = self.key_ttl();
-        let entries = self.entries(batch)?;
-        let mut created = RefreshBatch::default();
-        for (at, chunk) in entries.chunks(REFRESH_CHUNK).enumerate() {
-            let mut pipe = ::redis::pipe();
-            let mut touched = HashSet::new();
-            for (keys, id, json) in chunk {
-                // HSETNX: an entry its own join wrote meanwhile is kept, and
-                // not reported as created (no second join event).
-                pipe.cmd("HSETNX").arg(&keys.hash).arg(*id).arg(json);
+        // HSETNX: an entry its own join wrote meanwhile is kept, and not
+        // reported as created (no second join event).
+        self.pipelined(
+            "presence_restore",
+            batch,
+            |pipe, keys, id, json| {
+                pipe.cmd("HSETNX").arg(&keys.hash).arg(id).arg(json);
                 pipe.cmd("ZADD")
                     .arg(&keys.expiry)
                     .arg(expiry)
-                    .arg(*id)
+                    .arg(id)
                     .ignore();
-                if touched.insert(keys.hash.as_str()) {
-                    pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
-                    pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
-                }
-            }
-            let set: Vec<i64> = self
-                .shared
-                .call("presence_restore", |mut conn| async move {
-                    pipe.query_async(&mut conn).await
-                })
-                .await?;
-            for (i, _) in set.iter().enumerate().filter(|(_, n)| **n == 1) {
-                let index = at * REFRESH_CHUNK + i;
-                match batch.members.get(index) {
-                    Some(m) => created.members.push(m.clone()),
-                    None => {
-                        if let Some(u) = batch.user_conns.get(index - batch.members.len()) {
-                            created.user_conns.push(u.clone());
-                        }
-                    }
-                }
-            }
-        }
-        Ok(created)
+            },
+            |set: &i64| *set == 1,
+        )
+        .await
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError> {

@@ -401,3 +401,40 @@ pub(crate) fn new_epoch() -> String {
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use crate::redis::testutil::{RedisServer, TestResult};
+    use deadpool::managed::Manager as _;
+
+    fn metrics() -> Metrics {
+        Metrics {
+            created: std::time::Instant::now(),
+            recycled: None,
+            recycle_count: 0,
+        }
+    }
+
+    /// Checkouts cost no round trip, but a connection made before the
+    /// pub/sub link last came up (Redis restarted or failed over) is not
+    /// handed out again.
+    #[tokio::test]
+    async fn connections_from_before_a_link_reconnect_are_not_recycled() -> TestResult {
+        let server = RedisServer::start().await?;
+        let ups = Arc::new(AtomicU64::new(3));
+        let manager = CommandManager {
+            inner: deadpool_redis::Manager::new(server.url())?,
+            link_ups: ups.clone(),
+        };
+        let mut old = manager.create().await?;
+        assert!(manager.recycle(&mut old, &metrics()).await.is_ok());
+        ups.fetch_add(1, Ordering::AcqRel);
+        assert!(manager.recycle(&mut old, &metrics()).await.is_err());
+        let mut fresh = manager.create().await?;
+        assert!(manager.recycle(&mut fresh, &metrics()).await.is_ok());
+        let pong: String = ::redis::cmd("PING").query_async(&mut fresh.conn).await?;
+        assert_eq!(pong, "PONG");
+        Ok(())
+    }
+}

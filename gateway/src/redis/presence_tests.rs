@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use crate::backplane::BackplaneError;
 use crate::presence::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
-use crate::redis::testutil::{CollectSink, RedisServer, TestResult};
+use crate::redis::testutil::{eventually, CollectSink, RedisServer, TestResult};
 use crate::redis::{connect, RedisBackends};
 
 async fn backends(
@@ -325,15 +325,10 @@ async fn commands_after_a_redis_restart_use_fresh_connections() -> TestResult {
     p.join("room", &member("c1", "n1")?).await?;
     let before = b.backplane.generation();
     server.restart().await?;
-    // Wait (bounded) until the pub/sub link is up again on the new server.
-    let mut up = false;
-    for _ in 0..200 {
-        if b.backplane.generation() != before && b.backplane.is_healthy() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let up = eventually(Duration::from_secs(5), || {
+        b.backplane.generation() != before && b.backplane.is_healthy()
+    })
+    .await;
     assert!(up, "the pub/sub link did not come back");
     // The pooled connection was made before the link reconnected: the pool
     // makes a fresh one rather than hand out the dead one. (Without that
