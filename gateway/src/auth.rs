@@ -221,7 +221,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        crate::metrics::now_us() / 1_000_000
+        crate::clock::now_us() / 1_000_000
     }
 
     const SECRET: &str = "0123456789abcdef0123";

@@ -284,7 +284,7 @@ impl Reader {
         let config = self.node.config.clone();
         let silence = config.ping_interval + config.pong_timeout;
         let expires = self.identity.exp.map(|exp| {
-            let now = m::now_us() / 1_000_000;
+            let now = crate::clock::now_us() / 1_000_000;
             // A far-future `exp` (signed by the backend, but still input)
             // must not overflow the clock: cap the wait at a year.
             let left = Duration::from_secs(exp.saturating_sub(now).min(365 * 86_400));

@@ -476,7 +476,7 @@ impl Deliver for Hub {
         let delivered = match &envelope {
             Envelope::Message(p) => {
                 if p.ts_us > 0 {
-                    let lag_us = m::now_us().saturating_sub(p.ts_us);
+                    let lag_us = crate::clock::now_us().saturating_sub(p.ts_us);
                     m::hot().lag.record(lag_us as f64 / 1e6);
                 }
                 let frame = message_frame(p);

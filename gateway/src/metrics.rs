@@ -112,14 +112,6 @@ pub fn sent_type(frame: &[u8]) -> usize {
         .unwrap_or(6)
 }
 
-/// Microseconds since the Unix epoch (publish timestamps).
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// Buckets for real-time latencies: 100 us to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -99,7 +99,7 @@ impl Node {
                 }
             };
         Ok(Arc::new(Node {
-            started_at: m::now_us() / 1_000_000,
+            started_at: crate::clock::now_us() / 1_000_000,
             config,
             hub,
             backplane,
@@ -195,15 +195,7 @@ impl Node {
         source: &'static str,
     ) -> Result<Option<u64>, ReplyError> {
         let ns = self.namespace(channel)?;
-        let publication = Publication {
-            channel: channel.to_owned(),
-            data,
-            from,
-            offset: None,
-            epoch: None,
-            exclude,
-            ts_us: m::now_us(),
-        };
+        let publication = Publication::new(channel.to_owned(), data, from, exclude);
         let position = self
             .backplane
             .publish(publication, ns.history())

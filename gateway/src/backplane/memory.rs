@@ -56,9 +56,6 @@ impl Backplane for MemoryBackplane {
         history: Option<HistoryOptions>,
     ) -> Result<Option<StreamPosition>, BackplaneError> {
         let _order = self.order_lock(&publication.channel).lock();
-        // The offset is the backend's: never deliver one set by the caller.
-        publication.offset = None;
-        publication.epoch = None;
         let position = history.map(|h| self.history.append(&mut publication, h));
         self.sink.deliver(Envelope::Message(publication));
         Ok(position)

@@ -19,7 +19,6 @@
 //!   [`Backplane::is_healthy`] is false.
 
 pub mod memory;
-pub mod redis;
 
 use std::time::Duration;
 
@@ -53,6 +52,29 @@ pub struct Publication {
     /// Publish time, microseconds since the Unix epoch (for the lag metric).
     #[serde(default)]
     pub ts_us: u64,
+}
+
+impl Publication {
+    /// A publication as a publisher hands it to [`Backplane::publish`]:
+    /// stamped with the current time (the one place `ts_us` is set), without
+    /// offset or epoch (only the backend sets those, so a caller can never
+    /// inject one).
+    pub fn new(
+        channel: String,
+        data: Box<RawValue>,
+        from: Option<String>,
+        exclude: Option<String>,
+    ) -> Self {
+        Self {
+            channel,
+            data,
+            from,
+            offset: None,
+            epoch: None,
+            exclude,
+            ts_us: crate::clock::now_us(),
+        }
+    }
 }
 
 /// A presence change pushed to a channel's subscribers.
@@ -193,7 +215,8 @@ pub enum BackplaneError {
 /// Cross-node fan-out. See the module docs for the guarantees.
 #[async_trait]
 pub trait Backplane: Send + Sync + 'static {
-    /// Publish to a channel. With `history`, append it to the channel's
+    /// Publish a channel publication made by [`Publication::new`] (no offset
+    /// or epoch yet). With `history`, append it to the channel's
     /// stream and publish with the new offset atomically, returning the new
     /// position; without, return `None`.
     async fn publish(

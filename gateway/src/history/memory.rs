@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{History, HistoryRead};
+use super::{new_epoch, History, HistoryRead};
 use crate::backplane::{BackplaneError, HistoryOptions, Publication, StreamPosition};
 
 const SHARDS: usize = 32;
@@ -34,11 +34,6 @@ impl Stream {
             expires_at: Instant::now() + ttl,
         }
     }
-}
-
-/// A fresh random epoch string.
-pub fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 /// In-memory [`History`].

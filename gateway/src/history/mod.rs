@@ -7,13 +7,18 @@
 //! lost (expired after `history_ttl`, or the backend lost its data).
 
 pub mod memory;
-pub mod redis;
 
 use async_trait::async_trait;
 
 use crate::backplane::{BackplaneError, HistoryOptions, Publication, StreamPosition};
 
 pub use memory::MemoryHistory;
+
+/// A fresh random stream epoch: 16 hex digits (the publish script splices it
+/// into JSON unescaped, so it must stay free of quotes and backslashes).
+pub fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
 
 /// The result of a history read.
 #[derive(Debug, Clone)]

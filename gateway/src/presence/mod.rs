@@ -7,7 +7,6 @@
 //! Readers never see an expired entry.
 
 pub mod memory;
-pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -14,6 +14,18 @@ pub fn encode(envelope: &Envelope) -> Result<String, BackplaneError> {
         .map_err(|e| BackplaneError::Protocol(format!("cannot encode envelope: {e}")))
 }
 
+/// Encode a publication as its [`Envelope::Message`], without copying it.
+pub fn encode_publication(publication: &Publication) -> Result<String, BackplaneError> {
+    /// Serializes exactly like `Envelope::Message` (externally tagged).
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Borrowed<'a> {
+        Message(&'a Publication),
+    }
+    serde_json::to_string(&Borrowed::Message(publication))
+        .map_err(|e| BackplaneError::Protocol(format!("cannot encode envelope: {e}")))
+}
+
 /// Decode an envelope received from Redis.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, BackplaneError> {
     serde_json::from_slice(bytes)
@@ -23,15 +35,13 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, BackplaneError> {
 /// The opening of every encoded [`Envelope::Message`].
 const MESSAGE_OPEN: &str = r#"{"message":{"#;
 
-/// Split a publication's encoding (without offset) into `(prefix, suffix)`
-/// so that `prefix + offset + suffix` is the encoding of the publication
-/// with that offset. The offset field goes first in the object; field order
-/// does not matter to the decoder.
+/// Split the encoding of a publication made by [`Publication::new`] (no
+/// offset, no epoch) into `(prefix, suffix)` so that `prefix + offset +
+/// suffix` is the encoding of the publication with that offset. The offset
+/// field goes first in the object; field order does not matter to the
+/// decoder.
 pub fn offset_template(publication: &Publication) -> Result<(String, String), BackplaneError> {
-    let mut without = publication.clone();
-    without.offset = None;
-    without.epoch = None;
-    let json = encode(&Envelope::Message(without))?;
+    let json = encode_publication(publication)?;
     let rest = json.strip_prefix(MESSAGE_OPEN).ok_or_else(|| {
         BackplaneError::Protocol("unexpected envelope encoding (no message opening)".into())
     })?;

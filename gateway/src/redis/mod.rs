@@ -1,11 +1,9 @@
-//! Redis cluster backends: connection setup and the state the three Redis
-//! backends share ([`RedisBackplane`], [`RedisHistory`], [`RedisPresence`]).
-//!
-//! Owns the command pool (deadpool, connections made by deadpool-redis's
-//! manager, multiplexed; see [`CommandManager`]), the
-//! Lua scripts, the link state (connected / healthy)
-//! and the background subscriber task ([`pubsub`]) that holds the node's one
-//! pub/sub connection. docs/redis.md describes the key layout, the envelope
+//! The Redis backends of a cluster node ([`RedisBackplane`], [`RedisHistory`],
+//! [`RedisPresence`]) and [`connect`], which builds them over one shared
+//! state (`shared`: the command pool, the Lua scripts, the link state) and
+//! the background subscriber task ([`pubsub`]) that holds the node's one
+//! pub/sub connection. This folder depends on the trait folders
+//! (`backplane`, `history`, `presence`), never the other way round. docs/redis.md describes the key layout, the envelope
 //! format, the scripts and the failure behaviour.
 //!
 //! Invariants:
@@ -18,35 +16,34 @@
 //! - Times stored in Redis are the client's wall clock in milliseconds
 //!   since the Unix epoch (nodes are expected to run NTP).
 
+mod backplane;
 pub mod codec;
+mod history;
 pub mod keys;
+mod presence;
 #[cfg(test)]
 mod presence_tests;
 pub(crate) mod pubsub;
 pub(crate) mod scripts;
+mod shared;
 #[cfg(test)]
 pub(crate) mod testutil;
 
 use std::fmt;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{ErrorKind, RedisError};
-use deadpool::managed::{
-    Metrics, Object, PoolConfig, PoolError, RecycleError, RecycleResult, Timeouts,
-};
+use deadpool::managed::{PoolConfig, Timeouts};
 use deadpool::Runtime;
-use rand::distr::{Alphanumeric, SampleString};
-use tokio::sync::watch;
 
+pub use self::backplane::RedisBackplane;
+pub use self::history::RedisHistory;
 pub use self::keys::Keys;
-pub use crate::backplane::redis::RedisBackplane;
+pub use self::presence::RedisPresence;
+pub(crate) use self::shared::{millis, redis_error, Shared};
+use self::shared::{CommandManager, Link, Pool, POOL_SIZE};
 use crate::backplane::{BackplaneError, Deliver};
-pub use crate::history::redis::RedisHistory;
-pub use crate::presence::redis::RedisPresence;
 
 /// Connection settings of the Redis backends.
 #[derive(Clone)]
@@ -173,268 +170,4 @@ pub fn describe_metrics() {
         METRIC_RECEIVED,
         "Envelopes received from Redis pub/sub and handed to the hub."
     );
-}
-
-/// Command connections; they are multiplexed, so a few carry a lot.
-const POOL_SIZE: usize = 16;
-
-/// The command pool's manager. deadpool-redis's own manager makes the
-/// connections, but it also sends `UNWATCH` + `PING` on every checkout: one
-/// extra round trip before every command (twice the round trips of a publish,
-/// measured in the latency benchmark). This one checks a connection without
-/// a round trip: it is handed out unless the pub/sub link came up again
-/// since it was made (Redis restarted or failed over, so it is most likely
-/// dead: the pool makes a fresh one instead of failing a command on it).
-/// [`Shared::call`] also drops a connection from the pool when a command on
-/// it fails with a connection error or times out.
-pub(crate) struct CommandManager {
-    inner: deadpool_redis::Manager,
-    /// The link's up count ([`Link::generation`]).
-    link_ups: Arc<AtomicU64>,
-}
-
-/// A pooled command connection and the link generation it was made in.
-pub(crate) struct Pooled {
-    conn: MultiplexedConnection,
-    generation: u64,
-}
-
-impl deadpool::managed::Manager for CommandManager {
-    type Type = Pooled;
-    type Error = RedisError;
-
-    async fn create(&self) -> Result<Pooled, RedisError> {
-        let generation = self.link_ups.load(Ordering::Acquire);
-        let conn = deadpool::managed::Manager::create(&self.inner).await?;
-        Ok(Pooled { conn, generation })
-    }
-
-    async fn recycle(&self, pooled: &mut Pooled, _: &Metrics) -> RecycleResult<RedisError> {
-        if pooled.generation == self.link_ups.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(RecycleError::message(
-                "made before the pub/sub link last reconnected",
-            ))
-        }
-    }
-}
-
-type Pool = deadpool::managed::Pool<CommandManager>;
-
-/// State shared by the Redis backends of one node.
-pub(crate) struct Shared {
-    /// Settings as given to [`connect`].
-    pub(crate) settings: RedisSettings,
-    /// Key and channel names under the configured prefix.
-    pub(crate) keys: Keys,
-    /// Command connections (never used for SUBSCRIBE).
-    pub(crate) pool: Pool,
-    /// The Lua scripts (loaded lazily, reloaded after a Redis restart).
-    pub(crate) scripts: scripts::Scripts,
-    /// Pub/sub link state, written only by the subscriber task.
-    pub(crate) link: Link,
-    /// Whether the last command failed (to log transitions, not every error).
-    failing: AtomicBool,
-}
-
-impl Shared {
-    /// Run one Redis round trip on a pooled connection, bounded by the
-    /// timeout; errors are counted under `op` and mapped to
-    /// [`BackplaneError`]. A connection that timed out or failed with a
-    /// connection error leaves the pool (the pool makes a new one when
-    /// needed), so a dead or stuck connection is not handed out again.
-    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, BackplaneError>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        let mut leased: Option<Object<CommandManager>> = None;
-        let attempt = async {
-            let conn = self.pool.get().await.map_err(|e| (pool_error(e), false))?;
-            let multiplexed = conn.conn.clone();
-            leased = Some(conn);
-            f(multiplexed).await.map_err(|e| {
-                let broken =
-                    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
-                (redis_error(e), broken)
-            })
-        };
-        let (result, broken) = match tokio::time::timeout(self.settings.timeout, attempt).await {
-            Ok(Ok(v)) => (Ok(v), false),
-            Ok(Err((e, broken))) => (Err(e), broken),
-            Err(_) => (
-                Err(BackplaneError::Unavailable("Redis call timed out".into())),
-                true,
-            ),
-        };
-        if broken {
-            if let Some(conn) = leased.take() {
-                drop(Object::take(conn));
-            }
-        }
-        match &result {
-            Ok(_) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(op, "Redis commands succeed again");
-                }
-            }
-            Err(e) => {
-                metrics::counter!(METRIC_ERRORS, "op" => op).increment(1);
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(op, error = %e, "Redis command failed");
-                }
-            }
-        }
-        result
-    }
-}
-
-/// The pub/sub link as the subscriber task sees it.
-pub(crate) struct Link {
-    /// True while the pub/sub connection is up and resubscribed.
-    connected: watch::Sender<bool>,
-    /// Connected and the last liveness probe went through.
-    healthy: AtomicBool,
-    /// How many times the link came up (see [`Link::generation`]); shared
-    /// with the command pool's manager.
-    ups: Arc<AtomicU64>,
-}
-
-impl Link {
-    fn new() -> Self {
-        metrics::gauge!(METRIC_UP).set(0.0);
-        Self {
-            connected: watch::Sender::new(false),
-            healthy: AtomicBool::new(false),
-            ups: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// Incremented every time the link comes up: a change tells the node
-    /// that Redis may have lost its entries, even after an outage too short
-    /// to observe through [`Link::is_healthy`].
-    pub(crate) fn generation(&self) -> u64 {
-        self.ups.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn is_connected(&self) -> bool {
-        *self.connected.borrow()
-    }
-
-    pub(crate) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
-    }
-
-    /// Record a fresh connection (connected and healthy). Healthy first:
-    /// [`Link::wait_connected`] (and so [`connect`]) may return as soon as
-    /// `connected` flips, and must then see a healthy link.
-    fn up(&self) {
-        self.ups.fetch_add(1, Ordering::AcqRel);
-        self.set_healthy(true);
-        self.connected.send_replace(true);
-    }
-
-    /// Record the loss of the pub/sub connection.
-    fn down(&self) {
-        self.connected.send_replace(false);
-        self.set_healthy(false);
-    }
-
-    /// Set health; returns whether it changed.
-    fn set_healthy(&self, healthy: bool) -> bool {
-        metrics::gauge!(METRIC_UP).set(if healthy { 1.0 } else { 0.0 });
-        self.healthy.swap(healthy, Ordering::AcqRel) != healthy
-    }
-
-    /// Wait until connected, at most `limit`; returns whether it is.
-    async fn wait_connected(&self, limit: Duration) -> bool {
-        let mut rx = self.connected.subscribe();
-        let up = tokio::time::timeout(limit, rx.wait_for(|up| *up)).await;
-        matches!(up, Ok(Ok(_)))
-    }
-}
-
-/// Map a Redis error: trouble reaching Redis is `Unavailable`, an answer
-/// we cannot use is `Protocol`.
-pub(crate) fn redis_error(e: RedisError) -> BackplaneError {
-    let unavailable = e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.kind(),
-            ErrorKind::BusyLoadingError
-                | ErrorKind::TryAgain
-                | ErrorKind::ClusterDown
-                | ErrorKind::MasterDown
-                | ErrorKind::ReadOnly
-                | ErrorKind::AuthenticationFailed
-        );
-    if unavailable {
-        BackplaneError::Unavailable(format!("Redis: {e}"))
-    } else {
-        BackplaneError::Protocol(format!("Redis: {e}"))
-    }
-}
-
-fn pool_error(e: PoolError<RedisError>) -> BackplaneError {
-    match e {
-        PoolError::Backend(e) => redis_error(e),
-        other => BackplaneError::Unavailable(format!("Redis pool: {other}")),
-    }
-}
-
-/// Wall clock in milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A fresh random stream epoch.
-pub(crate) fn new_epoch() -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), 12)
-}
-
-/// Duration as whole milliseconds (at least 1, for PEXPIRE).
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-#[cfg(test)]
-mod pool_tests {
-    use super::*;
-    use crate::redis::testutil::{RedisServer, TestResult};
-    use deadpool::managed::Manager as _;
-
-    fn metrics() -> Metrics {
-        Metrics {
-            created: std::time::Instant::now(),
-            recycled: None,
-            recycle_count: 0,
-        }
-    }
-
-    /// Checkouts cost no round trip, but a connection made before the
-    /// pub/sub link last came up (Redis restarted or failed over) is not
-    /// handed out again.
-    #[tokio::test]
-    async fn connections_from_before_a_link_reconnect_are_not_recycled() -> TestResult {
-        let server = RedisServer::start().await?;
-        let ups = Arc::new(AtomicU64::new(3));
-        let manager = CommandManager {
-            inner: deadpool_redis::Manager::new(server.url())?,
-            link_ups: ups.clone(),
-        };
-        let mut old = manager.create().await?;
-        assert!(manager.recycle(&mut old, &metrics()).await.is_ok());
-        ups.fetch_add(1, Ordering::AcqRel);
-        assert!(manager.recycle(&mut old, &metrics()).await.is_err());
-        let mut fresh = manager.create().await?;
-        assert!(manager.recycle(&mut fresh, &metrics()).await.is_ok());
-        let pong: String = ::redis::cmd("PING").query_async(&mut fresh.conn).await?;
-        assert_eq!(pong, "PONG");
-        Ok(())
-    }
 }

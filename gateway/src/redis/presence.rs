@@ -35,9 +35,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
-use super::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
+use super::{millis, Shared};
 use crate::backplane::BackplaneError;
-use crate::redis::{millis, now_ms, Shared};
+use crate::clock::now_ms;
+use crate::presence::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
 
 /// Entries per refresh pipeline.
 const REFRESH_CHUNK: usize = 1000;

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{History, HistoryRead};
+use super::{codec, millis, Shared};
 use crate::backplane::{BackplaneError, Envelope, HistoryOptions, Publication, StreamPosition};
-use crate::redis::{codec, millis, new_epoch, Shared};
+use crate::history::{new_epoch, History, HistoryRead};
 
 /// Redis [`History`]. Built by [`crate::redis::connect`].
 pub struct RedisHistory {

@@ -11,15 +11,15 @@
 //! could not be handed to Redis within the timeout returns `Unavailable`.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{
+use super::pubsub::Subscriber;
+use super::{codec, millis, Shared};
+use crate::backplane::{
     Backplane, BackplaneError, Envelope, HistoryOptions, Publication, StreamPosition, Topic,
 };
-use crate::redis::pubsub::Subscriber;
-use crate::redis::{codec, millis, new_epoch, Shared};
+use crate::history::new_epoch;
 
 /// Redis [`Backplane`]. Built by [`crate::redis::connect`].
 pub struct RedisBackplane {
@@ -59,17 +59,13 @@ impl RedisBackplane {
 impl Backplane for RedisBackplane {
     async fn publish(
         &self,
-        mut publication: Publication,
+        publication: Publication,
         history: Option<HistoryOptions>,
     ) -> Result<Option<StreamPosition>, BackplaneError> {
-        publication.offset = None;
-        if publication.ts_us == 0 {
-            publication.ts_us = now_us();
-        }
         let keys = &self.shared.keys;
         let channel = keys.channel(&publication.channel);
         let Some(history) = history else {
-            let payload = codec::encode(&Envelope::Message(publication))?;
+            let payload = codec::encode_publication(&publication)?;
             self.publish_raw(channel, payload).await?;
             return Ok(None);
         };
@@ -127,12 +123,6 @@ impl Backplane for RedisBackplane {
     async fn shutdown(&self) {
         self.subscriber.shutdown().await;
     }
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
