@@ -168,6 +168,15 @@ pub struct Settings {
     /// Runtime worker threads. Default: the CPUs this process may use.
     #[arg(long, env = "GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Fan-out workers between the Redis reader and the local connections
+    /// (a channel always goes to the same one). Default: worker_threads.
+    #[arg(long, env = "GATEWAY_FANOUT_WORKERS")]
+    pub fanout_workers: Option<usize>,
+    /// Envelopes each fan-out worker may hold queued; when one is full, the
+    /// connections its next envelope was for are closed with 4005.
+    /// Default 8192.
+    #[arg(long, env = "GATEWAY_FANOUT_QUEUE_SIZE")]
+    pub fanout_queue_size: Option<usize>,
     /// Max channels one connection may subscribe. Default 128.
     #[arg(long, env = "GATEWAY_MAX_CHANNELS_PER_CONNECTION")]
     pub max_channels_per_connection: Option<usize>,
@@ -244,6 +253,10 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// Runtime worker threads.
     pub worker_threads: usize,
+    /// Fan-out workers (cluster mode).
+    pub fanout_workers: usize,
+    /// Queue length of each fan-out worker, in envelopes.
+    pub fanout_queue_size: usize,
     /// Max channels per connection.
     pub max_channels_per_connection: usize,
     /// Server ping interval.
@@ -449,6 +462,17 @@ impl Config {
         if !(1..=1024).contains(&worker_threads) {
             return Err(invalid("worker_threads", "must be between 1 and 1024"));
         }
+        let fanout_workers = pick!(fanout_workers).unwrap_or(worker_threads);
+        if !(1..=1024).contains(&fanout_workers) {
+            return Err(invalid("fanout_workers", "must be between 1 and 1024"));
+        }
+        let fanout_queue_size = pick!(fanout_queue_size).unwrap_or(8192);
+        if !(1..=1 << 20).contains(&fanout_queue_size) {
+            return Err(invalid(
+                "fanout_queue_size",
+                "must be between 1 and 1048576",
+            ));
+        }
         let rate_limit = pick!(rate_limit).unwrap_or(100);
         let rate_burst = pick!(rate_burst).unwrap_or(200);
         if rate_limit == 0 || rate_burst == 0 {
@@ -515,6 +539,8 @@ impl Config {
             queue_bytes,
             read_buffer_size,
             worker_threads,
+            fanout_workers,
+            fanout_queue_size,
             max_channels_per_connection: positive(
                 pick!(max_channels_per_connection),
                 128,
@@ -540,11 +566,6 @@ impl Config {
             Some((ns, _)) => self.namespaces.get(ns),
             None => Some(&self.default_namespace),
         }
-    }
-
-    /// Whether clients must present a JWT verified by a configured key.
-    pub fn has_jwt_key(&self) -> bool {
-        self.jwt_secret.is_some() || self.jwt_public_key_pem.is_some()
     }
 }
 

@@ -4,12 +4,15 @@
 //! backends ([`backplane`], [`presence`], [`history`]) run in-process on a
 //! single node or on Redis in a cluster. [`server::run`] wires it together.
 
+pub mod access;
 pub mod api;
 pub mod auth;
+pub mod backends;
 pub mod backplane;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod fanout;
 pub mod history;
 pub mod hub;
 pub mod metrics;

@@ -58,8 +58,13 @@ pub const PRESENCE_RESTORED: &str = "gateway_presence_restored_total";
 pub const HISTORY_REPLAYS: &str = "gateway_history_replays_total";
 /// Node info (gauge 1 with `version` and `node` labels).
 pub const NODE_INFO: &str = "gateway_node_info";
-/// Whether the backplane is healthy (gauge 0/1).
-pub const BACKPLANE_UP: &str = "gateway_backplane_up";
+/// Envelopes dropped because their fan-out worker's queue was full, by
+/// `kind` (counter).
+pub const FANOUT_OVERFLOW: &str = "gateway_fanout_overflow_total";
+/// Envelopes waiting in the fan-out workers' queues (gauge, set at scrape).
+pub const FANOUT_QUEUED: &str = "gateway_fanout_queued";
+/// Gaps in a channel's offsets found by a subscriber's position (counter).
+pub const GAPS: &str = "gateway_delivery_gaps_total";
 
 /// Handles of the metrics touched on every frame, registered once: the
 /// `counter!` macro looks its key up in the registry on every call, which the
@@ -146,32 +151,16 @@ fn register_zeroes() {
     for reason in ["draining", "origin", "auth", "max_connections", "backend"] {
         metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
     }
-    for reason in [
-        "normal",
-        "shutdown",
-        "too_large",
-        "internal",
-        "slow_consumer",
-        "token_expired",
-        "heartbeat_timeout",
-        "policy",
-        "abuse",
-        "api_disconnect",
-    ] {
+    for reason in crate::protocol::CloseReason::LABELS {
         metrics::counter!(DISCONNECTS, "reason" => reason).absolute(0);
     }
-    for code in [
-        "bad_request",
-        "unauthorized",
-        "forbidden",
-        "not_found",
-        "too_large",
-        "rate_limited",
-        "unavailable",
-        "internal",
-    ] {
-        metrics::counter!(ERRORS, "code" => code).absolute(0);
+    for code in crate::protocol::ErrorCode::ALL {
+        metrics::counter!(ERRORS, "code" => code.as_str()).absolute(0);
     }
+    for kind in crate::backplane::Envelope::KINDS {
+        metrics::counter!(FANOUT_OVERFLOW, "kind" => kind).absolute(0);
+    }
+    metrics::counter!(GAPS).absolute(0);
     for reason in ["missing", "expired", "invalid", "origin", "api_key"] {
         metrics::counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
     }
@@ -257,9 +246,17 @@ fn describe() {
         NODE_INFO,
         "Node information (always 1), labelled with version and node id."
     );
+    describe_counter!(
+        FANOUT_OVERFLOW,
+        "Envelopes dropped because their fan-out worker's queue was full (the affected connections are closed with 4005), by kind."
+    );
     describe_gauge!(
-        BACKPLANE_UP,
-        "Whether the backplane is healthy (1) or not (0)."
+        FANOUT_QUEUED,
+        "Envelopes received from Redis waiting for a fan-out worker."
+    );
+    describe_counter!(
+        GAPS,
+        "Publications found missing by a subscriber's position (the connection is closed with 4005)."
     );
 }
 

@@ -32,6 +32,18 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code (a metric label set).
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
     /// The code's wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -92,17 +104,29 @@ impl CloseReason {
             reason: reason.into(),
         }
     }
-    /// A short static label for metrics (bounded set).
+    /// Every value of [`CloseReason::label`] (a metric label set).
+    pub const LABELS: [&'static str; 9] = [
+        "normal",
+        "shutdown",
+        "too_large",
+        "slow_consumer",
+        "token_expired",
+        "heartbeat_timeout",
+        "missed_messages",
+        "abuse",
+        "api_disconnect",
+    ];
+
+    /// A short static label for metrics (one of [`CloseReason::LABELS`]).
     pub fn label(&self) -> &'static str {
         match self.code {
             close::NORMAL => "normal",
             close::SHUTDOWN => "shutdown",
             close::TOO_LARGE => "too_large",
-            close::INTERNAL => "internal",
             close::SLOW_CONSUMER => "slow_consumer",
             close::TOKEN_EXPIRED => "token_expired",
             close::HEARTBEAT_TIMEOUT => "heartbeat_timeout",
-            close::POLICY => "policy",
+            close::MISSED_MESSAGES => "missed_messages",
             close::ABUSE => "abuse",
             _ => "api_disconnect",
         }
@@ -118,8 +142,6 @@ pub mod close {
     pub const SHUTDOWN: u16 = 1001;
     /// Frame above max_message_size; do not reconnect.
     pub const TOO_LARGE: u16 = 1009;
-    /// Internal error; reconnect with backoff.
-    pub const INTERNAL: u16 = 1011;
     /// Send queue overflow; reconnect with backoff.
     pub const SLOW_CONSUMER: u16 = 4001;
     /// Token expired; reconnect with a fresh token.
@@ -128,8 +150,11 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4003;
     /// Disconnected through the HTTP API (default code); reconnect.
     pub const DISCONNECTED: u16 = 4004;
-    /// Generic policy violation; do not reconnect.
-    pub const POLICY: u16 = 4500;
+    /// Publications of a subscribed channel (or directed messages) could not
+    /// be delivered: the node's fan-out fell behind, or a gap was found in a
+    /// channel's offsets. Reconnect and resubscribe with `since` to recover
+    /// what history still holds.
+    pub const MISSED_MESSAGES: u16 = 4005;
     /// Sustained rate-limit abuse; do not reconnect.
     pub const ABUSE: u16 = 4501;
 }
@@ -414,6 +439,22 @@ impl ServerFrame<'_> {
         serde_json::to_string(self).unwrap_or_else(|_| {
             r#"{"type":"error","id":null,"code":"internal","message":"encoding failed"}"#.to_owned()
         })
+    }
+}
+
+impl ReplyError {
+    /// HTTP status for this error code.
+    pub fn status(&self) -> u16 {
+        match self.code {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
     }
 }
 

@@ -66,14 +66,15 @@ async fn readyz(State(a): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(a): State<Admin>) -> Response {
-    // The gauges follow the hub's own counts exactly at every scrape.
-    metrics::gauge!(m::CONNECTIONS).set(a.node.hub.connection_count() as f64);
-    metrics::gauge!(m::CHANNELS).set(a.node.hub.channel_count() as f64);
-    metrics::gauge!(m::BACKPLANE_UP).set(if a.node.backplane.is_healthy() {
-        1.0
-    } else {
-        0.0
-    });
+    // Gauges are read from the hub's own counts at every scrape (and only
+    // here: nothing else writes them).
+    let hub = &a.node.hub;
+    metrics::gauge!(m::CONNECTIONS).set(hub.connection_count() as f64);
+    metrics::gauge!(m::CHANNELS).set(hub.channel_count() as f64);
+    metrics::gauge!(m::SUBSCRIPTIONS).set(hub.subscription_count() as f64);
+    if let Some(fanout) = &a.node.fanout {
+        metrics::gauge!(m::FANOUT_QUEUED).set(fanout.queued() as f64);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

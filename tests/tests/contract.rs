@@ -23,13 +23,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use gateway::backends::{BackendSettings, Backends as NodeBackends};
 use gateway::backplane::{
-    node_of_conn, Backplane, Deliver, Envelope, HistoryOptions, MemoryBackplane, PresenceEvent,
+    node_of_conn, Backplane, Deliver, Envelope, HistoryOptions, Interest, PresenceEvent,
     Publication, StreamPosition, Topic,
 };
-use gateway::history::{History, MemoryHistory};
-use gateway::presence::{Member, MemoryPresence, NodeInfo, Presence, RefreshBatch, UserConn};
-use gateway::redis::{connect, Keys, RedisSettings};
+use gateway::history::History;
+use gateway::presence::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
+use gateway::redis::{Keys, RedisSettings};
 use serde_json::value::RawValue;
 use tests::{eventually, eventually_some, unique_prefix, RedisServer, Resp, EVENTUALLY};
 use tokio::time::Instant;
@@ -122,6 +123,8 @@ struct RedisCtx {
 struct Backends {
     kind: Kind,
     node: String,
+    /// What the node's hub would report first/last references to.
+    interest: Arc<dyn Interest>,
     backplane: Arc<dyn Backplane>,
     history: Arc<dyn History>,
     presence: Arc<dyn Presence>,
@@ -136,14 +139,15 @@ impl Backends {
         match kind {
             Kind::Memory => {
                 let sink = Arc::new(Sink::default());
-                let history = Arc::new(MemoryHistory::default());
-                let backplane = Arc::new(MemoryBackplane::new(sink.clone(), history.clone()));
+                let settings = BackendSettings::Memory { presence_ttl: ttl };
+                let b = NodeBackends::start(settings, |_| sink.clone()).await?;
                 Ok(Self {
                     kind,
                     node: "n1".into(),
-                    backplane,
-                    history,
-                    presence: Arc::new(MemoryPresence::new(ttl)),
+                    interest: b.interest,
+                    backplane: b.backplane,
+                    history: b.history,
+                    presence: b.presence,
                     sink,
                     redis: None,
                 })
@@ -169,7 +173,7 @@ impl Backends {
             timeout: Duration::from_secs(3),
             presence_ttl: ctx.ttl,
         };
-        let b = connect(settings, sink.clone()).await?;
+        let b = NodeBackends::start(BackendSettings::Redis(settings), |_| sink.clone()).await?;
         ensure!(
             b.backplane.is_healthy(),
             "Redis backplane not healthy after connect"
@@ -177,6 +181,7 @@ impl Backends {
         Ok(Self {
             kind: Kind::Redis,
             node: node.into(),
+            interest: b.interest,
             backplane: b.backplane,
             history: b.history,
             presence: b.presence,
@@ -192,6 +197,7 @@ impl Backends {
             None => Ok(Self {
                 kind: self.kind,
                 node: self.node.clone(),
+                interest: self.interest.clone(),
                 backplane: self.backplane.clone(),
                 history: self.history.clone(),
                 presence: self.presence.clone(),
@@ -209,6 +215,18 @@ impl Backends {
         }
     }
 
+    /// What the hub does for a topic's first local subscriber: want the
+    /// topic, then wait until the node receives it.
+    async fn subscribe(&self, topic: Topic) -> Result<()> {
+        self.interest.set(&topic, true);
+        Ok(self.backplane.ready(&topic).await?)
+    }
+
+    /// What the hub does when a topic's last local subscriber goes.
+    fn unsubscribe(&self, topic: Topic) {
+        self.interest.set(&topic, false);
+    }
+
     /// A connection id of this node (`<node>.<boot>.<seq>`).
     fn conn(&self, seq: u32) -> String {
         format!("{}.b7.{seq}", self.node)
@@ -220,9 +238,7 @@ impl Backends {
     /// receive has been delivered once the fence arrives.
     async fn fence(&self, name: &str) -> Result<()> {
         let channel = format!("fence-{name}");
-        self.backplane
-            .subscribe(Topic::Channel(channel.clone()))
-            .await?;
+        self.subscribe(Topic::Channel(channel.clone())).await?;
         self.backplane
             .publish(publication(&channel, "\"fence\"")?, None)
             .await?;
@@ -355,9 +371,7 @@ where
 async fn publish_without_history_returns_none_and_delivers(kind: Kind) -> Result<()> {
     let b = Backends::start(kind, "pub_no_hist", LONG_TTL).await?;
     ensure!(b.backplane.is_healthy(), "backplane not healthy at start");
-    b.backplane
-        .subscribe(Topic::Channel("chat:a".into()))
-        .await?;
+    b.subscribe(Topic::Channel("chat:a".into())).await?;
     // Whitespace, a trailing zero, an escape and a slash: a re-encoding
     // would change at least one of them.
     let data = r#"{ "n": 1.50, "s": "\u00e9", "p": "a/b", "l": [1 ,2] }"#;
@@ -388,9 +402,7 @@ async fn publish_without_history_returns_none_and_delivers(kind: Kind) -> Result
 /// its offset and its data unchanged.
 async fn publish_with_history_assigns_contiguous_offsets_in_order(kind: Kind) -> Result<()> {
     let b = Backends::start(kind, "pub_hist", LONG_TTL).await?;
-    b.backplane
-        .subscribe(Topic::Channel("hist:a".into()))
-        .await?;
+    b.subscribe(Topic::Channel("hist:a".into())).await?;
     let mut epoch: Option<String> = None;
     for n in 1..=30u64 {
         let pos = b
@@ -427,9 +439,7 @@ async fn publish_with_history_assigns_contiguous_offsets_in_order(kind: Kind) ->
 /// out exactly once and the sink receives the channel in offset order.
 async fn concurrent_publishers_keep_offset_order(kind: Kind) -> Result<()> {
     let b = Backends::start(kind, "pub_concurrent", LONG_TTL).await?;
-    b.backplane
-        .subscribe(Topic::Channel("hist:c".into()))
-        .await?;
+    b.subscribe(Topic::Channel("hist:c".into())).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..4u64 {
         let bp = b.backplane.clone();
@@ -467,9 +477,7 @@ async fn concurrent_publishers_keep_offset_order(kind: Kind) -> Result<()> {
 /// with history).
 async fn caller_set_offset_is_ignored(kind: Kind) -> Result<()> {
     let b = Backends::start(kind, "pub_offset", LONG_TTL).await?;
-    b.backplane
-        .subscribe(Topic::Channel("hist:o".into()))
-        .await?;
+    b.subscribe(Topic::Channel("hist:o".into())).await?;
     let mut p = publication("hist:o", "1")?;
     p.offset = Some(99);
     let pos = b.backplane.publish(p.clone(), None).await?;
@@ -493,9 +501,7 @@ async fn caller_set_offset_is_ignored(kind: Kind) -> Result<()> {
 /// with its publications, and arrive as sent.
 async fn join_and_leave_arrive_in_channel_order(kind: Kind) -> Result<()> {
     let b = Backends::start(kind, "join_leave", LONG_TTL).await?;
-    b.backplane
-        .subscribe(Topic::Channel("chat:j".into()))
-        .await?;
+    b.subscribe(Topic::Channel("chat:j".into())).await?;
     let event = PresenceEvent {
         channel: "chat:j".into(),
         user: "alice".into(),
@@ -539,7 +545,7 @@ async fn directed_envelopes_arrive(kind: Kind) -> Result<()> {
         "conn id {conn} must name node {}",
         b.node
     );
-    b.backplane.subscribe(Topic::User("u1".into())).await?;
+    b.subscribe(Topic::User("u1".into())).await?;
     let data = r#"{"k": "v/w", "n": 2.0}"#;
     b.backplane
         .send(Envelope::Broadcast { data: raw(data)? })
@@ -620,16 +626,17 @@ async fn directed_envelopes_arrive(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-/// Subscriptions are reference counted: after two subscribes and one
-/// unsubscribe, channel and user traffic still arrives.
-async fn subscription_survives_until_the_last_unsubscribe(kind: Kind) -> Result<()> {
-    let b = Backends::start(kind, "refcount", LONG_TTL).await?;
+/// The hub reports first and last references, and may turn a topic off
+/// and on again at once: the node ends receiving it (an off never
+/// overtakes the on that follows it).
+async fn interest_turned_off_and_on_again_still_receives(kind: Kind) -> Result<()> {
+    let b = Backends::start(kind, "offon", LONG_TTL).await?;
     let channel = Topic::Channel("chat:r".into());
     let user = Topic::User("u2".into());
     for topic in [&channel, &user] {
-        b.backplane.subscribe(topic.clone()).await?;
-        b.backplane.subscribe(topic.clone()).await?;
-        b.backplane.unsubscribe(topic.clone()).await;
+        b.subscribe(topic.clone()).await?;
+        b.unsubscribe(topic.clone());
+        b.subscribe(topic.clone()).await?;
     }
     b.backplane
         .publish(publication("chat:r", "7")?, None)
@@ -687,9 +694,7 @@ async fn subscribe_then_read_leaves_no_gap(kind: Kind) -> Result<()> {
         }
     })
     .await?;
-    b.backplane
-        .subscribe(Topic::Channel("hist:g".into()))
-        .await?;
+    b.subscribe(Topic::Channel("hist:g".into())).await?;
     let read_top = b
         .history
         .read("hist:g", 0, 0, HISTORY)
@@ -1343,7 +1348,7 @@ contracts!(
     caller_set_offset_is_ignored,
     join_and_leave_arrive_in_channel_order,
     directed_envelopes_arrive,
-    subscription_survives_until_the_last_unsubscribe,
+    interest_turned_off_and_on_again_still_receives,
     subscribe_then_read_leaves_no_gap,
     empty_channel_read_fixes_the_epoch,
     read_since_and_limit,
@@ -1426,13 +1431,13 @@ mod redis_only {
         let ctx = b.redis.as_ref().context("no redis context")?;
         let name = Keys::new(&ctx.prefix).channel("chat:u");
         let topic = Topic::Channel("chat:u".into());
-        b.backplane.subscribe(topic.clone()).await?;
+        b.subscribe(topic.clone()).await?;
         ensure!(numsub(&ctx.server, &name).await? == 1, "not subscribed");
         b.backplane
             .publish(publication("chat:u", "1")?, None)
             .await?;
         b.sink.wait_messages("chat:u", 1).await?;
-        b.backplane.unsubscribe(topic).await;
+        b.unsubscribe(topic);
         let server = ctx.server.clone();
         eventually(EVENTUALLY, "UNSUBSCRIBE to reach Redis", || {
             let server = server.clone();

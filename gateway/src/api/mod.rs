@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::access::{self, Actor};
 use crate::backplane::Envelope;
 use crate::metrics as m;
 use crate::node::Node;
@@ -186,8 +187,9 @@ async fn publish(
     JsonBody(b): JsonBody<PublishBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_channel(&b.channel)?;
+    let ns = access::publish(&node.config, Actor::Api, &b.channel)?;
     let offset = node
-        .publish(&b.channel, b.data, None, b.exclude, "api")
+        .publish(&b.channel, ns, b.data, None, b.exclude, "api")
         .await?;
     Ok(Json(json!({ "offset": offset })))
 }
@@ -267,6 +269,7 @@ async fn presence(
     Path(channel): Path<String>,
 ) -> Result<Response, ApiError> {
     check_channel(&channel)?;
+    access::presence(&node.config, Actor::Api, &channel)?;
     let members = node.presence_members(&channel).await?;
     Ok(Json(json!({ "channel": channel, "members": members })).into_response())
 }
@@ -277,12 +280,7 @@ async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     check_channel(&channel)?;
-    let Some(opts) = node.namespace(&channel)?.history() else {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "history is not enabled for this namespace",
-        ));
-    };
+    let opts = access::history(&node.config, Actor::Api, &channel)?;
     let limit = q.limit.unwrap_or(opts.size).min(opts.size);
     let read = node
         .history

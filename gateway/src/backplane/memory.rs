@@ -72,11 +72,9 @@ impl Backplane for MemoryBackplane {
         Ok(())
     }
 
-    async fn subscribe(&self, _topic: Topic) -> Result<(), BackplaneError> {
+    async fn ready(&self, _topic: &Topic) -> Result<(), BackplaneError> {
         Ok(())
     }
-
-    async fn unsubscribe(&self, _topic: Topic) {}
 
     fn is_healthy(&self) -> bool {
         true

@@ -11,9 +11,10 @@
 //! - **Per-channel order**: all nodes deliver one channel's publications in
 //!   the same order, the publishing node's own subscribers included (they go
 //!   through the backend like everyone else's).
-//! - **Interest-based routing**: a node receives a channel's traffic only
-//!   while it holds a subscription ([`Backplane::subscribe`] is reference
-//!   counted per topic; the last [`Backplane::unsubscribe`] drops it).
+//! - **Interest-based routing**: a node receives a channel's (or user's)
+//!   traffic only while its hub holds a local reference: the hub counts its
+//!   subscribers and reports only the first and the last to the backend's
+//!   [`Interest`]; [`Backplane::ready`] then waits until the traffic flows.
 //! - **No silent failure**: while the backend is unreachable every call
 //!   fails fast with [`BackplaneError::Unavailable`] and
 //!   [`Backplane::is_healthy`] is false.
@@ -140,6 +141,33 @@ pub enum Envelope {
 }
 
 impl Envelope {
+    /// Every value of [`Envelope::kind`] (a metric label set).
+    pub const KINDS: [&'static str; 8] = [
+        "message",
+        "join",
+        "leave",
+        "broadcast",
+        "user",
+        "conn",
+        "disconnect_user",
+        "disconnect_conn",
+    ];
+
+    /// A short label naming the variant (one of [`Envelope::KINDS`]).
+    pub fn kind(&self) -> &'static str {
+        let i = match self {
+            Envelope::Message(_) => 0,
+            Envelope::Join(_) => 1,
+            Envelope::Leave(_) => 2,
+            Envelope::Broadcast { .. } => 3,
+            Envelope::User { .. } => 4,
+            Envelope::Conn { .. } => 5,
+            Envelope::DisconnectUser { .. } => 6,
+            Envelope::DisconnectConn { .. } => 7,
+        };
+        Self::KINDS[i]
+    }
+
     /// The routing topic this envelope travels on.
     pub fn topic(&self) -> Topic {
         match self {
@@ -192,10 +220,30 @@ pub struct StreamPosition {
     pub epoch: String,
 }
 
+/// Where the hub reports that it took its first local reference on a
+/// channel or user topic (`on`) or dropped its last (`!on`).
+///
+/// Called under the hub's shard lock, so the calls for one topic arrive in
+/// the order of the hub's changes; it must not block or call back into the
+/// hub (it records the wanted state and wakes the backend's subscriber).
+pub trait Interest: Send + Sync + 'static {
+    /// Record whether this node wants `topic`'s traffic.
+    fn set(&self, topic: &Topic, on: bool);
+}
+
+/// The [`Interest`] of an in-process backplane: every topic is always
+/// received, so there is nothing to record.
+pub struct NoInterest;
+
+impl Interest for NoInterest {
+    fn set(&self, _topic: &Topic, _on: bool) {}
+}
+
 /// Receives what the backplane delivers to this node. Implemented by the hub.
 ///
-/// Called from the backplane's receive loop, one envelope at a time and in
-/// arrival order; it must not block (it only pushes to bounded queues).
+/// Called from the backplane's receive path, one envelope at a time and in
+/// arrival order per topic; it must not block (it only pushes to bounded
+/// queues).
 pub trait Deliver: Send + Sync + 'static {
     /// Fan an envelope out to the local connections it concerns.
     fn deliver(&self, envelope: Envelope);
@@ -229,15 +277,13 @@ pub trait Backplane: Send + Sync + 'static {
     /// disconnects) along its [`Envelope::topic`].
     async fn send(&self, envelope: Envelope) -> Result<(), BackplaneError>;
 
-    /// Take one reference on a channel or user topic. Returns once this node
-    /// is receiving the topic's traffic (so a history read that follows
-    /// cannot miss a publication). Node and broadcast topics are always on.
-    async fn subscribe(&self, topic: Topic) -> Result<(), BackplaneError>;
-
-    /// Drop one reference taken by [`Backplane::subscribe`]; the node stops
-    /// receiving the topic when the last reference goes. Never fails: a
-    /// failed unsubscribe is retried by the implementation.
-    async fn unsubscribe(&self, topic: Topic);
+    /// Wait until this node receives `topic`'s traffic, so that a history
+    /// read that follows cannot miss a publication. The hub has turned the
+    /// topic's [`Interest`] on before anyone waits. Returns at once (no
+    /// round trip) when the topic is already received; fails fast with
+    /// `Unavailable` while the link is down and within the backend's timeout
+    /// otherwise. Node and broadcast topics are always received.
+    async fn ready(&self, topic: &Topic) -> Result<(), BackplaneError>;
 
     /// Whether the backend is reachable and the receive path is alive.
     fn is_healthy(&self) -> bool;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::interest::{unavailable, Registry};
 use super::pubsub::Subscriber;
 use super::{codec, millis, Shared};
 use crate::backplane::{
@@ -21,15 +22,24 @@ use crate::backplane::{
 };
 use crate::history::new_epoch;
 
-/// Redis [`Backplane`]. Built by [`crate::redis::connect`].
+/// Redis [`Backplane`]. Built by [`crate::backends::Backends::start`].
 pub struct RedisBackplane {
     shared: Arc<Shared>,
+    registry: Arc<Registry>,
     subscriber: Subscriber,
 }
 
 impl RedisBackplane {
-    pub(crate) fn new(shared: Arc<Shared>, subscriber: Subscriber) -> Self {
-        Self { shared, subscriber }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        registry: Arc<Registry>,
+        subscriber: Subscriber,
+    ) -> Self {
+        Self {
+            shared,
+            registry,
+            subscriber,
+        }
     }
 
     /// PUBLISH an encoded envelope on a pub/sub channel.
@@ -44,14 +54,6 @@ impl RedisBackplane {
             })
             .await
             .map(|_receivers| ())
-    }
-
-    /// Pub/sub name of a refcounted topic; `None` for always-on topics.
-    fn refcounted(&self, topic: &Topic) -> Option<String> {
-        match topic {
-            Topic::Channel(_) | Topic::User(_) => Some(self.shared.keys.topic(topic)),
-            Topic::Node(_) | Topic::All => None,
-        }
     }
 }
 
@@ -95,21 +97,18 @@ impl Backplane for RedisBackplane {
         self.publish_raw(channel, payload).await
     }
 
-    async fn subscribe(&self, topic: Topic) -> Result<(), BackplaneError> {
-        let Some(channel) = self.refcounted(&topic) else {
-            return Ok(());
+    async fn ready(&self, topic: &Topic) -> Result<(), BackplaneError> {
+        let result = if self.shared.link.is_connected() {
+            self.registry
+                .ready(topic, self.shared.settings.timeout)
+                .await
+        } else {
+            Err(unavailable())
         };
-        let result = self.subscriber.subscribe(channel).await;
         if result.is_err() {
-            metrics::counter!(crate::redis::METRIC_ERRORS, "op" => "subscribe").increment(1);
+            metrics::counter!(super::METRIC_ERRORS, "op" => "subscribe").increment(1);
         }
         result
-    }
-
-    async fn unsubscribe(&self, topic: Topic) {
-        if let Some(channel) = self.refcounted(&topic) {
-            self.subscriber.unsubscribe(channel).await;
-        }
     }
 
     fn is_healthy(&self) -> bool {
@@ -135,7 +134,7 @@ mod tests {
     use crate::redis::testutil::{
         eventually, numsub, CollectSink, FreezeProxy, RedisServer, TestResult,
     };
-    use crate::redis::{connect, RedisBackends};
+    use crate::redis::RedisBackends;
 
     fn publication(channel: &str, n: u64) -> Result<Publication, serde_json::Error> {
         Ok(Publication {
@@ -160,7 +159,7 @@ mod tests {
         id: &str,
     ) -> Result<(RedisBackends, Arc<CollectSink>), BackplaneError> {
         let sink = Arc::new(CollectSink::default());
-        let backends = connect(server.settings(prefix, id), sink.clone()).await?;
+        let backends = RedisBackends::connect(server.settings(prefix, id), sink.clone()).await?;
         Ok((backends, sink))
     }
 
@@ -171,12 +170,8 @@ mod tests {
         let (a, sink_a) = node(&server, &prefix, "a").await?;
         let (b, sink_b) = node(&server, &prefix, "b").await?;
         assert!(a.backplane.is_healthy());
-        b.backplane
-            .subscribe(Topic::Channel("chat:x".into()))
-            .await?;
-        a.backplane
-            .subscribe(Topic::Channel("chat:x".into()))
-            .await?;
+        b.subscribe(Topic::Channel("chat:x".into())).await?;
+        a.subscribe(Topic::Channel("chat:x".into())).await?;
         let mut epoch = None;
         for n in 1..=200u64 {
             let pos = a
@@ -207,22 +202,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn subscribe_is_refcounted_and_interest_based() -> TestResult {
+    async fn subscriptions_follow_the_hubs_interest() -> TestResult {
         let server = RedisServer::start().await?;
         let prefix = server.prefix();
         let (a, sink_a) = node(&server, &prefix, "a").await?;
         let (b, sink_b) = node(&server, &prefix, "b").await?;
         let name = format!("{prefix}:ch:{{room}}");
         let topic = Topic::Channel("room".into());
-        a.backplane.subscribe(topic.clone()).await?;
-        a.backplane.subscribe(topic.clone()).await?;
+        a.subscribe(topic.clone()).await?;
         assert_eq!(numsub(&server, &name).await?, 1);
-        a.backplane.unsubscribe(topic.clone()).await;
-        // Still one reference: a publication still arrives.
         b.backplane.publish(publication("room", 1)?, None).await?;
         assert!(eventually(Duration::from_secs(10), || sink_a.len() == 1).await);
-        assert_eq!(numsub(&server, &name).await?, 1);
-        a.backplane.unsubscribe(topic.clone()).await;
+        // The hub's last reference went: the node unsubscribes.
+        a.unsubscribe(topic.clone());
         let mut gone = false;
         for _ in 0..200 {
             if numsub(&server, &name).await? == 0 {
@@ -244,7 +236,7 @@ mod tests {
         let (a, sink_a) = node(&server, &prefix, "a").await?;
         let (b, sink_b) = node(&server, &prefix, "b").await?;
         let data = || RawValue::from_string("{\"hi\":1}".into());
-        b.backplane.subscribe(Topic::User("u1".into())).await?;
+        b.subscribe(Topic::User("u1".into())).await?;
         a.backplane
             .send(Envelope::User {
                 user: "u1".into(),
@@ -286,7 +278,7 @@ mod tests {
         let prefix = server.prefix();
         let (a, sink) = node(&server, &prefix, "a").await?;
         let timeout = server.settings(&prefix, "a").timeout;
-        a.backplane.subscribe(Topic::Channel("live".into())).await?;
+        a.subscribe(Topic::Channel("live".into())).await?;
         server.stop();
         // Publishes fail with Unavailable, within the timeout.
         let started = tokio::time::Instant::now();
@@ -302,7 +294,7 @@ mod tests {
         assert!(eventually(Duration::from_secs(10), || !a.backplane.is_healthy()).await);
         // New subscriptions are refused at once while the link is down.
         let started = tokio::time::Instant::now();
-        let result = a.backplane.subscribe(Topic::Channel("other".into())).await;
+        let result = a.subscribe(Topic::Channel("other".into())).await;
         assert!(
             matches!(result, Err(BackplaneError::Unavailable(_))),
             "{result:?}"
@@ -332,10 +324,8 @@ mod tests {
         let mut settings = server.settings(&prefix, "a");
         settings.url = proxy.url();
         let sink = Arc::new(CollectSink::default());
-        let a = connect(settings, sink.clone()).await?;
-        a.backplane
-            .subscribe(Topic::Channel("quiet".into()))
-            .await?;
+        let a = RedisBackends::connect(settings, sink.clone()).await?;
+        a.subscribe(Topic::Channel("quiet".into())).await?;
         // Every connection made so far stays open but receives nothing
         // more: the pub/sub connection looks alive and delivers nothing.
         proxy.freeze_existing();
@@ -360,29 +350,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_subscribe_churn_keeps_refcounts_exact() -> TestResult {
+    async fn interest_churn_settles_on_what_the_hub_wants() -> TestResult {
         let server = RedisServer::start().await?;
         let prefix = server.prefix();
         let (a, sink) = node(&server, &prefix, "a").await?;
         let held = Topic::Channel("c0".into());
-        a.backplane.subscribe(held.clone()).await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for t in 0..16u64 {
-            let bp = a.backplane.clone();
-            tasks.spawn(async move {
-                for i in 0..40u64 {
-                    let topic = Topic::Channel(format!("c{}", (t + i) % 5));
-                    bp.subscribe(topic.clone()).await?;
-                    if i % 3 == 0 {
-                        tokio::task::yield_now().await;
-                    }
-                    bp.unsubscribe(topic).await;
-                }
-                Ok::<(), BackplaneError>(())
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            joined??;
+        a.subscribe(held.clone()).await?;
+        // The hub's first/last reports, as fast as it can make them, with
+        // waits in between (a SUBSCRIBE in flight while its off arrives).
+        for i in 0..200u64 {
+            let topic = Topic::Channel(format!("c{}", 1 + i % 4));
+            if i % 3 == 0 {
+                a.subscribe(topic.clone()).await?;
+            } else {
+                use crate::backplane::Interest;
+                a.registry.set(&topic, true);
+                tokio::task::yield_now().await;
+            }
+            a.unsubscribe(topic);
         }
         // Only the held reference remains: c0 subscribed, c1..c4 not.
         let mut settled = false;

@@ -85,10 +85,10 @@ mod tests {
     use super::*;
     use crate::backplane::Backplane;
     use crate::redis::testutil::{CollectSink, RedisServer, TestResult};
-    use crate::redis::{connect, RedisBackends};
+    use crate::redis::RedisBackends;
 
     async fn backends(server: &RedisServer) -> Result<RedisBackends, BackplaneError> {
-        connect(
+        RedisBackends::connect(
             server.settings(&server.prefix(), "h"),
             Arc::new(CollectSink::default()),
         )
@@ -184,7 +184,7 @@ mod tests {
     async fn lost_stream_gets_a_new_epoch() -> TestResult {
         let server = RedisServer::start().await?;
         let prefix = server.prefix();
-        let b = connect(
+        let b = RedisBackends::connect(
             server.settings(&prefix, "h"),
             Arc::new(CollectSink::default()),
         )
@@ -236,7 +236,7 @@ mod tests {
     async fn stale_stream_without_meta_is_dropped() -> TestResult {
         let server = RedisServer::start().await?;
         let prefix = server.prefix();
-        let b = connect(
+        let b = RedisBackends::connect(
             server.settings(&prefix, "h"),
             Arc::new(CollectSink::default()),
         )

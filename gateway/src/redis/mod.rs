@@ -19,6 +19,7 @@
 mod backplane;
 pub mod codec;
 mod history;
+mod interest;
 pub mod keys;
 mod presence;
 #[cfg(test)]
@@ -39,6 +40,7 @@ use deadpool::Runtime;
 
 pub use self::backplane::RedisBackplane;
 pub use self::history::RedisHistory;
+use self::interest::Registry;
 pub use self::keys::Keys;
 pub use self::presence::RedisPresence;
 pub(crate) use self::shared::{millis, redis_error, Shared};
@@ -82,16 +84,54 @@ pub struct RedisBackends {
     pub history: Arc<RedisHistory>,
     /// Presence, user index and node registry.
     pub presence: Arc<RedisPresence>,
+    /// What the node wants subscribed (the hub's interest).
+    #[allow(dead_code, reason = "read by the unit tests' subscribe helpers")]
+    pub(crate) registry: Arc<Registry>,
+}
+
+#[cfg(test)]
+impl RedisBackends {
+    /// What the hub does for a first subscriber: want the topic, wait for it.
+    pub(crate) async fn subscribe(
+        &self,
+        topic: crate::backplane::Topic,
+    ) -> Result<(), BackplaneError> {
+        use crate::backplane::{Backplane, Interest};
+        self.registry.set(&topic, true);
+        self.backplane.ready(&topic).await
+    }
+
+    /// What the hub does when the last subscriber goes.
+    pub(crate) fn unsubscribe(&self, topic: crate::backplane::Topic) {
+        use crate::backplane::Interest;
+        self.registry.set(&topic, false);
+    }
+
+    /// Connect with a fresh registry.
+    pub(crate) async fn connect(
+        settings: RedisSettings,
+        sink: Arc<dyn Deliver>,
+    ) -> Result<Self, BackplaneError> {
+        let registry = registry(&settings);
+        connect(settings, registry, sink).await
+    }
+}
+
+/// The table of wanted pub/sub channels of a node with these settings: the
+/// hub's [`crate::backplane::Interest`], handed to [`connect`] after.
+pub(crate) fn registry(settings: &RedisSettings) -> Arc<Registry> {
+    Arc::new(Registry::new(Keys::new(&settings.prefix)))
 }
 
 /// Connect the Redis backends of this node. Received envelopes go to
-/// `sink`, one at a time and in arrival order.
+/// `sink`, in arrival order; what is subscribed follows `registry`.
 ///
 /// Fails only on an unusable URL. When Redis is unreachable it still
 /// returns (after at most `settings.timeout`), with unhealthy backends that
 /// keep reconnecting in the background.
-pub async fn connect(
+pub(crate) async fn connect(
     settings: RedisSettings,
+    registry: Arc<Registry>,
     sink: Arc<dyn Deliver>,
 ) -> Result<RedisBackends, BackplaneError> {
     let client = ::redis::Client::open(settings.url.as_str())
@@ -122,7 +162,7 @@ pub async fn connect(
         pool,
         settings,
     });
-    let subscriber = pubsub::Subscriber::start(shared.clone(), client, sink);
+    let subscriber = pubsub::Subscriber::start(shared.clone(), registry.clone(), client, sink);
     if !shared.link.wait_connected(shared.settings.timeout).await {
         tracing::warn!(
             node = %shared.settings.node_id,
@@ -130,9 +170,14 @@ pub async fn connect(
         );
     }
     Ok(RedisBackends {
-        backplane: Arc::new(RedisBackplane::new(shared.clone(), subscriber)),
+        backplane: Arc::new(RedisBackplane::new(
+            shared.clone(),
+            registry.clone(),
+            subscriber,
+        )),
         history: Arc::new(RedisHistory::new(shared.clone())),
         presence: Arc::new(RedisPresence::new(shared)),
+        registry,
     })
 }
 

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use crate::backplane::BackplaneError;
 use crate::presence::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
 use crate::redis::testutil::{eventually, CollectSink, RedisServer, TestResult};
-use crate::redis::{connect, RedisBackends};
+use crate::redis::RedisBackends;
 
 async fn backends(
     server: &RedisServer,
@@ -18,7 +18,7 @@ async fn backends(
 ) -> Result<RedisBackends, BackplaneError> {
     let mut settings = server.settings(prefix, node);
     settings.presence_ttl = ttl;
-    connect(settings, Arc::new(CollectSink::default())).await
+    RedisBackends::connect(settings, Arc::new(CollectSink::default())).await
 }
 
 fn member(conn: &str, node: &str) -> Result<Member, serde_json::Error> {

@@ -1,0 +1,88 @@
+//! A client's ops, one at a time: the permission checks of
+//! [`crate::access`] (which also look the namespace up, once), then the
+//! node's operation, then the reply queued on the connection.
+
+use serde_json::Value;
+
+use super::reader::Reader;
+use crate::access::{self, Actor};
+use crate::hub::frame;
+use crate::metrics as m;
+use crate::protocol::{ClientOp, ErrorCode, ReplyError, ServerFrame};
+
+impl Reader {
+    /// Run one op; an `Err` becomes the op's error reply.
+    pub(super) async fn on_op(
+        &mut self,
+        op: ClientOp,
+        id: Option<&Value>,
+    ) -> Result<(), ReplyError> {
+        let node = self.node.clone();
+        let actor = Actor::Client(&self.identity);
+        match op {
+            ClientOp::Subscribe { channel, since } => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "subscribe").increment(1);
+                let ns = access::subscribe(&node.config, actor, &channel)?;
+                if self.channels.len() >= node.config.max_channels_per_connection {
+                    return Err(ReplyError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "max_channels_per_connection ({}) reached",
+                            node.config.max_channels_per_connection
+                        ),
+                    ));
+                }
+                // "Already subscribed" is the hub's answer (it knows).
+                node.subscribe(&self.handle, &channel, ns, since, id)
+                    .await?;
+                self.channels.push(channel.into_boxed_str());
+                Ok(())
+            }
+            ClientOp::Unsubscribe { channel } => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "unsubscribe").increment(1);
+                let Some(at) = self.channels.iter().position(|c| **c == *channel) else {
+                    return Err(ReplyError::new(ErrorCode::NotFound, "not subscribed"));
+                };
+                self.channels.swap_remove(at);
+                node.unsubscribe(&self.handle, &channel).await;
+                self.handle.push(&frame(&ServerFrame::Unsubscribed {
+                    id,
+                    channel: &channel,
+                }));
+                Ok(())
+            }
+            ClientOp::Publish {
+                channel,
+                data,
+                echo,
+            } => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "publish").increment(1);
+                let ns = access::publish(&node.config, actor, &channel)?;
+                let exclude = (!echo).then(|| self.handle.id.to_string());
+                let from = self.identity.user.clone();
+                let offset = node
+                    .publish(&channel, ns, data, from, exclude, "client")
+                    .await?;
+                self.handle
+                    .push(&frame(&ServerFrame::Published { id, offset }));
+                Ok(())
+            }
+            ClientOp::Presence { channel } => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "presence").increment(1);
+                access::presence(&node.config, actor, &channel)?;
+                let members = node.presence_members(&channel).await?;
+                self.handle.push(&frame(&ServerFrame::Presence {
+                    id,
+                    channel: &channel,
+                    members: &members,
+                }));
+                Ok(())
+            }
+            ClientOp::Ping => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "ping").increment(1);
+                self.handle.push(&frame(&ServerFrame::Pong { id }));
+                Ok(())
+            }
+        }
+    }
+}

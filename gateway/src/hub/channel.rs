@@ -1,0 +1,273 @@
+//! One channel's local subscribers and the delivery rule each of them
+//! follows.
+//!
+//! Every subscriber of a channel with history carries the position it has
+//! been brought to (the subscribe reply's top, then each publication queued
+//! to it). A publication of the same epoch at or below that position is a
+//! duplicate and is skipped; the next offset is delivered; a jump past the
+//! next offset means publications never reached this node (or were dropped
+//! on it), and the connection is closed with `missed_messages` (4005) so the
+//! client recovers from the last offset it saw. A new epoch restarts offsets
+//! and is delivered. The rule is exact: no time window, so no lag however
+//! long can leak a duplicate or hide a gap.
+//!
+//! A subscriber added by [`Channel::add`] is pending: deliveries are parked
+//! until [`Channel::finish`] queues the reply, the replay and then the
+//! parked frames under the channel lock, filtered by the same rule.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+
+use crate::metrics as m;
+use crate::outbox::ConnHandle;
+use crate::protocol::{close, CloseReason};
+
+/// A publication's place in its channel's history stream.
+#[derive(Debug, Clone)]
+pub struct Position {
+    /// Offset in the stream.
+    pub offset: u64,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+}
+
+/// What a subscriber's position says about one publication.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Deliver,
+    Duplicate,
+    Gap,
+}
+
+impl Position {
+    fn judge(&self, next: &Position) -> Verdict {
+        if *self.epoch != *next.epoch {
+            // The stream was lost and restarted: offsets start again.
+            Verdict::Deliver
+        } else if next.offset <= self.offset {
+            Verdict::Duplicate
+        } else if next.offset == self.offset + 1 {
+            Verdict::Deliver
+        } else {
+            Verdict::Gap
+        }
+    }
+
+    fn advance(&mut self, to: &Position) {
+        self.offset = to.offset;
+        if *self.epoch != *to.epoch {
+            self.epoch = to.epoch.clone();
+        }
+    }
+}
+
+/// A delivery parked for a subscriber whose subscribe is in progress.
+struct Parked {
+    position: Option<Position>,
+    /// `None` when the subscriber was excluded: nothing to queue, but its
+    /// position still moves past the publication.
+    frame: Option<Utf8Bytes>,
+}
+
+/// The deliveries parked for one pending subscriber (boxed in it, so a
+/// live subscriber pays one pointer for this state).
+#[derive(Default)]
+struct Parking(Vec<Parked>);
+
+struct Subscriber {
+    conn: Arc<ConnHandle>,
+    /// `Some` while the subscribe is in progress: deliveries wait here.
+    pending: Option<Box<Parking>>,
+    /// Where this subscriber stands in the channel's stream; `None` on a
+    /// channel without history (nothing to filter). Boxed: a live
+    /// subscriber of a channel without history costs its key and three
+    /// pointers.
+    last: Option<Box<Position>>,
+}
+
+impl Subscriber {
+    /// Apply the delivery rule to a positioned frame; returns whether to
+    /// queue it. A gap closes the connection.
+    fn admit(&mut self, position: Option<&Position>) -> bool {
+        let (Some(last), Some(next)) = (self.last.as_deref_mut(), position) else {
+            return true;
+        };
+        match last.judge(next) {
+            Verdict::Deliver => {
+                last.advance(next);
+                true
+            }
+            Verdict::Duplicate => false,
+            Verdict::Gap => {
+                if self
+                    .conn
+                    .close(CloseReason::new(close::MISSED_MESSAGES, "missed_messages"))
+                {
+                    metrics::counter!(m::GAPS).increment(1);
+                    tracing::info!(
+                        conn.id = %self.conn.id,
+                        last = last.offset,
+                        next = next.offset,
+                        "publications missing before this one; closing so the client recovers"
+                    );
+                }
+                false
+            }
+        }
+    }
+}
+
+/// The local subscribers of one channel.
+#[derive(Default)]
+pub struct Channel {
+    subs: Mutex<HashMap<Arc<str>, Subscriber>>,
+}
+
+impl Channel {
+    /// Add `conn` in pending mode; false when it was already subscribed.
+    pub fn add(&self, conn: &Arc<ConnHandle>) -> bool {
+        let mut subs = self.subs.lock();
+        if subs.contains_key(&conn.id) {
+            return false;
+        }
+        subs.insert(
+            conn.id.clone(),
+            Subscriber {
+                conn: conn.clone(),
+                pending: Some(Box::default()),
+                last: None,
+            },
+        );
+        true
+    }
+
+    /// End a pending subscribe: queue `head` (the reply and the replay),
+    /// then the parked frames the rule admits from `position` (the reply's
+    /// top), and switch to live delivery. False if the subscriber is gone.
+    pub fn finish(
+        &self,
+        conn: &ConnHandle,
+        head: Vec<Utf8Bytes>,
+        position: Option<Position>,
+    ) -> bool {
+        let mut subs = self.subs.lock();
+        let Some(sub) = subs.get_mut(&conn.id) else {
+            return false;
+        };
+        let parked = sub.pending.take().map(|b| b.0).unwrap_or_default();
+        sub.last = position.map(Box::new);
+        for f in head {
+            if !conn.push(&f) {
+                break;
+            }
+        }
+        for p in parked {
+            let admitted = sub.admit(p.position.as_ref());
+            if let Some(frame) = p.frame {
+                if admitted && !conn.is_closing() {
+                    conn.push_reserved(frame);
+                } else {
+                    conn.release(frame.len());
+                }
+            }
+        }
+        true
+    }
+
+    /// Remove `conn`; `None` if it was not subscribed, else whether the
+    /// channel is now empty.
+    pub fn remove(&self, conn: &ConnHandle) -> Option<bool> {
+        let mut subs = self.subs.lock();
+        let sub = subs.remove(&conn.id)?;
+        for p in sub.pending.into_iter().flat_map(|b| b.0) {
+            if let Some(frame) = p.frame {
+                conn.release(frame.len());
+            }
+        }
+        Some(subs.is_empty())
+    }
+
+    /// Whether the channel has no subscriber (checked under the shard lock
+    /// before the entry is dropped).
+    pub fn is_empty(&self) -> bool {
+        self.subs.lock().is_empty()
+    }
+
+    /// Whether `conn` is subscribed and its subscribe has finished.
+    pub fn is_live(&self, conn: &str) -> bool {
+        self.subs
+            .lock()
+            .get(conn)
+            .is_some_and(|s| s.pending.is_none())
+    }
+
+    /// Call `f` for every subscriber's connection, under the channel lock.
+    pub fn for_each(&self, mut f: impl FnMut(&ConnHandle)) {
+        for sub in self.subs.lock().values() {
+            f(&sub.conn);
+        }
+    }
+
+    /// Queue `frame` to every subscriber but `exclude`, following the
+    /// delivery rule (pending subscribers park it). The excluded subscriber
+    /// still moves its position past the publication: skipping its own
+    /// publication is not a gap. Returns the frames queued or parked.
+    pub fn fan_out(
+        &self,
+        frame: &Utf8Bytes,
+        position: Option<&Position>,
+        exclude: Option<&str>,
+    ) -> u64 {
+        let mut delivered = 0;
+        let mut subs = self.subs.lock();
+        for (id, sub) in subs.iter_mut() {
+            if let Some(parked) = &mut sub.pending {
+                let frame = if exclude == Some(&**id) {
+                    None
+                } else if sub.conn.reserve(frame.len()) {
+                    delivered += 1;
+                    Some(frame.clone())
+                } else {
+                    // The queue is full: the connection is closing as a
+                    // slow consumer, nothing more to park.
+                    continue;
+                };
+                parked.0.push(Parked {
+                    position: position.cloned(),
+                    frame,
+                });
+                continue;
+            }
+            let admitted = sub.admit(position);
+            if admitted && exclude != Some(&**id) && sub.conn.push(frame) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(offset: u64, epoch: &str) -> Position {
+        Position {
+            offset,
+            epoch: Arc::from(epoch),
+        }
+    }
+
+    #[test]
+    fn the_rule_is_exact() {
+        let last = pos(5, "e");
+        assert_eq!(last.judge(&pos(5, "e")), Verdict::Duplicate);
+        assert_eq!(last.judge(&pos(1, "e")), Verdict::Duplicate);
+        assert_eq!(last.judge(&pos(6, "e")), Verdict::Deliver);
+        assert_eq!(last.judge(&pos(8, "e")), Verdict::Gap);
+        assert_eq!(last.judge(&pos(1, "f")), Verdict::Deliver);
+    }
+}

@@ -1,0 +1,238 @@
+//! The operations clients and the HTTP API perform through the node:
+//! publish, directed sends, subscribe with recovery, unsubscribe, presence
+//! reads, and a connection's registration. Permission checks and the
+//! namespace lookup are the caller's ([`crate::access`]): every op here
+//! takes the namespace options it was checked against.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::{backend_error, Node};
+use crate::backplane::{Envelope, PresenceEvent, Publication, Topic};
+use crate::config::NamespaceOptions;
+use crate::hub::{frame, message_frame, AddOutcome, Position};
+use crate::metrics as m;
+use crate::outbox::ConnHandle;
+use crate::presence::{Member, UserConn};
+use crate::protocol::{ReplyError, ServerFrame, Since};
+
+impl Node {
+    /// Publish to a channel of namespace `ns`. Returns the offset (None
+    /// without history).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        ns: &NamespaceOptions,
+        data: Box<RawValue>,
+        from: Option<String>,
+        exclude: Option<String>,
+        source: &'static str,
+    ) -> Result<Option<u64>, ReplyError> {
+        let publication = Publication::new(channel.to_owned(), data, from, exclude);
+        let position = self
+            .backplane
+            .publish(publication, ns.history())
+            .await
+            .map_err(|e| backend_error("publish", &e))?;
+        metrics::counter!(m::PUBLICATIONS, "source" => source).increment(1);
+        Ok(position.map(|p| p.offset))
+    }
+
+    /// Send a directed envelope (broadcast, user, conn, disconnects).
+    pub async fn send(&self, envelope: Envelope) -> Result<(), ReplyError> {
+        self.backplane
+            .send(envelope)
+            .await
+            .map_err(|e| backend_error("send", &e))
+    }
+
+    /// Subscribe `conn` to `channel` (of namespace `ns`): add it to the hub
+    /// (the channel's first local subscriber turns the node's interest on),
+    /// wait until the node receives the channel, read history, join
+    /// presence, then queue the reply, the replay and whatever arrived
+    /// meanwhile, in that order, with no gap and no duplicate.
+    pub async fn subscribe(
+        &self,
+        conn: &Arc<ConnHandle>,
+        channel: &str,
+        ns: &NamespaceOptions,
+        since: Option<Since>,
+        id: Option<&Value>,
+    ) -> Result<(), ReplyError> {
+        if self.hub.add_subscriber(channel, conn) == AddOutcome::AlreadySubscribed {
+            return Err(ReplyError::bad_request("already subscribed"));
+        }
+        let ready = self
+            .backplane
+            .ready(&Topic::Channel(channel.to_owned()))
+            .await
+            .map_err(|e| backend_error("subscribe", &e));
+        let result = match ready {
+            Ok(()) => self.subscribe_rest(conn, channel, ns, since, id).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.hub.remove_subscriber(channel, conn);
+        }
+        result
+    }
+
+    async fn subscribe_rest(
+        &self,
+        conn: &Arc<ConnHandle>,
+        channel: &str,
+        ns: &NamespaceOptions,
+        since: Option<Since>,
+        id: Option<&Value>,
+    ) -> Result<(), ReplyError> {
+        let mut top = None;
+        let mut epoch = None;
+        let mut recovered = since.as_ref().map(|_| false);
+        let mut replay = Vec::new();
+        if let Some(opts) = ns.history() {
+            let from = since.as_ref().map(|s| s.offset).unwrap_or(u64::MAX);
+            let limit = if since.is_some() { opts.size } else { 0 };
+            let read = self
+                .history
+                .read(channel, from, limit, opts)
+                .await
+                .map_err(|e| backend_error("history_read", &e))?;
+            top = Some(read.position.offset);
+            if let Some(s) = &since {
+                let epoch_ok = s
+                    .epoch
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == read.position.epoch);
+                if epoch_ok && s.offset <= read.position.offset {
+                    recovered = Some(read.first_offset <= s.offset + 1);
+                    replay = read.publications;
+                }
+                let label = if recovered == Some(true) {
+                    "true"
+                } else {
+                    "false"
+                };
+                metrics::counter!(m::HISTORY_REPLAYS, "recovered" => label).increment(1);
+            }
+            epoch = Some(read.position.epoch);
+        }
+        if ns.tracks_presence() {
+            let member = self.hub.member(conn);
+            self.presence
+                .join(channel, &member)
+                .await
+                .map_err(|e| backend_error("presence_join", &e))?;
+            if ns.join_leave {
+                let event = PresenceEvent {
+                    channel: channel.to_owned(),
+                    user: member.user,
+                    conn: member.conn,
+                };
+                if let Err(e) = self.backplane.send(Envelope::Join(event)).await {
+                    backend_error("presence_event", &e);
+                }
+            }
+        }
+        let mut head = Vec::with_capacity(1 + replay.len());
+        head.push(frame(&ServerFrame::Subscribed {
+            id,
+            channel,
+            offset: top,
+            epoch: epoch.as_deref(),
+            recovered,
+        }));
+        head.extend(replay.iter().map(message_frame));
+        let position = top.zip(epoch).map(|(offset, e)| Position {
+            offset,
+            epoch: Arc::from(e),
+        });
+        self.hub.finish_subscribe(channel, conn, head, position);
+        Ok(())
+    }
+
+    /// Remove `conn` from `channel`: the hub (the last local subscriber
+    /// turns the node's interest off), then presence (with a leave event).
+    /// Returns whether it was subscribed.
+    pub async fn unsubscribe(&self, conn: &ConnHandle, channel: &str) -> bool {
+        if !self.hub.remove_subscriber(channel, conn) {
+            return false;
+        }
+        let Some(ns) = self.config.namespace(channel) else {
+            return true;
+        };
+        if !ns.tracks_presence() {
+            return true;
+        }
+        match self.presence.leave(channel, &conn.id).await {
+            Ok(true) if ns.join_leave => {
+                let event = PresenceEvent {
+                    channel: channel.to_owned(),
+                    user: conn.user.as_deref().unwrap_or_default().to_owned(),
+                    conn: conn.id.to_string(),
+                };
+                if let Err(e) = self.backplane.send(Envelope::Leave(event)).await {
+                    backend_error("presence_event", &e);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                backend_error("presence_leave", &e);
+            }
+        }
+        true
+    }
+
+    /// Members of a presence-enabled channel (checked by the caller).
+    pub async fn presence_members(&self, channel: &str) -> Result<Vec<Member>, ReplyError> {
+        self.presence
+            .members(channel)
+            .await
+            .map_err(|e| backend_error("presence_members", &e))
+    }
+
+    /// Admit a connection before its upgrade: into the hub (a user's first
+    /// connection here turns the user topic on), then wait until the node
+    /// receives the user's traffic. On failure the connection is removed
+    /// again and the caller refuses the upgrade.
+    pub async fn admit(&self, conn: &Arc<ConnHandle>) -> Result<(), ReplyError> {
+        self.hub.add_conn(conn);
+        let Some(user) = &conn.user else {
+            return Ok(());
+        };
+        let ready = self.backplane.ready(&Topic::User(user.to_string())).await;
+        if let Err(e) = ready {
+            self.hub.remove_conn(conn);
+            return Err(backend_error("subscribe_user", &e));
+        }
+        Ok(())
+    }
+
+    /// Register an upgraded connection in the user index.
+    pub async fn register(&self, conn: &ConnHandle) {
+        if let Some(user) = &conn.user {
+            let uc = UserConn {
+                conn: conn.id.to_string(),
+                node: self.config.node_id.clone(),
+            };
+            if let Err(e) = self.presence.add_user_conn(user, &uc).await {
+                backend_error("user_index_add", &e);
+            }
+        }
+    }
+
+    /// Unregister a closed connection: every subscription, the hub and the
+    /// user index.
+    pub async fn unregister(&self, conn: &ConnHandle, channels: impl IntoIterator<Item = String>) {
+        for channel in channels {
+            self.unsubscribe(conn, &channel).await;
+        }
+        self.hub.remove_conn(conn);
+        if let Some(user) = &conn.user {
+            if let Err(e) = self.presence.remove_user_conn(user, &conn.id).await {
+                backend_error("user_index_remove", &e);
+            }
+        }
+    }
+}
