@@ -1,6 +1,7 @@
 //! Helpers shared by the ops tests (`ops_*.rs`): the local cluster of
 //! `deploy/local-cluster` as a handle that stops it on drop, free ports,
-//! Prometheus queries, signals, and where the tools are.
+//! Prometheus queries, signals, where the tools are, and reading the deploy
+//! files (YAML as JSON, compose bind mounts).
 //!
 //! Invariants: every cluster gets its own state directory and free ports,
 //! runs with `LC_OWNER_PID` set (the script's watchdog stops everything if
@@ -15,11 +16,15 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
 use serde_json::Value;
 use tests::Api;
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+/// How long one run of a tool (promtool, haproxy -c, kubectl) may take.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `deploy/local-cluster`.
 pub fn script() -> PathBuf {
@@ -678,4 +683,86 @@ impl Drop for RedisProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A file's text; the error names the file.
+pub fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `v` as a string; the error says what `v` was meant to be.
+pub fn str_of<'a>(v: &'a Value, what: &str) -> Result<&'a str> {
+    v.as_str()
+        .with_context(|| format!("{what}: expected a string, got {v}"))
+}
+
+/// Parses YAML (resolving `<<` merge keys, as docker compose does) into JSON.
+pub fn yaml_to_json(text: &str, what: &str) -> Result<Value> {
+    let mut yaml: serde_yaml::Value =
+        serde_yaml::from_str(text).with_context(|| format!("parsing {what} as YAML"))?;
+    yaml.apply_merge()
+        .with_context(|| format!("resolving merge keys of {what}"))?;
+    serde_json::to_value(&yaml).with_context(|| format!("{what}: not JSON-compatible"))
+}
+
+/// Every document of a multi-document YAML stream.
+pub fn yaml_docs(text: &str, what: &str) -> Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let yaml = serde_yaml::Value::deserialize(doc)
+            .with_context(|| format!("parsing a document of {what}"))?;
+        if yaml.is_null() {
+            continue;
+        }
+        docs.push(serde_json::to_value(&yaml).with_context(|| format!("{what}: not JSON"))?);
+    }
+    Ok(docs)
+}
+
+/// A YAML file under `deploy/`, as JSON.
+pub fn deploy_yaml(rel: &str) -> Result<Value> {
+    yaml_to_json(&read(&deploy_path(rel))?, rel)
+}
+
+/// `docker-compose.yml`, as JSON.
+pub fn compose() -> Result<Value> {
+    yaml_to_json(
+        &read(&tests::workspace_root().join("docker-compose.yml"))?,
+        "docker-compose.yml",
+    )
+}
+
+/// The bind-mount sources (`./x:/y[:ro]`) of a compose service, checked to
+/// exist; returns (source, target) pairs.
+pub fn bind_mounts(svc: &Value, name: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for v in svc["volumes"].as_array().cloned().unwrap_or_default() {
+        let spec = str_of(&v, &format!("{name} volume"))?;
+        let mut parts = spec.split(':');
+        let (Some(src), Some(dst)) = (parts.next(), parts.next()) else {
+            bail!("{name}: bad volume {spec}");
+        };
+        if let Some(rel) = src.strip_prefix("./") {
+            let path = tests::workspace_root().join(rel);
+            ensure!(path.exists(), "{name} mounts {src}, which does not exist");
+            out.push((rel.to_owned(), dst.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// The compose gateway services, in the order HAProxy and Prometheus
+/// number them.
+pub const COMPOSE_GATEWAYS: [&str; 3] = ["gateway1", "gateway2", "gateway3"];
+
+/// The port of a compose gateway service's `GATEWAY_LISTEN` (empty when
+/// it has none).
+pub fn compose_gateway_port(services: &Value, name: &str) -> String {
+    services[name]["environment"]["GATEWAY_LISTEN"]
+        .as_str()
+        .unwrap_or_default()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
