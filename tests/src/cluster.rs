@@ -8,8 +8,7 @@
 //!
 //! Besides the processes it offers the views a cluster test needs from the
 //! outside: Redis `PUBSUB NUMSUB` of a channel's pub/sub name
-//! (docs/redis.md), one counter from a node's `/metrics`, whether a node's
-//! process is still alive; and one more fault besides killing a node or
+//! (docs/redis.md), whether a node's process is still alive; and one more fault besides killing a node or
 //! Redis: freezing Redis with SIGSTOP ([`Cluster::freeze_redis`]).
 //!
 //! Invariant: every process (Redis and gateways) is killed when the
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{eventually, unique_prefix, Api, Gateway, GatewayBuilder, RedisServer, Resp};
+use crate::{eventually, process, unique_prefix, Api, Gateway, GatewayBuilder, RedisServer, Resp};
 
 /// Namespaces of every cluster test: [`crate::STANDARD_CONFIG`] plus
 /// `long` (history of 10,000, for recovery under continuous publishing).
@@ -255,8 +254,9 @@ impl Cluster {
 
     /// Sends `SIGSTOP` (`freeze`) or `SIGCONT` to the redis-server: a
     /// frozen Redis keeps its sockets open but answers nothing, like a
-    /// stalled host or a network black hole. (Dropping the cluster kills a
-    /// frozen server too: SIGKILL works on stopped processes.)
+    /// stalled host or a network black hole; returns once it has stopped.
+    /// (Dropping the cluster kills a frozen server too: SIGKILL works on
+    /// stopped processes.)
     pub async fn freeze_redis(&self, freeze: bool) -> Result<()> {
         let pid = if freeze {
             let pid = self.redis_pid().await?;
@@ -265,32 +265,13 @@ impl Cluster {
         } else {
             self.frozen_pid.load(Ordering::Relaxed)
         };
-        let signal = if freeze { "-STOP" } else { "-CONT" };
-        let status = std::process::Command::new("kill")
-            .arg(signal)
-            .arg(pid.to_string())
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill {signal} {pid} failed: {status}");
-        }
-        if freeze {
-            // SIGSTOP is asynchronous: wait until every thread has stopped,
-            // so that nothing sent after this returns is answered.
-            eventually(
-                crate::EVENTUALLY,
-                &format!("every thread of redis-server {pid} stopped"),
-                || async move { all_threads_stopped(pid) },
-            )
-            .await?;
-        }
-        Ok(())
+        process::freeze(pid, freeze, "redis-server").await
     }
 
     /// Whether node `n`'s process is still running (false when it was
     /// killed through its handle or exited on its own).
     pub fn is_alive(&self, n: usize) -> bool {
-        self.node(n).pid().is_some_and(process_alive)
+        self.node(n).pid().is_some_and(process::process_alive)
     }
 }
 
@@ -307,74 +288,4 @@ pub fn node_ids(body: &Value) -> Vec<String> {
         .unwrap_or_default();
     ids.sort();
     ids
-}
-
-/// The sum of every series of counter or gauge `name` in Prometheus text
-/// (0 when the metric was never recorded).
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            // `name 3` or `name{labels} 3`, not `name_other 3`.
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                return None;
-            }
-            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
-        })
-        .fold(0.0, |sum, v| sum + v)
-}
-
-/// One metric of a node: the sum of its series in `GET /metrics`.
-pub async fn metric(api: &Api, name: &str) -> Result<f64> {
-    let text = api.metrics().await.context("reading /metrics")?;
-    Ok(metric_sum(&text, name))
-}
-
-/// Whether every thread of process `pid` is stopped (Linux `/proc`).
-pub(crate) fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    let mut any = false;
-    for task in tasks.flatten() {
-        any = true;
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        if proc_state(&stat) != Some("T") {
-            return false;
-        }
-    }
-    any
-}
-
-/// The state letter of a `/proc/.../stat` line: the first field after the
-/// parenthesised command name.
-fn proc_state(stat: &str) -> Option<&str> {
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-}
-
-/// Whether process `pid` exists and is not a zombie (Linux `/proc`).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => proc_state(&stat).is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_sum_adds_series_of_exactly_that_name() {
-        let text = "# HELP x\n# TYPE gateway_a_total counter\n\
-                    gateway_a_total 3\n\
-                    gateway_a_total{op=\"x\"} 4\n\
-                    gateway_a_total_other 100\n\
-                    gateway_b 7\n";
-        assert!((metric_sum(text, "gateway_a_total") - 7.0).abs() < f64::EPSILON);
-        assert!((metric_sum(text, "gateway_b") - 7.0).abs() < f64::EPSILON);
-        assert!(metric_sum(text, "gateway_c").abs() < f64::EPSILON);
-    }
 }

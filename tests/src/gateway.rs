@@ -1,10 +1,13 @@
 //! One `gateway` process under test.
 //!
-//! [`GatewayBuilder`] collects `GATEWAY_*` settings and an optional TOML
-//! file; [`Gateway`] owns the child process. The child always listens on
-//! `127.0.0.1:0` (first start) and reports its address on stdout; its stderr
-//! goes to `target/test-logs/<name>-<pid>-<n>/stderr.log`, whose path is
-//! printed when the process starts, so a failing test shows where to look.
+//! [`GatewayBuilder`] collects `GATEWAY_*` settings, an optional TOML file
+//! and an optional fixed address; [`Gateway`] owns the child process. The
+//! child listens on `127.0.0.1:0` unless [`GatewayBuilder::listen`] names an
+//! address, and reports its address on stdout; its stderr goes to
+//! `target/test-logs/<name>-<pid>-<n>/stderr.log`, whose path is printed
+//! when the process starts, so a failing test shows where to look. This is
+//! the only place the harness spawns gateway processes: [`crate::cluster`]
+//! and the ops tests' local cluster build on it.
 //!
 //! Invariant: the child is killed and reaped when the handle drops, and no
 //! `GATEWAY_*` variable of the developer's shell leaks into it.
@@ -20,9 +23,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
-use crate::{Api, Client, ClientBuilder};
+use crate::{eventually, eventually_some, process, Api, Client, ClientBuilder};
 
 /// How long a gateway may take to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,7 +56,9 @@ fn target_dir() -> PathBuf {
 pub struct GatewayBuilder {
     name: String,
     env: Vec<(String, String)>,
-    config: Option<String>,
+    config: Option<ConfigSource>,
+    /// `GATEWAY_LISTEN` of the first start (`127.0.0.1:0` when unset).
+    listen: Option<SocketAddr>,
 }
 
 impl Default for GatewayBuilder {
@@ -70,7 +74,16 @@ impl GatewayBuilder {
             name: "gw".to_owned(),
             env: vec![("GATEWAY_LOG".to_owned(), "info".to_owned())],
             config: None,
+            listen: None,
         }
+    }
+
+    /// Listens on `addr` instead of a port the OS picks (for a topology
+    /// whose load balancer or scraper needs the ports up front; take them
+    /// from [`crate::free_ports`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
     }
 
     /// Names the log directory (use the test's name).
@@ -89,7 +102,14 @@ impl GatewayBuilder {
     /// Writes `toml` to a file in the log directory and passes it with
     /// `GATEWAY_CONFIG`.
     pub fn config(mut self, toml: &str) -> Self {
-        self.config = Some(toml.to_owned());
+        self.config = Some(ConfigSource::Toml(toml.to_owned()));
+        self
+    }
+
+    /// Passes an existing TOML file (e.g. `deploy/gateway.toml`) with
+    /// `GATEWAY_CONFIG`; replaces [`GatewayBuilder::config`].
+    pub fn config_file(mut self, path: &Path) -> Self {
+        self.config = Some(ConfigSource::File(path.to_owned()));
         self
     }
 
@@ -100,20 +120,36 @@ impl GatewayBuilder {
 
     /// Starts the process and waits for its listening line.
     pub async fn spawn(self) -> Result<Gateway> {
+        let listen = self.first_listen();
         let mut gateway = Gateway::prepare(self)?;
-        gateway.start("127.0.0.1:0").await?;
+        gateway.start(&listen).await?;
         Ok(gateway)
+    }
+
+    fn first_listen(&self) -> String {
+        self.listen
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |addr| addr.to_string())
     }
 
     /// Starts the process expecting it to exit on its own (bad config):
     /// waits up to `timeout` and returns its exit status and stderr.
     pub async fn run_to_exit(self, timeout: Duration) -> Result<(ExitStatus, String)> {
+        let listen = self.first_listen();
         let mut gateway = Gateway::prepare(self)?;
-        let (child, _addr_rx) = gateway.launch("127.0.0.1:0")?;
+        let (child, _addr_rx) = gateway.launch(&listen)?;
         gateway.child = Some(child);
         let status = gateway.wait_exit(timeout).await?;
         Ok((status, gateway.stderr()))
     }
+}
+
+/// Where [`GatewayBuilder`] takes the `GATEWAY_CONFIG` file from.
+#[derive(Debug, Clone)]
+enum ConfigSource {
+    /// TOML text, written to the log directory at start.
+    Toml(String),
+    /// An existing file, passed as it is.
+    File(PathBuf),
 }
 
 /// A running (or stopped) gateway process; killed on drop.
@@ -157,11 +193,12 @@ impl Gateway {
         ));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config_path = match &settings.config {
-            Some(toml) => {
+            Some(ConfigSource::Toml(toml)) => {
                 let path = dir.join("gateway.toml");
                 fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
                 Some(path)
             }
+            Some(ConfigSource::File(path)) => Some(path.clone()),
             None => None,
         };
         let log_path = dir.join("stderr.log");
@@ -234,9 +271,9 @@ impl Gateway {
             .iter()
             .any(|(k, v)| k == "GATEWAY_ADMIN_LISTEN" && !v.is_empty())
             || self
-                .settings
-                .config
+                .config_path
                 .as_deref()
+                .and_then(|path| fs::read_to_string(path).ok())
                 .is_some_and(|c| c.contains("admin_listen"));
         std::thread::spawn(move || read_stdout(stdout, lines, want_admin, tx));
         Ok((child, rx))
@@ -271,22 +308,33 @@ impl Gateway {
     }
 
     /// Kills the process (if running) and starts it again with the same
-    /// settings on the same address, retrying briefly while the port is
-    /// still held by the old process.
+    /// settings on the same address, once the old process has let go of
+    /// the port.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
         let addr = self.addr()?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.start(&addr.to_string()).await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("[harness] restart on {addr} failed, retrying: {e:#}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        eventually(START_TIMEOUT, &format!("{addr} free for a restart"), || {
+            std::future::ready(process::port_free(addr))
+        })
+        .await?;
+        self.start(&addr.to_string()).await
+    }
+
+    /// Waits up to `timeout` until `/readyz` answers 200 (on the admin
+    /// listener when there is one).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let base = match self.admin_addr {
+            Some(admin) => format!("http://{admin}"),
+            None => self.http_url(),
+        };
+        let api = Api::new(&base, None);
+        let what = format!("gateway '{}' ready ({base}/readyz 200)", self.settings.name);
+        let ready = eventually(timeout, &what, || {
+            let api = api.clone();
+            async move { matches!(api.readyz().await, Ok(200)) }
+        })
+        .await;
+        ready.map_err(|e| anyhow!("{e:#}\n{}", self.log_tail()))
     }
 
     /// The address the gateway listens on.
@@ -357,34 +405,24 @@ impl Gateway {
         self.signal("INT")
     }
 
+    /// SIGTERM, then waits up to `timeout` for the drain to end and the
+    /// process to exit; returns its exit status.
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.sigterm()?;
+        self.wait_exit(timeout).await
+    }
+
     /// Sends `SIGSTOP` (`freeze`) or `SIGCONT`: a frozen node keeps its
     /// sockets open but does nothing, like a stalled VM or a long pause.
     /// Returns once every thread has stopped (SIGSTOP is asynchronous).
     pub async fn freeze(&self, freeze: bool) -> Result<()> {
-        self.signal(if freeze { "STOP" } else { "CONT" })?;
-        if freeze {
-            let pid = self.pid().context("gateway is not running")?;
-            crate::eventually(
-                crate::EVENTUALLY,
-                &format!("every thread of gateway {pid} stopped"),
-                || async move { crate::cluster::all_threads_stopped(pid) },
-            )
-            .await?;
-        }
-        Ok(())
+        let pid = self.pid().context("gateway is not running")?;
+        process::freeze(pid, freeze, "gateway").await
     }
 
     fn signal(&self, name: &str) -> Result<()> {
         let pid = self.pid().context("gateway is not running")?;
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -{name} {pid} failed: {status}");
-        }
-        Ok(())
+        process::signal(pid, name)
     }
 
     /// SIGKILL and reap (`kill -9`: a crash, no drain); a no-op when not
@@ -399,20 +437,18 @@ impl Gateway {
     /// Waits up to `timeout` for the process to exit on its own and returns
     /// its status. The process is left running on timeout (drop kills it).
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self.child.as_mut().context("gateway is not running")?;
-            if let Some(status) = child.try_wait().context("waiting for gateway")? {
+        let child = self.child.as_mut().context("gateway is not running")?;
+        let exited = eventually_some(timeout, "gateway exited", || {
+            // try_wait failing is an answer too: stop polling and report it.
+            std::future::ready(child.try_wait().transpose())
+        })
+        .await;
+        match exited {
+            Ok(status) => {
                 self.child = None;
-                return Ok(status);
+                status.context("waiting for gateway")
             }
-            if Instant::now() >= deadline {
-                bail!(
-                    "gateway did not exit within {timeout:?}\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(e) => bail!("{e:#}\n{}", self.log_tail()),
         }
     }
 

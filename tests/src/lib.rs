@@ -3,9 +3,11 @@
 //! Every test drives the real `gateway` binary (built by `cargo build -p
 //! gateway`, or named by `GATEWAY_BIN`) over real loopback sockets:
 //!
-//! - [`Gateway`] spawns one gateway process on `127.0.0.1:0`, learns its
-//!   address from the `gateway listening on ADDR` stdout line, captures its
-//!   stderr to a log file under `target/test-logs/`, and kills it on drop.
+//! - [`Gateway`] spawns one gateway process on `127.0.0.1:0` (or a fixed
+//!   address), learns its address from the `gateway listening on ADDR`
+//!   stdout line, captures its stderr to a log file under
+//!   `target/test-logs/`, and kills it on drop. It is the only gateway
+//!   launcher: [`cluster::Cluster`] and the ops tests' local cluster use it.
 //! - [`RedisServer`] runs a throw-away `redis-server` on a free port for the
 //!   cluster tests; every test takes its own key prefix from
 //!   [`unique_prefix`].
@@ -16,6 +18,9 @@
 //! - [`eventually`] is the only way a test waits for a condition: bounded
 //!   polling with a short interval, never a bare sleep.
 //! - [`jwt`] mints HS256, RS256 and `alg: none` tokens.
+//! - [`free_ports`], [`signal`] and the `/proc` checks in [`process`] are
+//!   the OS plumbing every launcher shares; [`metric`] and friends read a
+//!   node's `/metrics` text.
 //!
 //! Invariants: no process outlives the handle that started it (drop kills
 //! and reaps), every wait is bounded, and every failure message says what
@@ -26,15 +31,19 @@ mod client;
 pub mod cluster;
 mod gateway;
 pub mod jwt;
+pub mod process;
 mod raw;
 mod redis;
+mod scrape;
 mod wait;
 
 pub use api::{Api, ApiResponse};
 pub use client::{check_error, Client, ClientBuilder, Refused};
 pub use gateway::{gateway_bin, Gateway, GatewayBuilder};
+pub use process::{free_ports, signal};
 pub use raw::{opcode, RawCloseReport, RawFrame, RawWs};
 pub use redis::{unique_prefix, RedisServer, Resp};
+pub use scrape::{metric, metric_sum, metric_value};
 pub use wait::{eventually, eventually_some};
 
 use std::path::PathBuf;

@@ -369,8 +369,7 @@ async fn a_stalled_node_writes_its_members_back_with_a_join() -> Result<()> {
         matches!(cluster.api(1).is_online("bob").await, Ok(true)),
         "bob offline after n2 resumed"
     );
-    let restored =
-        tests::cluster::metric(&cluster.api(2), "gateway_presence_restored_total").await?;
+    let restored = tests::metric(&cluster.api(2), "gateway_presence_restored_total").await?;
     ensure!(
         restored >= 1.0,
         "gateway_presence_restored_total on n2: {restored}"

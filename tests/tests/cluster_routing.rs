@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::json;
-use tests::cluster::{metric, Cluster};
+use tests::cluster::Cluster;
+use tests::metric;
 use tests::{Api, Client, RECV_TIMEOUT};
 
 const RECEIVED: &str = "gateway_backplane_received_total";

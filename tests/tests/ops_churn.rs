@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use tests::{eventually, Client, Gateway, GatewayBuilder, RedisServer, EVENTUALLY};
+use tests::{
+    eventually, metric_sum, metric_value, Client, Gateway, GatewayBuilder, RedisServer, EVENTUALLY,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_tungstenite::MaybeTlsStream;
@@ -26,28 +28,6 @@ const PER_WORKER: usize = 64;
 /// Every KEEP_EVERY-th connection stays open until the first check.
 const KEEP_EVERY: usize = 8;
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// Reads `name` (no labels) from a scrape.
-fn value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Sum of every sample of `name`, whatever its labels.
-fn sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let v = if rest.starts_with('{') {
-                rest.rsplit_once("} ")?.1
-            } else {
-                rest.strip_prefix(' ')?
-            };
-            v.trim().parse::<f64>().ok()
-        })
-        .sum()
-}
 
 /// What the node says about its connections.
 #[derive(Debug, PartialEq)]
@@ -67,11 +47,11 @@ async fn counts(gw: &Gateway) -> Result<Counts> {
         .and_then(|n| n.iter().find(|n| n["id"] == "churn").cloned())
         .context("node churn not in /api/nodes")?;
     Ok(Counts {
-        gauge: value(&text, "gateway_connections").context("no gateway_connections")?,
-        accepted_minus_closed: sum(&text, "gateway_connections_accepted_total")
-            - sum(&text, "gateway_disconnects_total"),
+        gauge: metric_value(&text, "gateway_connections").context("no gateway_connections")?,
+        accepted_minus_closed: metric_sum(&text, "gateway_connections_accepted_total")
+            - metric_sum(&text, "gateway_disconnects_total"),
         api: node["connections"].as_u64().unwrap_or(u64::MAX),
-        subscriptions: value(&text, "gateway_subscriptions").unwrap_or(-1.0),
+        subscriptions: metric_value(&text, "gateway_subscriptions").unwrap_or(-1.0),
     })
 }
 
@@ -253,7 +233,7 @@ async fn connection_gauge_matches_open_connections_after_churn() -> Result<()> {
     zero.with_context(|| format!("last seen {:?}", last.lock().ok()))?;
     let text = gw.api().metrics().await?;
     ensure!(
-        value(&text, "gateway_channels") == Some(0.0),
+        metric_value(&text, "gateway_channels") == Some(0.0),
         "gateway_channels should be 0 with no connection left"
     );
     eprintln!("[ops] churn test took {:?}", started.elapsed());

@@ -246,7 +246,7 @@ fn count(states: &[State], pred: impl Fn(&ClientState) -> bool) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_through_haproxy_loses_no_message() -> Result<()> {
     let test_start = Instant::now();
-    let cluster = LocalCluster::up(
+    let mut cluster = LocalCluster::up(
         ClusterOptions::new("rolling")
             .config(CONFIG)
             .env("GATEWAY_DRAIN_GRACE_MS", 2000),

@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use ops_support::{
-    collect_exprs, dashboard, run_cmd, runnable_expr, scrape_sum, scrape_value, signal, tool,
-    ClusterOptions, LocalCluster, Prometheus,
+    collect_exprs, dashboard, run_cmd, runnable_expr, tool, ClusterOptions, LocalCluster,
+    Prometheus,
 };
 use serde_json::{json, Value};
-use tests::{eventually, eventually_some, ClientBuilder, RECV_TIMEOUT};
+use tests::{
+    eventually, eventually_some, metric_sum, metric_value, signal, ClientBuilder, RECV_TIMEOUT,
+};
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -142,7 +144,7 @@ async fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() -> R
         let mut limited = 0.0;
         for i in 0..3 {
             if let Ok(text) = cluster.node_api(i).metrics().await {
-                limited += scrape_sum(&text, "gateway_rate_limited_total");
+                limited += metric_sum(&text, "gateway_rate_limited_total");
             }
         }
         limited >= 1.0
@@ -164,7 +166,7 @@ async fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() -> R
     for _ in 0..2000 {
         node1.publish("slowfeed", json!({ "pad": pad })).await?;
         let text = node1.metrics().await?;
-        if scrape_value(&text, "gateway_slow_consumers_total").unwrap_or(0.0) >= 1.0 {
+        if metric_value(&text, "gateway_slow_consumers_total").unwrap_or(0.0) >= 1.0 {
             slow_closed = true;
             break;
         }
@@ -185,7 +187,7 @@ async fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() -> R
         let mut down = 0;
         for i in 0..3 {
             if let Ok(text) = cluster.node_api(i).metrics().await {
-                if scrape_value(&text, "gateway_redis_up") == Some(0.0) {
+                if metric_value(&text, "gateway_redis_up") == Some(0.0) {
                     down += 1;
                 }
             }
@@ -242,7 +244,7 @@ async fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() -> R
             let mut failed = 0;
             for i in 0..3 {
                 if let Ok(text) = cluster.node_api(i).metrics().await {
-                    if scrape_value(&text, "gateway_redis_probe_failures_total").unwrap_or(0.0)
+                    if metric_value(&text, "gateway_redis_probe_failures_total").unwrap_or(0.0)
                         >= 1.0
                     {
                         failed += 1;
@@ -262,7 +264,7 @@ async fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() -> R
             for i in 0..3 {
                 let api = cluster.node_api(i);
                 let reconnected = api.metrics().await.is_ok_and(|text| {
-                    scrape_value(&text, "gateway_redis_reconnects_total").unwrap_or(0.0) >= 1.0
+                    metric_value(&text, "gateway_redis_reconnects_total").unwrap_or(0.0) >= 1.0
                 });
                 if reconnected && api.readyz().await.ok() == Some(200) {
                     ok += 1;
@@ -290,7 +292,7 @@ async fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() -> R
     for i in 0..3 {
         let text = cluster.node_api(i).metrics().await?;
         ensure!(
-            scrape_sum(&text, "gateway_connections_accepted_total") >= 1.0,
+            metric_sum(&text, "gateway_connections_accepted_total") >= 1.0,
             "node{} accepted no connection",
             i + 1
         );
