@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
-use tests::cluster::{metric, Cluster};
-use tests::{Client, RECV_TIMEOUT};
+use tests::cluster::Cluster;
+use tests::metric;
+use tests::RECV_TIMEOUT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
