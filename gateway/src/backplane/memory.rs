@@ -55,6 +55,7 @@ impl Backplane for MemoryBackplane {
         mut publication: Publication,
         history: Option<HistoryOptions>,
     ) -> Result<Option<StreamPosition>, BackplaneError> {
+        publication.clear_position();
         let _order = self.order_lock(&publication.channel).lock();
         let position = history.map(|h| self.history.append(&mut publication, h));
         self.sink.deliver(Envelope::Message(publication));

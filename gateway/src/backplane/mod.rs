@@ -78,6 +78,16 @@ impl Publication {
     }
 }
 
+impl Publication {
+    /// Drop a position the caller set: the offset and epoch are the
+    /// backend's (the one place that enforces it; both backends call it
+    /// first thing in `publish`).
+    pub(crate) fn clear_position(&mut self) {
+        self.offset = None;
+        self.epoch = None;
+    }
+}
+
 /// A presence change pushed to a channel's subscribers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PresenceEvent {
@@ -263,8 +273,9 @@ pub enum BackplaneError {
 /// Cross-node fan-out. See the module docs for the guarantees.
 #[async_trait]
 pub trait Backplane: Send + Sync + 'static {
-    /// Publish a channel publication made by [`Publication::new`] (no offset
-    /// or epoch yet). With `history`, append it to the channel's
+    /// Publish a channel publication (made by [`Publication::new`]; an
+    /// offset or epoch the caller set anyway is ignored). With `history`,
+    /// append it to the channel's
     /// stream and publish with the new offset atomically, returning the new
     /// position; without, return `None`.
     async fn publish(

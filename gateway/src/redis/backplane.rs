@@ -61,9 +61,10 @@ impl RedisBackplane {
 impl Backplane for RedisBackplane {
     async fn publish(
         &self,
-        publication: Publication,
+        mut publication: Publication,
         history: Option<HistoryOptions>,
     ) -> Result<Option<StreamPosition>, BackplaneError> {
+        publication.clear_position();
         let keys = &self.shared.keys;
         let channel = keys.channel(&publication.channel);
         let Some(history) = history else {

@@ -35,8 +35,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, BackplaneError> {
 /// The opening of every encoded [`Envelope::Message`].
 const MESSAGE_OPEN: &str = r#"{"message":{"#;
 
-/// Split the encoding of a publication made by [`Publication::new`] (no
-/// offset, no epoch) into `(prefix, suffix)` so that `prefix + offset +
+/// Split the encoding of a publication without offset and epoch (see
+/// [`Publication::clear_position`]) into `(prefix, suffix)` so that `prefix + offset +
 /// suffix` is the encoding of the publication with that offset. The offset
 /// field goes first in the object; field order does not matter to the
 /// decoder.

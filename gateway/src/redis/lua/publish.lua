@@ -14,7 +14,8 @@ if not epoch then
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
 -- The payload is concatenated, never parsed: `data` bytes stay untouched.
--- The epoch is a hex string (ours), safe to splice in unescaped.
+-- The epoch is ours (history::new_epoch: 16 hex digits), safe to splice in
+-- unescaped.
 local payload = ARGV[4] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[5]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'e', payload)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])

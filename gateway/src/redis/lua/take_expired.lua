@@ -2,7 +2,8 @@
 -- each expired entry is returned to exactly one caller.
 -- KEYS[1] hash (id -> JSON)   KEYS[2] sorted set (id -> expiry ms)
 -- ARGV[1] now (ms)   ARGV[2] at most this many entries per call
--- Returns {removed ids, {json, ...}}.
+-- Returns {number of ids removed, {json of each removed entry that still
+-- had one, ...}}.
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local out = {}
 for i = 1, #ids, 500 do
