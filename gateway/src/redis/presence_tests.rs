@@ -1,4 +1,4 @@
-//! Tests of [`crate::presence::RedisPresence`] against a real redis-server.
+//! Tests of [`crate::redis::RedisPresence`] against a real redis-server.
 
 use std::sync::Arc;
 use std::time::Duration;
