@@ -34,6 +34,7 @@ pub mod jwt;
 pub mod process;
 mod raw;
 mod redis;
+mod redis_proxy;
 mod scrape;
 mod wait;
 
@@ -43,6 +44,7 @@ pub use gateway::{gateway_bin, Gateway, GatewayBuilder};
 pub use process::{free_ports, signal};
 pub use raw::{opcode, RawCloseReport, RawFrame, RawWs};
 pub use redis::{unique_prefix, RedisServer, Resp};
+pub use redis_proxy::RedisProxy;
 pub use scrape::{metric, metric_sum, metric_value};
 pub use wait::{eventually, eventually_some};
 

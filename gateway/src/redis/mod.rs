@@ -22,13 +22,9 @@ mod history;
 mod interest;
 pub mod keys;
 mod presence;
-#[cfg(test)]
-mod presence_tests;
 pub(crate) mod pubsub;
 pub(crate) mod scripts;
 mod shared;
-#[cfg(test)]
-pub(crate) mod testutil;
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
@@ -84,37 +80,6 @@ pub struct RedisBackends {
     pub history: Arc<RedisHistory>,
     /// Presence, user index and node registry.
     pub presence: Arc<RedisPresence>,
-    /// What the node wants subscribed (the hub's interest).
-    #[allow(dead_code, reason = "read by the unit tests' subscribe helpers")]
-    pub(crate) registry: Arc<Registry>,
-}
-
-#[cfg(test)]
-impl RedisBackends {
-    /// What the hub does for a first subscriber: want the topic, wait for it.
-    pub(crate) async fn subscribe(
-        &self,
-        topic: crate::backplane::Topic,
-    ) -> Result<(), BackplaneError> {
-        use crate::backplane::{Backplane, Interest};
-        self.registry.set(&topic, true);
-        self.backplane.ready(&topic).await
-    }
-
-    /// What the hub does when the last subscriber goes.
-    pub(crate) fn unsubscribe(&self, topic: crate::backplane::Topic) {
-        use crate::backplane::Interest;
-        self.registry.set(&topic, false);
-    }
-
-    /// Connect with a fresh registry.
-    pub(crate) async fn connect(
-        settings: RedisSettings,
-        sink: Arc<dyn Deliver>,
-    ) -> Result<Self, BackplaneError> {
-        let registry = registry(&settings);
-        connect(settings, registry, sink).await
-    }
 }
 
 /// The table of wanted pub/sub channels of a node with these settings: the
@@ -162,7 +127,7 @@ pub(crate) async fn connect(
         pool,
         settings,
     });
-    let subscriber = pubsub::Subscriber::start(shared.clone(), registry.clone(), client, sink);
+    let subscriber = pubsub::Subscriber::start(shared.clone(), registry.clone(), client, sink)?;
     if !shared.link.wait_connected(shared.settings.timeout).await {
         tracing::warn!(
             node = %shared.settings.node_id,
@@ -177,7 +142,6 @@ pub(crate) async fn connect(
         )),
         history: Arc::new(RedisHistory::new(shared.clone())),
         presence: Arc::new(RedisPresence::new(shared)),
-        registry,
     })
 }
 

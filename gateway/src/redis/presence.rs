@@ -387,4 +387,6 @@ fn decode_all<T: DeserializeOwned>(values: &[Vec<u8>]) -> Vec<T> {
         .collect()
 }
 
-// Tests: crate::redis::presence_tests (against a real redis-server).
+// Tests: tests/tests/contract.rs (the shared contract) and
+// tests/tests/redis_backends.rs (Redis-only behaviour), against real
+// redis-server processes.

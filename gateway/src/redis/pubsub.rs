@@ -16,6 +16,8 @@
 //! - on connection loss marks the link down, fails the waiters with
 //!   `Unavailable`, reconnects with exponential backoff and jitter
 //!   (50 ms .. 1 s) and resubscribes everything wanted;
+//! - runs on a thread of its own (a current-thread runtime), so a node busy
+//!   with its connections never delays the reading of Redis;
 //! - publishes a liveness probe to its own probe channel every second (via
 //!   the command pool) and rebuilds the connection when a probe does not
 //!   come back in time: a connection can look open yet deliver nothing
@@ -32,7 +34,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -57,20 +59,26 @@ type Op = BoxFuture<'static, OpDone>;
 pub(crate) struct Subscriber {
     shared: Arc<Shared>,
     cancel: CancellationToken,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Resolves when the reader thread has finished.
+    done: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl Subscriber {
-    /// Spawn the subscriber task; it connects in the background.
+    /// Start the subscriber task on a thread of its own (a current-thread
+    /// runtime): the node's connections and fan-out workers can keep every
+    /// runtime thread busy, and the reader must still read Redis and see its
+    /// probes come back on time. It connects in the background; commands of
+    /// its own (the probe) run on the caller's runtime.
     pub(crate) fn start(
         shared: Arc<Shared>,
         registry: Arc<Registry>,
         client: ::redis::Client,
         sink: Arc<dyn Deliver>,
-    ) -> Self {
+    ) -> Result<Self, BackplaneError> {
         let cancel = CancellationToken::new();
         let node = &shared.settings.node_id;
         let task = SubscriberTask {
+            main: tokio::runtime::Handle::current(),
             fixed: vec![
                 shared.keys.node(node),
                 shared.keys.all(),
@@ -85,21 +93,36 @@ impl Subscriber {
             next_op: 0,
             decode_warned: false,
         };
-        let handle = tokio::spawn(task.run());
-        Self {
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("redis-pubsub".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(task.run()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build the Redis reader's runtime")
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| BackplaneError::Protocol(format!("cannot start the Redis reader: {e}")))?;
+        Ok(Self {
             shared,
             cancel,
-            task: Mutex::new(Some(handle)),
-        }
+            done: Mutex::new(Some(done_rx)),
+        })
     }
 
     /// Stop the task and wait (bounded) for it to finish.
     pub(crate) async fn shutdown(&self) {
         self.cancel.cancel();
-        let task = self.task.lock().take();
-        if let Some(task) = task {
+        let done = self.done.lock().take();
+        if let Some(done) = done {
             let limit = self.shared.settings.timeout.saturating_mul(2);
-            if tokio::time::timeout(limit, task).await.is_err() {
+            if tokio::time::timeout(limit, done).await.is_err() {
                 tracing::warn!("Redis subscriber did not stop in time");
             }
         }
@@ -139,6 +162,9 @@ struct Probe {
 }
 
 struct SubscriberTask {
+    /// The node's runtime, where the probe's command runs (the pool's
+    /// connections and their I/O stay there, off the reader's thread).
+    main: tokio::runtime::Handle,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     client: ::redis::Client,
@@ -339,8 +365,8 @@ impl SubscriberTask {
     fn probe_op(&self, seq: u64) -> Op {
         let shared = self.shared.clone();
         let channel = self.probe_channel.clone();
-        Box::pin(async move {
-            let result = shared
+        let publish = self.main.spawn(async move {
+            shared
                 .call("probe", move |mut conn| async move {
                     ::redis::cmd("PUBLISH")
                         .arg(&channel)
@@ -349,7 +375,12 @@ impl SubscriberTask {
                         .await
                 })
                 .await
-                .map(|_| ());
+                .map(|_| ())
+        });
+        Box::pin(async move {
+            let result = publish
+                .await
+                .unwrap_or_else(|_| Err(BackplaneError::Unavailable("probe task ended".into())));
             OpDone::Probe { result }
         })
     }

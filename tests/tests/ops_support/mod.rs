@@ -1,7 +1,7 @@
 //! Helpers shared by the ops tests (`ops_*.rs`): where the deploy files and
 //! the tools are, running a tool with a bound, reading the deploy files
 //! (YAML as JSON, compose bind mounts), the local cluster
-//! ([`local_cluster`]), the Redis fault proxy ([`redis_proxy`]) and
+//! ([`local_cluster`]), the Redis fault proxy (`tests::RedisProxy`) and
 //! Prometheus and its PromQL ([`promql`]).
 //!
 //! Gateway processes, free ports, signals and bounded waiting come from the
@@ -12,7 +12,6 @@
 
 pub mod local_cluster;
 pub mod promql;
-pub mod redis_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,7 +23,7 @@ use serde_json::Value;
 
 pub use local_cluster::{ClusterOptions, LocalCluster};
 pub use promql::{collect_exprs, dashboard, metric_names, runnable_expr, Prometheus};
-pub use redis_proxy::RedisProxy;
+pub use tests::RedisProxy;
 
 /// How long one run of a tool (promtool, haproxy -c, kubectl) may take.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);

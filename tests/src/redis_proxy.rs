@@ -1,5 +1,5 @@
-//! A fault-injecting TCP proxy between the local cluster's nodes and
-//! redis-server (see [`RedisProxy`]).
+//! A fault-injecting TCP proxy between gateway nodes (or backends under
+//! test) and redis-server (see [`RedisProxy`]).
 //!
 //! Invariant: the accept loop and every forwarded connection stop when the
 //! handle drops.
@@ -15,11 +15,15 @@ use anyhow::Result;
 /// the "connected but delivers nothing" failure (e.g. after a failover) the
 /// gateway's liveness probe exists for. A frozen connection stays frozen;
 /// connections made after the freeze is lifted work.
+/// [`RedisProxy::freeze_existing`] freezes every connection made so far
+/// (pub/sub or not) at once, and none made later.
 #[derive(Debug)]
 pub struct RedisProxy {
     /// The port the nodes connect to.
     pub port: u16,
     freeze: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    frozen_below: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,11 +35,16 @@ impl RedisProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let freeze = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let frozen_below = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let flag = freeze.clone();
+        let (count, below) = (accepted.clone(), frozen_below.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 let flag = flag.clone();
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let below = below.clone();
                 conns.spawn(async move {
                     let Ok(upstream) =
                         tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
@@ -80,6 +89,7 @@ impl RedisProxy {
                                 Ok(n) => n,
                             };
                             frozen = frozen
+                                || id < below.load(Ordering::SeqCst)
                                 || (pubsub.load(Ordering::Relaxed) && flag.load(Ordering::Relaxed));
                             if frozen {
                                 continue;
@@ -94,7 +104,25 @@ impl RedisProxy {
                 });
             }
         });
-        Ok(Self { port, freeze, task })
+        Ok(Self {
+            port,
+            freeze,
+            accepted,
+            frozen_below,
+            task,
+        })
+    }
+
+    /// `redis://127.0.0.1:<port>` of the proxy.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, black-hole what Redis sends on every connection made so
+    /// far; connections made later work.
+    pub fn freeze_existing(&self) {
+        self.frozen_below
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     /// From now on, black-hole what Redis sends on pub/sub connections.
