@@ -27,7 +27,7 @@
 //! never receive an envelope of K that followed the lost one.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -60,6 +60,8 @@ struct Worker {
 pub struct FanOut {
     workers: Vec<Worker>,
     hub: Arc<Hub>,
+    /// When an overflow was last logged at warn (ms since the Unix epoch).
+    warned_ms: AtomicU64,
 }
 
 /// The worker (of `workers`) that fans out envelopes routed by `key`:
@@ -107,7 +109,11 @@ impl FanOut {
                 }
             })
             .collect();
-        let fanout = Arc::new(Self { workers, hub });
+        let fanout = Arc::new(Self {
+            workers,
+            hub,
+            warned_ms: AtomicU64::new(0),
+        });
         for (i, rx) in receivers.into_iter().enumerate() {
             tracker.spawn(run(Arc::downgrade(&fanout), i, rx, cancel.clone()));
         }
@@ -133,11 +139,28 @@ impl FanOut {
                 Lost::Conn(c) => self.hub.close_conn(c, &reason),
             };
         }
-        tracing::warn!(
-            keys = lost.len(),
-            connections = closed,
-            "fan-out queue was full: closed the affected connections with missed_messages"
-        );
+        // Logged at warn at most once a second (every overflow is counted
+        // in the metric; the rest go to debug).
+        let now = crate::clock::now_ms();
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1_000
+            && self
+                .warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                keys = lost.len(),
+                connections = closed,
+                "fan-out queue was full: closed the affected connections with missed_messages (further ones this second at debug)"
+            );
+        } else {
+            tracing::debug!(
+                keys = lost.len(),
+                connections = closed,
+                "fan-out queue was full"
+            );
+        }
     }
 
     fn overflow(&self, worker: &Worker, envelope: Envelope) {
@@ -152,7 +175,8 @@ impl FanOut {
                 return;
             }
             Envelope::Broadcast { .. } => {
-                tracing::warn!("fan-out queue was full: a broadcast was dropped on this node");
+                // Counted above; logged like the others.
+                self.act(HashSet::new());
                 return;
             }
         };

@@ -6,6 +6,9 @@
 //! and the flooded subscribers are told, with close code 4005
 //! (`missed_messages`), instead of silently missing messages.
 //!
+//! The queues hold more envelopes than the calm channel ever gets, so only
+//! the flood can overflow, however late a loaded machine runs the workers.
+//!
 //! The flood goes straight into Redis as one pipelined burst of PUBLISH
 //! commands in the envelope format of docs/redis.md: faster than any
 //! publisher of ours, and the node cannot tell the difference.
@@ -82,7 +85,10 @@ async fn a_flooded_worker_leaves_the_reader_and_other_channels_alone() -> Result
     let cluster = Cluster::builder("fanout-overflow")
         .nodes(1)
         .env("GATEWAY_FANOUT_WORKERS", WORKERS)
-        .env("GATEWAY_FANOUT_QUEUE_SIZE", 4)
+        // Larger than the whole calm traffic (so only the flood can
+        // overflow, however late the calm worker runs on a loaded machine),
+        // far smaller than the flood.
+        .env("GATEWAY_FANOUT_QUEUE_SIZE", CALM_MESSAGES + 24)
         .start()
         .await?;
     let node = cluster.node(1);

@@ -18,8 +18,8 @@
 //!   (50 ms .. 1 s) and resubscribes everything wanted;
 //! - runs on a thread of its own (a current-thread runtime), so a node busy
 //!   with its connections never delays the reading of Redis;
-//! - publishes a liveness probe to its own probe channel every second (via
-//!   the command pool) and rebuilds the connection when a probe does not
+//! - publishes a liveness probe to its own probe channel every second (on a
+//!   command connection of its own, made on this thread) and rebuilds the connection when a probe does not
 //!   come back in time: a connection can look open yet deliver nothing
 //!   after a failover (centrifugal/centrifugo#1189). Since the reader only
 //!   decodes, the probe measures Redis and the link, not our fan-out.
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use ::redis::aio::{PubSubSink, PubSubStream};
+use ::redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use ::redis::{Msg, RedisResult};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
@@ -78,7 +78,7 @@ impl Subscriber {
         let cancel = CancellationToken::new();
         let node = &shared.settings.node_id;
         let task = SubscriberTask {
-            main: tokio::runtime::Handle::current(),
+            probe_conn: None,
             fixed: vec![
                 shared.keys.node(node),
                 shared.keys.all(),
@@ -162,9 +162,10 @@ struct Probe {
 }
 
 struct SubscriberTask {
-    /// The node's runtime, where the probe's command runs (the pool's
-    /// connections and their I/O stay there, off the reader's thread).
-    main: tokio::runtime::Handle,
+    /// The probe's own command connection, made with each pub/sub
+    /// connection on this thread: the probe measures Redis and this link,
+    /// not how busy the node's runtime (and its command pool) is.
+    probe_conn: Option<MultiplexedConnection>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     client: ::redis::Client,
@@ -230,6 +231,12 @@ impl SubscriberTask {
             .await
             .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
             .map_err(redis_error)?;
+        let probe_conn =
+            tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
+                .map_err(redis_error)?;
+        self.probe_conn = Some(probe_conn);
         let (mut sink, stream) = pubsub.split();
         let wanted = self.registry.wanted();
         let channels: Vec<String> = self.fixed.iter().chain(&wanted).cloned().collect();
@@ -275,7 +282,7 @@ impl SubscriberTask {
                     None => return Exit::Lost("connection closed".into()),
                 },
                 Some(done) = ops.next(), if !ops.is_empty() => {
-                    if let Err(reason) = self.on_done(done, &mut probe) {
+                    if let Err(reason) = self.on_done(done) {
                         return Exit::Lost(reason);
                     }
                 }
@@ -337,7 +344,7 @@ impl SubscriberTask {
         }
     }
 
-    fn on_done(&mut self, done: OpDone, probe: &mut Probe) -> Result<(), String> {
+    fn on_done(&mut self, done: OpDone) -> Result<(), String> {
         match done {
             OpDone::Subscribed { result: Err(e), .. } => Err(format!("SUBSCRIBE failed: {e}")),
             OpDone::Unsubscribed { result: Err(e) } => Err(format!("UNSUBSCRIBE failed: {e}")),
@@ -351,8 +358,9 @@ impl SubscriberTask {
                 Ok(())
             }
             OpDone::Probe { result } => {
+                // A failed probe stays in flight: unless a later one comes
+                // back, the connections are rebuilt when it is overdue.
                 if let Err(e) = result {
-                    probe.sent = None;
                     if self.shared.link.set_healthy(false) {
                         tracing::warn!(error = %e, "Redis liveness probe cannot be published; unhealthy");
                     }
@@ -363,24 +371,26 @@ impl SubscriberTask {
     }
 
     fn probe_op(&self, seq: u64) -> Op {
-        let shared = self.shared.clone();
+        let conn = self.probe_conn.clone();
         let channel = self.probe_channel.clone();
-        let publish = self.main.spawn(async move {
-            shared
-                .call("probe", move |mut conn| async move {
-                    ::redis::cmd("PUBLISH")
-                        .arg(&channel)
-                        .arg(seq)
-                        .query_async::<i64>(&mut conn)
-                        .await
-                })
-                .await
-                .map(|_| ())
-        });
+        let timeout = self.shared.settings.timeout;
         Box::pin(async move {
-            let result = publish
-                .await
-                .unwrap_or_else(|_| Err(BackplaneError::Unavailable("probe task ended".into())));
+            let result = match conn {
+                None => Err(BackplaneError::Unavailable("no probe connection".into())),
+                Some(mut conn) => {
+                    let mut cmd = ::redis::cmd("PUBLISH");
+                    cmd.arg(&channel).arg(seq);
+                    let publish = cmd.query_async::<i64>(&mut conn);
+                    match tokio::time::timeout(timeout, publish).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(redis_error(e)),
+                        Err(_) => Err(BackplaneError::Unavailable("probe timed out".into())),
+                    }
+                }
+            };
+            if result.is_err() {
+                metrics::counter!(METRIC_ERRORS, "op" => "probe").increment(1);
+            }
             OpDone::Probe { result }
         })
     }
