@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{ErrorKind, RedisError};
-use deadpool::managed::{Metrics, PoolError, RecycleError, RecycleResult};
+use deadpool::managed::{Metrics, Object, PoolError, RecycleError, RecycleResult};
 use tokio::sync::watch;
 
 use super::keys::Keys;
@@ -32,12 +32,8 @@ pub(crate) const POOL_SIZE: usize = 16;
 /// a round trip: it is handed out unless the pub/sub link came up again
 /// since it was made (Redis restarted or failed over, so it is most likely
 /// dead: the pool makes a fresh one instead of failing a command on it).
-/// [`Shared::call`] holds a pooled connection only for the checkout: a
-/// multiplexed connection carries any number of commands at once, so callers
-/// never wait for a free slot (under load, with more commands in flight than
-/// pooled connections, those waits became refused publishes). A command
-/// that fails with a connection error or times out marks its connection
-/// broken, and the next checkout drops it.
+/// [`Shared::call`] also drops a connection from the pool when a command on
+/// it fails with a connection error or times out.
 pub(crate) struct CommandManager {
     pub(crate) inner: deadpool_redis::Manager,
     /// The link's up count ([`Link::generation`]).
@@ -48,9 +44,6 @@ pub(crate) struct CommandManager {
 pub(crate) struct Pooled {
     conn: MultiplexedConnection,
     generation: u64,
-    /// Set by a caller whose command on this connection failed with a
-    /// connection error or timed out.
-    broken: Arc<AtomicBool>,
 }
 
 impl deadpool::managed::Manager for CommandManager {
@@ -60,17 +53,11 @@ impl deadpool::managed::Manager for CommandManager {
     async fn create(&self) -> Result<Pooled, RedisError> {
         let generation = self.link_ups.load(Ordering::Acquire);
         let conn = deadpool::managed::Manager::create(&self.inner).await?;
-        Ok(Pooled {
-            conn,
-            generation,
-            broken: Arc::new(AtomicBool::new(false)),
-        })
+        Ok(Pooled { conn, generation })
     }
 
     async fn recycle(&self, pooled: &mut Pooled, _: &Metrics) -> RecycleResult<RedisError> {
-        if pooled.broken.load(Ordering::Acquire) {
-            Err(RecycleError::message("a command on it failed"))
-        } else if pooled.generation == self.link_ups.load(Ordering::Acquire) {
+        if pooled.generation == self.link_ups.load(Ordering::Acquire) {
             Ok(())
         } else {
             Err(RecycleError::message(
@@ -109,13 +96,11 @@ impl Shared {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let mut used: Option<Arc<AtomicBool>> = None;
+        let mut leased: Option<Object<CommandManager>> = None;
         let attempt = async {
             let conn = self.pool.get().await.map_err(|e| (pool_error(e), false))?;
             let multiplexed = conn.conn.clone();
-            used = Some(conn.broken.clone());
-            // Back to the pool at once: others may share the connection.
-            drop(conn);
+            leased = Some(conn);
             f(multiplexed).await.map_err(|e| {
                 let broken =
                     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
@@ -131,8 +116,8 @@ impl Shared {
             ),
         };
         if broken {
-            if let Some(flag) = used {
-                flag.store(true, Ordering::Release);
+            if let Some(conn) = leased.take() {
+                drop(Object::take(conn));
             }
         }
         match &result {
