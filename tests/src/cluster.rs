@@ -16,10 +16,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::{eventually, process, unique_prefix, Api, Gateway, GatewayBuilder, RedisServer, Resp};
+use crate::{eventually, process, unique_prefix, Api, Gateway, GatewayBuilder, RedisServer};
 
 /// Namespaces of every cluster test: [`crate::STANDARD_CONFIG`] plus
 /// `long` (history of 10,000, for recovery under continuous publishing).
@@ -201,13 +201,7 @@ impl Cluster {
     /// `PUBSUB NUMSUB` of a Redis pub/sub name: how many connections (one
     /// per subscribed node) are subscribed to it.
     pub async fn numsub_raw(&self, name: &str) -> Result<i64> {
-        match self.redis.cmd(&["PUBSUB", "NUMSUB", name]).await? {
-            Resp::Array(Some(items)) => match items.get(1) {
-                Some(Resp::Int(n)) => Ok(*n),
-                other => bail!("unexpected PUBSUB NUMSUB item: {other:?}"),
-            },
-            other => bail!("unexpected PUBSUB NUMSUB reply: {other:?}"),
-        }
+        self.redis.numsub(name).await
     }
 
     /// `PUBSUB NUMSUB` of application channel `channel`.

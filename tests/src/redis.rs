@@ -171,6 +171,18 @@ impl RedisServer {
         self.child.is_some()
     }
 
+    /// `PUBSUB NUMSUB` of a Redis pub/sub name: how many connections (one
+    /// per subscribed node) are subscribed to it.
+    pub async fn numsub(&self, name: &str) -> Result<i64> {
+        match self.cmd(&["PUBSUB", "NUMSUB", name]).await? {
+            Resp::Array(Some(items)) => match items.get(1) {
+                Some(Resp::Int(n)) => Ok(*n),
+                other => bail!("unexpected PUBSUB NUMSUB item: {other:?}"),
+            },
+            other => bail!("unexpected PUBSUB NUMSUB reply: {other:?}"),
+        }
+    }
+
     /// Sends one command and reads its reply (bounded by 5 s).
     pub async fn cmd(&self, args: &[&str]) -> Result<Resp> {
         let port = self.port;

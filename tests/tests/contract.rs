@@ -32,7 +32,7 @@ use gateway::history::History;
 use gateway::presence::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
 use gateway::redis::{Keys, RedisSettings};
 use serde_json::value::RawValue;
-use tests::{eventually, eventually_some, unique_prefix, RedisServer, Resp, EVENTUALLY};
+use tests::{eventually, eventually_some, unique_prefix, RedisServer, EVENTUALLY};
 use tokio::time::Instant;
 
 /// Presence TTL of tests that do not wait for expiry.
@@ -1371,17 +1371,6 @@ contracts!(
 mod redis_only {
     use super::*;
 
-    /// Subscribers of a pub/sub channel, as Redis counts them.
-    async fn numsub(server: &RedisServer, name: &str) -> Result<i64> {
-        match server.cmd(&["PUBSUB", "NUMSUB", name]).await? {
-            Resp::Array(Some(items)) => match items.get(1) {
-                Some(Resp::Int(n)) => Ok(*n),
-                other => bail!("unexpected NUMSUB count {other:?}"),
-            },
-            other => bail!("unexpected NUMSUB reply {other:?}"),
-        }
-    }
-
     /// Without a subscription a node receives none of a channel's or a
     /// user's traffic, nor another node's connection messages.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1432,7 +1421,7 @@ mod redis_only {
         let name = Keys::new(&ctx.prefix).channel("chat:u");
         let topic = Topic::Channel("chat:u".into());
         b.subscribe(topic.clone()).await?;
-        ensure!(numsub(&ctx.server, &name).await? == 1, "not subscribed");
+        ensure!(ctx.server.numsub(&name).await? == 1, "not subscribed");
         b.backplane
             .publish(publication("chat:u", "1")?, None)
             .await?;
@@ -1442,7 +1431,7 @@ mod redis_only {
         eventually(EVENTUALLY, "UNSUBSCRIBE to reach Redis", || {
             let server = server.clone();
             let name = name.clone();
-            async move { matches!(numsub(&server, &name).await, Ok(0)) }
+            async move { matches!(server.numsub(&name).await, Ok(0)) }
         })
         .await?;
         b.backplane

@@ -16,7 +16,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use gateway::backends::{BackendSettings, Backends};
 use gateway::backplane::{
     BackplaneError, Deliver, Envelope, HistoryOptions, Publication, StreamPosition, Topic,
@@ -101,6 +101,16 @@ fn publication(channel: &str, n: u64) -> Result<Publication> {
     ))
 }
 
+/// One member of `room` and the refresh batch naming it.
+fn room_member(conn: &str) -> Result<(Member, RefreshBatch)> {
+    let m = member(conn)?;
+    let batch = RefreshBatch {
+        members: vec![("room".into(), m.clone())],
+        user_conns: vec![],
+    };
+    Ok((m, batch))
+}
+
 fn member(conn: &str) -> Result<Member> {
     Ok(Member {
         user: format!("user-{conn}"),
@@ -110,19 +120,9 @@ fn member(conn: &str) -> Result<Member> {
     })
 }
 
-async fn numsub(server: &RedisServer, name: &str) -> Result<i64> {
-    match server.cmd(&["PUBSUB", "NUMSUB", name]).await? {
-        Resp::Array(Some(items)) => match items.get(1) {
-            Some(Resp::Int(n)) => Ok(*n),
-            other => bail!("unexpected NUMSUB count {other:?}"),
-        },
-        other => bail!("unexpected NUMSUB reply {other:?}"),
-    }
-}
-
 async fn wait_numsub(server: &RedisServer, name: &str, want: i64) -> Result<()> {
     eventually(EVENTUALLY, &format!("NUMSUB {name} = {want}"), || async {
-        matches!(numsub(server, name).await, Ok(n) if n == want)
+        matches!(server.numsub(name).await, Ok(n) if n == want)
     })
     .await
 }
@@ -363,11 +363,7 @@ async fn refresh_names_what_redis_lost_and_restore_writes_it_back() -> Result<()
     let mut server = RedisServer::start().await?;
     let node = Node::start(server.url(), &unique_prefix("lost"), Duration::from_secs(5)).await?;
     let p = node.b.presence.clone();
-    let m = member("c1")?;
-    let batch = RefreshBatch {
-        members: vec![("room".into(), m.clone())],
-        user_conns: vec![],
-    };
+    let (m, batch) = room_member("c1")?;
     p.join("room", &m).await?;
     ensure!(p.refresh(&batch).await?.is_empty());
     server.restart().await?;
@@ -402,11 +398,7 @@ async fn a_member_taken_as_expired_is_named_and_restored() -> Result<()> {
     )
     .await?;
     let p = node.b.presence.clone();
-    let m = member("c1")?;
-    let batch = RefreshBatch {
-        members: vec![("room".into(), m.clone())],
-        user_conns: vec![],
-    };
+    let (m, batch) = room_member("c1")?;
     p.join("room", &m).await?;
     let taken = eventually_some(EVENTUALLY, "the member to expire", || async {
         p.take_expired("room").await.ok().filter(|t| !t.is_empty())
