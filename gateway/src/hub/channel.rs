@@ -34,6 +34,25 @@ pub struct Position {
     pub epoch: Arc<str>,
 }
 
+/// A publication's place in its stream as it is delivered: borrowed from
+/// the publication, so the fan-out allocates nothing per message.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    /// Offset in the stream.
+    pub offset: u64,
+    /// The stream's epoch.
+    pub epoch: &'a str,
+}
+
+impl At<'_> {
+    fn to_position(self) -> Position {
+        Position {
+            offset: self.offset,
+            epoch: Arc::from(self.epoch),
+        }
+    }
+}
+
 /// What a subscriber's position says about one publication.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
@@ -43,7 +62,14 @@ enum Verdict {
 }
 
 impl Position {
-    fn judge(&self, next: &Position) -> Verdict {
+    fn at(&self) -> At<'_> {
+        At {
+            offset: self.offset,
+            epoch: &self.epoch,
+        }
+    }
+
+    fn judge(&self, next: At<'_>) -> Verdict {
         if *self.epoch != *next.epoch {
             // The stream was lost and restarted: offsets start again.
             Verdict::Deliver
@@ -56,10 +82,11 @@ impl Position {
         }
     }
 
-    fn advance(&mut self, to: &Position) {
+    fn advance(&mut self, to: At<'_>) {
         self.offset = to.offset;
+        // Only a new epoch (rare: the stream was lost) allocates.
         if *self.epoch != *to.epoch {
-            self.epoch = to.epoch.clone();
+            self.epoch = Arc::from(to.epoch);
         }
     }
 }
@@ -91,7 +118,7 @@ struct Subscriber {
 impl Subscriber {
     /// Apply the delivery rule to a positioned frame; returns whether to
     /// queue it. A gap closes the connection.
-    fn admit(&mut self, position: Option<&Position>) -> bool {
+    fn admit(&mut self, position: Option<At<'_>>) -> bool {
         let (Some(last), Some(next)) = (self.last.as_deref_mut(), position) else {
             return true;
         };
@@ -165,7 +192,7 @@ impl Channel {
             }
         }
         for p in parked {
-            let admitted = sub.admit(p.position.as_ref());
+            let admitted = sub.admit(p.position.as_ref().map(Position::at));
             if let Some(frame) = p.frame {
                 if admitted && !conn.is_closing() {
                     conn.push_reserved(frame);
@@ -190,12 +217,6 @@ impl Channel {
         Some(subs.is_empty())
     }
 
-    /// Whether the channel has no subscriber (checked under the shard lock
-    /// before the entry is dropped).
-    pub fn is_empty(&self) -> bool {
-        self.subs.lock().is_empty()
-    }
-
     /// Whether `conn` is subscribed and its subscribe has finished.
     pub fn is_live(&self, conn: &str) -> bool {
         self.subs
@@ -218,14 +239,19 @@ impl Channel {
     pub fn fan_out(
         &self,
         frame: &Utf8Bytes,
-        position: Option<&Position>,
+        position: Option<At<'_>>,
         exclude: Option<&str>,
     ) -> u64 {
         let mut delivered = 0;
         let mut subs = self.subs.lock();
         for (id, sub) in subs.iter_mut() {
+            let excluded = exclude == Some(&**id);
             if let Some(parked) = &mut sub.pending {
-                let frame = if exclude == Some(&**id) {
+                let frame = if excluded {
+                    if position.is_none() {
+                        // Nothing to queue and no position to move.
+                        continue;
+                    }
                     None
                 } else if sub.conn.reserve(frame.len()) {
                     delivered += 1;
@@ -236,13 +262,12 @@ impl Channel {
                     continue;
                 };
                 parked.0.push(Parked {
-                    position: position.cloned(),
+                    position: position.map(At::to_position),
                     frame,
                 });
                 continue;
             }
-            let admitted = sub.admit(position);
-            if admitted && exclude != Some(&**id) && sub.conn.push(frame) {
+            if sub.admit(position) && !excluded && sub.conn.push(frame) {
                 delivered += 1;
             }
         }
@@ -255,19 +280,17 @@ mod tests {
     use super::*;
 
     fn pos(offset: u64, epoch: &str) -> Position {
-        Position {
-            offset,
-            epoch: Arc::from(epoch),
-        }
+        At { offset, epoch }.to_position()
     }
 
     #[test]
     fn the_rule_is_exact() {
         let last = pos(5, "e");
-        assert_eq!(last.judge(&pos(5, "e")), Verdict::Duplicate);
-        assert_eq!(last.judge(&pos(1, "e")), Verdict::Duplicate);
-        assert_eq!(last.judge(&pos(6, "e")), Verdict::Deliver);
-        assert_eq!(last.judge(&pos(8, "e")), Verdict::Gap);
-        assert_eq!(last.judge(&pos(1, "f")), Verdict::Deliver);
+        let at = |offset, epoch| At { offset, epoch };
+        assert_eq!(last.judge(at(5, "e")), Verdict::Duplicate);
+        assert_eq!(last.judge(at(1, "e")), Verdict::Duplicate);
+        assert_eq!(last.judge(at(6, "e")), Verdict::Deliver);
+        assert_eq!(last.judge(at(8, "e")), Verdict::Gap);
+        assert_eq!(last.judge(at(1, "f")), Verdict::Deliver);
     }
 }

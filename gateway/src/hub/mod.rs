@@ -28,7 +28,7 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 
 use self::channel::Channel;
-pub use self::channel::Position;
+pub use self::channel::{At, Position};
 use crate::backplane::{Deliver, Envelope, Interest, Publication, Topic};
 use crate::metrics as m;
 use crate::outbox::ConnHandle;
@@ -259,9 +259,9 @@ impl Hub {
             return false;
         };
         self.subscription_count.fetch_sub(1, Ordering::Relaxed);
-        // Checked again under the shard lock: an add holds it too, so the
+        // Emptied under the shard lock, which every add holds too: the
         // channel is really empty when it is dropped.
-        if empty && entry.is_empty() {
+        if empty {
             shard.remove(channel);
             self.channel_count.fetch_sub(1, Ordering::Relaxed);
             self.interest
@@ -355,7 +355,7 @@ impl Hub {
         &self,
         channel: &str,
         frame: &Utf8Bytes,
-        position: Option<&Position>,
+        position: Option<At<'_>>,
         exclude: Option<&str>,
     ) -> u64 {
         let entry = self.channels.shard(channel).lock().get(channel).cloned();
@@ -384,11 +384,8 @@ impl Deliver for Hub {
                 let position = p
                     .offset
                     .zip(p.epoch.as_deref())
-                    .map(|(offset, e)| Position {
-                        offset,
-                        epoch: Arc::from(e),
-                    });
-                self.fan_out(&p.channel, &frame, position.as_ref(), p.exclude.as_deref())
+                    .map(|(offset, epoch)| At { offset, epoch });
+                self.fan_out(&p.channel, &frame, position, p.exclude.as_deref())
             }
             Envelope::Join(e) => {
                 let f = frame(&ServerFrame::Join {
