@@ -48,20 +48,50 @@ enum Lost {
     Conn(String),
 }
 
-struct Worker {
-    tx: mpsc::Sender<Envelope>,
-    /// Keys whose envelopes were dropped, not yet acted on.
+/// What the reader recorded for one worker: keys whose envelopes it
+/// dropped, not yet acted on.
+#[derive(Default)]
+struct Overflowed {
     lost: Mutex<HashSet<Lost>>,
-    /// `lost` is not empty (checked by the worker before every delivery).
+    /// `lost` is not empty: one atomic load per delivery instead of a lock.
     flagged: AtomicBool,
 }
 
-/// The fan-out workers of one node. See the module docs.
-pub struct FanOut {
-    workers: Vec<Worker>,
+impl Overflowed {
+    fn record(&self, lost: Lost) {
+        let mut set = self.lost.lock();
+        if set.insert(lost) && set.len() == 1 {
+            self.flagged.store(true, Ordering::Release);
+        }
+    }
+
+    fn take(&self) -> Option<HashSet<Lost>> {
+        if !self.flagged.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut set = self.lost.lock();
+        self.flagged.store(false, Ordering::Release);
+        Some(std::mem::take(&mut *set))
+    }
+}
+
+struct Worker {
+    tx: mpsc::Sender<Envelope>,
+    overflowed: Arc<Overflowed>,
+}
+
+/// What every worker task shares with the reader side.
+struct Shared {
     hub: Arc<Hub>,
     /// When an overflow was last logged at warn (ms since the Unix epoch).
     warned_ms: AtomicU64,
+}
+
+/// The fan-out workers of one node. See the module docs. Dropping it
+/// closes the queues, which ends the workers.
+pub struct FanOut {
+    workers: Vec<Worker>,
+    shared: Arc<Shared>,
 }
 
 /// The worker (of `workers`) that fans out envelopes routed by `key`:
@@ -97,27 +127,19 @@ impl FanOut {
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Arc<Self> {
-        let mut receivers = Vec::new();
-        let workers = (0..workers.max(1))
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(queue.max(1));
-                receivers.push(rx);
-                Worker {
-                    tx,
-                    lost: Mutex::new(HashSet::new()),
-                    flagged: AtomicBool::new(false),
-                }
-            })
-            .collect();
-        let fanout = Arc::new(Self {
-            workers,
+        let shared = Arc::new(Shared {
             hub,
             warned_ms: AtomicU64::new(0),
         });
-        for (i, rx) in receivers.into_iter().enumerate() {
-            tracker.spawn(run(Arc::downgrade(&fanout), i, rx, cancel.clone()));
-        }
-        fanout
+        let workers = (0..workers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(queue.max(1));
+                let overflowed = Arc::new(Overflowed::default());
+                tracker.spawn(run(shared.clone(), overflowed.clone(), rx, cancel.clone()));
+                Worker { tx, overflowed }
+            })
+            .collect();
+        Arc::new(Self { workers, shared })
     }
 
     /// Envelopes waiting in the queues now (for the scrape-time gauge).
@@ -128,41 +150,6 @@ impl FanOut {
             .sum()
     }
 
-    /// Close the connections a lost envelope was for.
-    fn act(&self, lost: HashSet<Lost>) {
-        let reason = CloseReason::new(close::MISSED_MESSAGES, "missed_messages");
-        let mut closed = 0;
-        for l in &lost {
-            closed += match l {
-                Lost::Channel(c) => self.hub.close_subscribers(c, &reason),
-                Lost::User(u) => self.hub.close_user(u, &reason),
-                Lost::Conn(c) => self.hub.close_conn(c, &reason),
-            };
-        }
-        // Logged at warn at most once a second (every overflow is counted
-        // in the metric; the rest go to debug).
-        let now = crate::clock::now_ms();
-        let last = self.warned_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1_000
-            && self
-                .warned_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(
-                keys = lost.len(),
-                connections = closed,
-                "fan-out queue was full: closed the affected connections with missed_messages (further ones this second at debug)"
-            );
-        } else {
-            tracing::debug!(
-                keys = lost.len(),
-                connections = closed,
-                "fan-out queue was full"
-            );
-        }
-    }
-
     fn overflow(&self, worker: &Worker, envelope: Envelope) {
         metrics::counter!(m::FANOUT_OVERFLOW, "kind" => envelope.kind()).increment(1);
         let lost = match envelope {
@@ -171,18 +158,54 @@ impl FanOut {
             Envelope::User { user, .. } => Lost::User(user),
             Envelope::Conn { conn, .. } => Lost::Conn(conn),
             Envelope::DisconnectUser { .. } | Envelope::DisconnectConn { .. } => {
-                self.hub.deliver(envelope);
+                self.shared.hub.deliver(envelope);
                 return;
             }
             Envelope::Broadcast { .. } => {
-                // Counted above; logged like the others.
-                self.act(HashSet::new());
+                self.shared
+                    .log("a broadcast was dropped (no history holds it)", 0);
                 return;
             }
         };
-        let mut set = worker.lost.lock();
-        if set.insert(lost) && set.len() == 1 {
-            worker.flagged.store(true, Ordering::Release);
+        worker.overflowed.record(lost);
+    }
+}
+
+impl Shared {
+    /// Close the connections a lost envelope was for.
+    fn act(&self, lost: &HashSet<Lost>) {
+        let reason = CloseReason::new(close::MISSED_MESSAGES, "missed_messages");
+        let closed: usize = lost
+            .iter()
+            .map(|l| match l {
+                Lost::Channel(c) => self.hub.close_subscribers(c, &reason),
+                Lost::User(u) => self.hub.close_user(u, &reason),
+                Lost::Conn(c) => self.hub.close_conn(c, &reason),
+            })
+            .sum();
+        self.log(
+            "closed the affected connections with missed_messages",
+            closed,
+        );
+    }
+
+    /// Log an overflow at warn at most once a second (every overflow is
+    /// counted in the metric; the rest go to debug).
+    fn log(&self, what: &'static str, connections: usize) {
+        let now = crate::clock::now_ms();
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        let warn = now.saturating_sub(last) >= 1_000
+            && self
+                .warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if warn {
+            tracing::warn!(
+                connections,
+                "fan-out queue was full: {what} (further ones this second at debug)"
+            );
+        } else {
+            tracing::debug!(connections, "fan-out queue was full: {what}");
         }
     }
 }
@@ -204,8 +227,8 @@ impl Deliver for FanOut {
 
 /// One worker: deliver in queue order; act on recorded overflows first.
 async fn run(
-    fanout: std::sync::Weak<FanOut>,
-    i: usize,
+    shared: Arc<Shared>,
+    overflowed: Arc<Overflowed>,
     mut rx: mpsc::Receiver<Envelope>,
     cancel: CancellationToken,
 ) {
@@ -218,21 +241,10 @@ async fn run(
                 None => break,
             },
         };
-        let Some(fanout) = fanout.upgrade() else {
-            break;
-        };
-        let Some(worker) = fanout.workers.get(i) else {
-            break;
-        };
-        if worker.flagged.load(Ordering::Acquire) {
-            let lost = {
-                let mut set = worker.lost.lock();
-                worker.flagged.store(false, Ordering::Release);
-                std::mem::take(&mut *set)
-            };
-            fanout.act(lost);
+        if let Some(lost) = overflowed.take() {
+            shared.act(&lost);
         }
-        fanout.hub.deliver(envelope);
+        shared.hub.deliver(envelope);
     }
 }
 
