@@ -106,10 +106,8 @@ pub fn presence<'c>(
     actor: Actor<'_>,
     channel: &str,
 ) -> Result<&'c NamespaceOptions, ReplyError> {
-    let ns = namespace(config, channel)?;
-    if let Actor::Client(identity) = actor {
-        client_may_read(identity, ns, channel)?;
-    }
+    // Reading presence takes what subscribing takes.
+    let ns = subscribe(config, actor, channel)?;
     if !ns.tracks_presence() {
         return Err(ReplyError::bad_request(
             "presence is not enabled for this namespace",
@@ -124,10 +122,8 @@ pub fn history(
     actor: Actor<'_>,
     channel: &str,
 ) -> Result<HistoryOptions, ReplyError> {
-    let ns = namespace(config, channel)?;
-    if let Actor::Client(identity) = actor {
-        client_may_read(identity, ns, channel)?;
-    }
-    ns.history()
+    // Reading history takes what subscribing takes.
+    subscribe(config, actor, channel)?
+        .history()
         .ok_or_else(|| ReplyError::bad_request("history is not enabled for this namespace"))
 }

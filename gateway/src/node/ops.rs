@@ -64,21 +64,15 @@ impl Node {
         if self.hub.add_subscriber(channel, conn) == AddOutcome::AlreadySubscribed {
             return Err(ReplyError::bad_request("already subscribed"));
         }
-        let ready = self
-            .backplane
-            .ready(&Topic::Channel(channel.to_owned()))
-            .await
-            .map_err(|e| backend_error("subscribe", &e));
-        let result = match ready {
-            Ok(()) => self.subscribe_rest(conn, channel, ns, since, id).await,
-            Err(e) => Err(e),
-        };
+        let result = self.subscribe_rest(conn, channel, ns, since, id).await;
         if result.is_err() {
             self.hub.remove_subscriber(channel, conn);
         }
         result
     }
 
+    /// The steps of [`Node::subscribe`] after the hub took the subscriber;
+    /// any error makes the caller remove it again.
     async fn subscribe_rest(
         &self,
         conn: &Arc<ConnHandle>,
@@ -87,6 +81,10 @@ impl Node {
         since: Option<Since>,
         id: Option<&Value>,
     ) -> Result<(), ReplyError> {
+        self.backplane
+            .ready(&Topic::Channel(channel.to_owned()))
+            .await
+            .map_err(|e| backend_error("subscribe", &e))?;
         let mut top = None;
         let mut epoch = None;
         let mut recovered = since.as_ref().map(|_| false);
