@@ -2,10 +2,10 @@
 //! embedded single node) or Redis (a cluster node). The node, the contract
 //! tests and the benchmarks all build their backends here.
 //!
-//! Construction order matters and is fixed here: the [`Interest`] registry
-//! first (the hub reports its first/last references to it), then the sink
-//! that receives deliveries (built by the caller around the hub, given the
-//! interest), then the backends that deliver to that sink.
+//! Construction order matters and is fixed here: [`BackendSettings::plan`]
+//! makes the [`Interest`] first (the hub is built with it and reports its
+//! first/last references to it), then [`Plan::start`] builds the backends
+//! that deliver to the sink the caller built around the hub.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,22 +42,52 @@ pub struct Backends {
     pub memory_history: Option<Arc<MemoryHistory>>,
 }
 
-impl Backends {
-    /// Build the backends. `sink` is called once, with the interest the hub
-    /// must report to, and returns what receives every delivery.
+/// Backends about to be built: the interest exists already (the hub is
+/// built with it), the rest comes with [`Plan::start`].
+pub struct Plan(PlanKind);
+
+enum PlanKind {
+    Memory {
+        presence_ttl: Duration,
+    },
+    Redis {
+        settings: RedisSettings,
+        registry: Arc<crate::redis::Registry>,
+    },
+}
+
+impl BackendSettings {
+    /// The first step: the interest the hub must report to.
+    pub fn plan(self) -> Plan {
+        Plan(match self {
+            BackendSettings::Memory { presence_ttl } => PlanKind::Memory { presence_ttl },
+            BackendSettings::Redis(settings) => PlanKind::Redis {
+                registry: crate::redis::registry(&settings),
+                settings,
+            },
+        })
+    }
+}
+
+impl Plan {
+    /// Where the hub reports its first and last local references.
+    pub fn interest(&self) -> Arc<dyn Interest> {
+        match &self.0 {
+            PlanKind::Memory { .. } => Arc::new(NoInterest),
+            PlanKind::Redis { registry, .. } => registry.clone(),
+        }
+    }
+
+    /// Build the backends; everything they receive goes to `sink`.
     ///
     /// Fails only on unusable settings (a bad Redis URL); an unreachable
     /// Redis gives unhealthy backends that keep reconnecting.
-    pub async fn start(
-        settings: BackendSettings,
-        sink: impl FnOnce(Arc<dyn Interest>) -> Arc<dyn Deliver>,
-    ) -> Result<Self, BackplaneError> {
-        match settings {
-            BackendSettings::Memory { presence_ttl } => {
-                let interest: Arc<dyn Interest> = Arc::new(NoInterest);
-                let sink = sink(interest.clone());
+    pub async fn start(self, sink: Arc<dyn Deliver>) -> Result<Backends, BackplaneError> {
+        let interest = self.interest();
+        match self.0 {
+            PlanKind::Memory { presence_ttl } => {
                 let history = Arc::new(MemoryHistory::default());
-                Ok(Self {
+                Ok(Backends {
                     interest,
                     backplane: Arc::new(MemoryBackplane::new(sink, history.clone())),
                     history: history.clone(),
@@ -65,12 +95,9 @@ impl Backends {
                     memory_history: Some(history),
                 })
             }
-            BackendSettings::Redis(settings) => {
-                let registry = crate::redis::registry(&settings);
-                let interest: Arc<dyn Interest> = registry.clone();
-                let sink = sink(interest.clone());
+            PlanKind::Redis { settings, registry } => {
                 let b = crate::redis::connect(settings, registry, sink).await?;
-                Ok(Self {
+                Ok(Backends {
                     interest,
                     backplane: b.backplane,
                     history: b.history,

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use gateway::backends::{BackendSettings, Backends as NodeBackends};
+use gateway::backends::BackendSettings;
 use gateway::backplane::{
     node_of_conn, Backplane, Deliver, Envelope, HistoryOptions, Interest, PresenceEvent,
     Publication, StreamPosition, Topic,
@@ -140,7 +140,7 @@ impl Backends {
             Kind::Memory => {
                 let sink = Arc::new(Sink::default());
                 let settings = BackendSettings::Memory { presence_ttl: ttl };
-                let b = NodeBackends::start(settings, |_| sink.clone()).await?;
+                let b = settings.plan().start(sink.clone()).await?;
                 Ok(Self {
                     kind,
                     node: "n1".into(),
@@ -173,7 +173,10 @@ impl Backends {
             timeout: Duration::from_secs(3),
             presence_ttl: ctx.ttl,
         };
-        let b = NodeBackends::start(BackendSettings::Redis(settings), |_| sink.clone()).await?;
+        let b = BackendSettings::Redis(settings)
+            .plan()
+            .start(sink.clone())
+            .await?;
         ensure!(
             b.backplane.is_healthy(),
             "Redis backplane not healthy after connect"

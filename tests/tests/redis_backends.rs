@@ -72,8 +72,10 @@ impl Node {
             timeout: TIMEOUT,
             presence_ttl: ttl,
         };
-        let s = sink.clone();
-        let b = Backends::start(BackendSettings::Redis(settings), move |_| s).await?;
+        let b = BackendSettings::Redis(settings)
+            .plan()
+            .start(sink.clone())
+            .await?;
         Ok(Self {
             b,
             sink,

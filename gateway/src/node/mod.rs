@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use crate::auth::Auth;
-use crate::backends::{BackendSettings, Backends};
+use crate::backends::BackendSettings;
 use crate::backplane::{Backplane, BackplaneError, Deliver};
 use crate::config::Config;
 use crate::fanout::FanOut;
@@ -98,30 +98,21 @@ impl Node {
             }),
         };
         let cluster = matches!(settings, BackendSettings::Redis(_));
-        let mut built = None;
-        let backends = Backends::start(settings, |interest| {
-            let hub = Arc::new(Hub::new(config.node_id.clone(), interest));
-            let (sink, fanout): (Arc<dyn Deliver>, _) = if cluster {
-                let fanout = FanOut::start(
-                    hub.clone(),
-                    config.fanout_workers,
-                    config.fanout_queue_size,
-                    &shutdown.tracker,
-                    &shutdown.token,
-                );
-                (fanout.clone(), Some(fanout))
-            } else {
-                (hub.clone(), None)
-            };
-            built = Some((hub, fanout));
-            sink
-        })
-        .await?;
-        let Some((hub, fanout)) = built else {
-            return Err(NodeError::Backend(BackplaneError::Protocol(
-                "backends did not build a sink".into(),
-            )));
+        let plan = settings.plan();
+        let hub = Arc::new(Hub::new(config.node_id.clone(), plan.interest()));
+        let (sink, fanout): (Arc<dyn Deliver>, _) = if cluster {
+            let fanout = FanOut::start(
+                hub.clone(),
+                config.fanout_workers,
+                config.fanout_queue_size,
+                &shutdown.tracker,
+                &shutdown.token,
+            );
+            (fanout.clone(), Some(fanout))
+        } else {
+            (hub.clone(), None)
         };
+        let backends = plan.start(sink).await?;
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,

@@ -19,7 +19,7 @@
 mod backplane;
 pub mod codec;
 mod history;
-mod interest;
+pub(crate) mod interest;
 pub mod keys;
 mod presence;
 pub(crate) mod pubsub;
@@ -36,7 +36,7 @@ use deadpool::Runtime;
 
 pub use self::backplane::RedisBackplane;
 pub use self::history::RedisHistory;
-use self::interest::Registry;
+pub(crate) use self::interest::Registry;
 pub use self::keys::Keys;
 pub use self::presence::RedisPresence;
 pub(crate) use self::shared::{millis, redis_error, Shared};
