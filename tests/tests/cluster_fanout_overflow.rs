@@ -145,7 +145,6 @@ async fn a_flooded_worker_leaves_the_reader_and_other_channels_alone() -> Result
         }
     });
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
     flood(&cluster, &flood_channel, FLOOD_MESSAGES).await?;
 
     // Every flooded subscriber is told, with the documented code.

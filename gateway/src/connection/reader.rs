@@ -185,27 +185,12 @@ mod tests {
     use crate::shutdown::Shutdown;
     use clap::Parser;
     use tokio::sync::mpsc;
-    use tokio_stream_shim::Receiver;
 
-    /// A `Stream` over an mpsc receiver (what the socket would yield).
-    mod tokio_stream_shim {
-        use std::pin::Pin;
-        use std::task::{Context, Poll};
-
-        use axum::extract::ws::Message;
-        use tokio::sync::mpsc;
-
-        pub struct Receiver(pub mpsc::Receiver<Result<Message, axum::Error>>);
-
-        impl futures_util::Stream for Receiver {
-            type Item = Result<Message, axum::Error>;
-            fn poll_next(
-                mut self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-            ) -> Poll<Option<Self::Item>> {
-                self.0.poll_recv(cx)
-            }
-        }
+    /// What the socket would yield, fed by a channel.
+    fn socket(
+        mut rx: mpsc::Receiver<Result<Message, axum::Error>>,
+    ) -> impl futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     async fn node(args: &[&str]) -> Arc<Node> {
@@ -240,7 +225,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let mut reader = Reader::new(node, handle.clone(), identity);
         let task = tokio::spawn(async move {
-            reader.read_loop(Receiver(rx)).await;
+            let _stream = reader.read_loop(socket(rx)).await;
         });
         // A pong inside the window keeps the connection alive.
         tokio::time::sleep(Duration::from_millis(1400)).await;
@@ -270,7 +255,7 @@ mod tests {
         let (_tx, rx) = mpsc::channel(4);
         let mut reader = Reader::new(node, handle.clone(), identity);
         let task = tokio::spawn(async move {
-            reader.read_loop(Receiver(rx)).await;
+            let _stream = reader.read_loop(socket(rx)).await;
         });
         tokio::time::sleep(Duration::from_secs(58)).await;
         assert!(!handle.is_closing());
@@ -305,7 +290,7 @@ mod tests {
             .await
             .unwrap();
         drop(tx);
-        reader.read_loop(Receiver(rx)).await;
+        let _stream = reader.read_loop(socket(rx)).await;
         let got = frames(&mut outbox);
         assert_eq!(got.len(), 6, "{got:?}");
         assert!(got[0].contains(r#""type":"pong""#) && got[0].contains(r#""id":1"#));
