@@ -57,8 +57,8 @@ pub struct WsQuery {
 }
 
 /// Holds a connection slot and the connection's place in the hub; gives
-/// both back when dropped (also when the upgrade never happens; removing a
-/// connection from the hub twice is harmless).
+/// both back when dropped, whether or not the upgrade happened: the one
+/// place a connection leaves the hub.
 struct SlotGuard {
     node: Arc<Node>,
     conn: Option<Arc<ConnHandle>>,
@@ -236,6 +236,8 @@ fn run(
             )
         })
         .await;
+        // Out of the hub and its slot given back (before the count is logged).
+        drop(guard);
         metrics::counter!(m::DISCONNECTS, "reason" => reason.label()).increment(1);
         tracing::info!(
             code = reason.code,
@@ -243,7 +245,6 @@ fn run(
             connections = node.hub.connection_count(),
             "disconnected"
         );
-        drop(guard);
     }
     .instrument(span)
 }

@@ -220,13 +220,13 @@ impl Node {
         }
     }
 
-    /// Unregister a closed connection: every subscription, the hub and the
-    /// user index.
+    /// Unregister a closed connection: every subscription and the user
+    /// index. (It leaves the hub with its connection slot, in the
+    /// connection's guard, whether or not it was ever upgraded.)
     pub async fn unregister(&self, conn: &ConnHandle, channels: impl IntoIterator<Item = String>) {
         for channel in channels {
             self.unsubscribe(conn, &channel).await;
         }
-        self.hub.remove_conn(conn);
         if let Some(user) = &conn.user {
             if let Err(e) = self.presence.remove_user_conn(user, &conn.id).await {
                 backend_error("user_index_remove", &e);
