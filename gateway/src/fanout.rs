@@ -3,7 +3,8 @@
 //! The Redis reader only reads and decodes; it hands every envelope to
 //! [`FanOut::deliver`], which never blocks: it hashes the envelope's routing
 //! key (channel, user or connection id) to one of a fixed set of workers and
-//! `try_send`s it on that worker's bounded queue. A worker task calls
+//! `try_send`s it on that worker's bounded queue. A worker (a thread of its
+//! own, see [`spawn_worker`]) calls
 //! [`Hub::deliver`] for each envelope in queue order, so one channel's
 //! publications (and its join/leave events) keep their order, and a large
 //! fan-out stalls only its own worker, never the reader or the other workers.
@@ -117,9 +118,9 @@ fn key(envelope: &Envelope) -> &str {
 }
 
 impl FanOut {
-    /// Start `workers` workers (at least 1) with queues of `queue`
-    /// envelopes (at least 1) each, on `tracker`; they stop on `cancel` or
-    /// when the fan-out is dropped.
+    /// Start `workers` worker threads (at least 1) with queues of `queue`
+    /// envelopes (at least 1) each, their ends tracked on `tracker`; they
+    /// stop on `cancel` or when the fan-out is dropped.
     pub fn start(
         hub: Arc<Hub>,
         workers: usize,
@@ -132,10 +133,14 @@ impl FanOut {
             warned_ms: AtomicU64::new(0),
         });
         let workers = (0..workers.max(1))
-            .map(|_| {
+            .map(|i| {
                 let (tx, rx) = mpsc::channel(queue.max(1));
                 let overflowed = Arc::new(Overflowed::default());
-                tracker.spawn(run(shared.clone(), overflowed.clone(), rx, cancel.clone()));
+                spawn_worker(
+                    i,
+                    run(shared.clone(), overflowed.clone(), rx, cancel.clone()),
+                    tracker,
+                );
                 Worker { tx, overflowed }
             })
             .collect();
@@ -222,6 +227,39 @@ impl Deliver for FanOut {
             // The workers stopped (shutdown): nothing is delivered any more.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+/// Run one worker on a thread of its own (a current-thread runtime), and
+/// track its end on `tracker`. A worker's [`Hub::deliver`] of one envelope
+/// to thousands of subscribers is synchronous work: on the node's runtime
+/// it would hold a runtime thread for the whole batch its queue receive
+/// allows, and the tasks queued behind it (the Redis command connections'
+/// drivers, HTTP handlers) would wait; measured, that made publishes of a
+/// flat-out cluster fan-out time out (docs/performance.md). On a thread of
+/// its own the kernel shares the cores between it and the runtime.
+fn spawn_worker(
+    i: usize,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+    tracker: &TaskTracker,
+) {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(format!("fanout-{i}"))
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().build() {
+                Ok(runtime) => runtime.block_on(work),
+                Err(e) => tracing::error!(error = %e, "cannot build a fan-out worker's runtime"),
+            }
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            tracker.spawn(async move {
+                let _ = done_rx.await;
+            });
+        }
+        Err(e) => tracing::error!(worker = i, error = %e, "cannot start a fan-out worker"),
     }
 }
 
