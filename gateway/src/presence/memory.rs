@@ -47,9 +47,11 @@ pub struct MemoryPresence {
     channels: Mutex<HashMap<String, HashMap<Box<str>, Stored>>>,
     /// Node names seen, shared by the stored members.
     node_names: Mutex<Vec<Arc<str>>>,
-    /// A user's connections in a plain vector: a user has a few, and a map
-    /// per user would cost every connection a table.
-    users: Mutex<HashMap<String, Vec<(UserConn, Instant)>>>,
+    /// A user's connections by connection id: joins, refreshes and leaves
+    /// are lookups, not scans, also for a user with many connections (a
+    /// vector scanned per op made n connections of one user cost O(n^2)
+    /// under this lock).
+    users: Mutex<HashMap<String, HashMap<Box<str>, (UserConn, Instant)>>>,
     nodes: Mutex<Entries<NodeInfo>>,
 }
 
@@ -75,20 +77,12 @@ impl MemoryPresence {
     fn put_user_conn(&self, user: &str, conn: &UserConn) -> bool {
         let exp = Instant::now() + self.ttl;
         let mut users = self.users.lock();
-        // Most users have one connection: no room for four up front.
-        let conns = users
+        // Most users have one connection: no room for more up front.
+        users
             .entry(user.to_owned())
-            .or_insert_with(|| Vec::with_capacity(1));
-        match conns.iter_mut().find(|(c, _)| c.conn == conn.conn) {
-            Some(entry) => {
-                *entry = (conn.clone(), exp);
-                false
-            }
-            None => {
-                conns.push((conn.clone(), exp));
-                true
-            }
-        }
+            .or_insert_with(|| HashMap::with_capacity(1))
+            .insert(conn.conn.as_str().into(), (conn.clone(), exp))
+            .is_none()
     }
 
     /// The shared copy of a node name.
@@ -182,7 +176,7 @@ impl Presence for MemoryPresence {
     async fn remove_user_conn(&self, user: &str, conn: &str) -> Result<(), BackplaneError> {
         let mut users = self.users.lock();
         if let Some(conns) = users.get_mut(user) {
-            conns.retain(|(c, _)| c.conn != conn);
+            conns.remove(conn);
             if conns.is_empty() {
                 users.remove(user);
             }
@@ -197,7 +191,7 @@ impl Presence for MemoryPresence {
             .lock()
             .get(user)
             .map(|cs| {
-                cs.iter()
+                cs.values()
                     .filter(|(_, exp)| *exp > now)
                     .map(|(c, _)| c.clone())
                     .collect()
@@ -226,7 +220,7 @@ impl Presence for MemoryPresence {
         for (user, conn) in &batch.user_conns {
             match users
                 .get_mut(user)
-                .and_then(|cs| cs.iter_mut().find(|(c, _)| c.conn == conn.conn))
+                .and_then(|cs| cs.get_mut(conn.conn.as_str()))
             {
                 Some(entry) => entry.1 = exp,
                 None => missing.user_conns.push((user.clone(), conn.clone())),
