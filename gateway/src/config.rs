@@ -565,7 +565,10 @@ impl Config {
         // The API body limit is max_message_size + 4096: keep it far from
         // usize::MAX (and from a size no frame should have).
         if max_message_size > 64 << 20 {
-            return Err(invalid("max_message_size", "must be at most 67108864 (64 MiB)"));
+            return Err(invalid(
+                "max_message_size",
+                "must be at most 67108864 (64 MiB)",
+            ));
         }
         let queue_bytes = positive(pick!(queue_bytes), 1024 * 1024, "queue_bytes")?;
         if queue_bytes < 4096 {
@@ -743,9 +746,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_message_size"), "{e}");
-        let e = parse(&["--metrics-require-key", "true"]).unwrap_err().to_string();
+        let e = parse(&["--metrics-require-key", "true"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("metrics_require_key"), "{e}");
-        let e = parse(&["--max-header-bytes", "100"]).unwrap_err().to_string();
+        let e = parse(&["--max-header-bytes", "100"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_header_bytes"), "{e}");
     }
 

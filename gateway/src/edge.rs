@@ -42,7 +42,13 @@ pub const REFUSAL_REASONS: [&str; 4] = ["pending_limit", "ip_limit", "ip_rate", 
 pub fn describe_metrics() {
     metrics::describe_gauge!(PENDING, "Sockets accepted and not yet upgraded or closed.");
     metrics::describe_counter!(DROPPED, "HTTP connections dropped by the edge, by reason.");
-    for reason in ["header_timeout", "header_too_large", "bad_request", "io", "accept_error"] {
+    for reason in [
+        "header_timeout",
+        "header_too_large",
+        "bad_request",
+        "io",
+        "accept_error",
+    ] {
         metrics::counter!(DROPPED, "reason" => reason).absolute(0);
     }
     for reason in REFUSAL_REASONS {
@@ -275,7 +281,10 @@ pub fn is_private(ip: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => {
             let s0 = v6.segments()[0];
-            v6.is_loopback() || v6.is_unspecified() || (s0 & 0xfe00) == 0xfc00 || (s0 & 0xffc0) == 0xfe80
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfe80
         }
     }
 }
@@ -348,7 +357,17 @@ mod tests {
 
     #[test]
     fn private_ranges() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.0.1", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.0.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "203.0.113.7", "2001:db8::1", "::ffff:8.8.8.8"] {

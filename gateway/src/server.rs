@@ -225,7 +225,12 @@ struct AdmittedParts {
 
 impl Admitted {
     /// Take the permit and the address guard (once; later calls get `None`s).
-    pub fn take(&self) -> (Option<OwnedSemaphorePermit>, Option<KeyGuard<std::net::IpAddr>>) {
+    pub fn take(
+        &self,
+    ) -> (
+        Option<OwnedSemaphorePermit>,
+        Option<KeyGuard<std::net::IpAddr>>,
+    ) {
         let mut parts = self.0.lock();
         (parts.permit.take(), parts.ip.take())
     }
@@ -310,10 +315,13 @@ fn admit_socket(
 }
 
 /// JSON error body of a per-address connection refusal.
-pub const IP_LIMIT_BODY: &str = r#"{"error":{"code":"rate_limited","message":"too many connections from this address"}}"#;
+pub const IP_LIMIT_BODY: &str =
+    r#"{"error":{"code":"rate_limited","message":"too many connections from this address"}}"#;
 /// JSON error body of a per-address connect-rate refusal.
-pub const IP_RATE_BODY: &str = r#"{"error":{"code":"rate_limited","message":"too many new connections from this address"}}"#;
-const PENDING_BODY: &str = r#"{"error":{"code":"unavailable","message":"too many connections in the handshake phase"}}"#;
+pub const IP_RATE_BODY: &str =
+    r#"{"error":{"code":"rate_limited","message":"too many new connections from this address"}}"#;
+const PENDING_BODY: &str =
+    r#"{"error":{"code":"unavailable","message":"too many connections in the handshake phase"}}"#;
 
 /// Answer a refused socket with `status` and `body`: read what its request
 /// sent (so the close is clean and the client can read the answer), write,
@@ -395,7 +403,9 @@ async fn serve_connection(
         req.extensions_mut().insert(admitted.clone());
         tower_service::Service::call(&mut router, req.map(axum::body::Body::new))
     });
-    let conn = http.serve_connection(TokioIo::new(tcp), svc).with_upgrades();
+    let conn = http
+        .serve_connection(TokioIo::new(tcp), svc)
+        .with_upgrades();
     tokio::pin!(conn);
     let token = node.shutdown.token.clone();
     let result = tokio::select! {

@@ -13,12 +13,23 @@ const KEY: &str = "edge-test-api-key-0123456789";
 async fn api_refuses_bodies_that_are_not_json() -> Result<()> {
     let gw = Gateway::standard("edge_content_type").await?;
     let body = r#"{"channel":"news","data":1}"#;
-    for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"] {
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ] {
         let r = gw.api().post_raw("/api/publish", body, ct).await?;
         r.expect_error(415, "bad_request")?;
         ensure!(r.text.contains("application/json"), "{ct}: {}", r.text);
     }
-    let r = gw.api().post_raw("/api/broadcast", r#"{"data":1}"#, "text/plain;charset=utf-8").await?;
+    let r = gw
+        .api()
+        .post_raw(
+            "/api/broadcast",
+            r#"{"data":1}"#,
+            "text/plain;charset=utf-8",
+        )
+        .await?;
     r.expect_error(415, "bad_request")?;
     // JSON (with parameters) still works.
     let r = gw
@@ -50,7 +61,10 @@ async fn bearer_is_case_insensitive() -> Result<()> {
     }
     // Wrong keys of every length are refused.
     for key in ["", "x", &KEY[..KEY.len() - 1], &format!("{KEY}x")] {
-        let r = gw.api_with_key(key).post("/api/broadcast", &json!({"data": 1})).await?;
+        let r = gw
+            .api_with_key(key)
+            .post("/api/broadcast", &json!({"data": 1}))
+            .await?;
         r.expect_error(401, "unauthorized")?;
     }
     let token = jwt::hs256(jwt::SECRET, &jwt::claims("carol"))?;
@@ -60,7 +74,11 @@ async fn bearer_is_case_insensitive() -> Result<()> {
             .header("authorization", &format!("{scheme} {token}"))
             .connect()
             .await?;
-        ensure!(c.user().as_deref() == Some("carol"), "{scheme}: {:?}", c.user());
+        ensure!(
+            c.user().as_deref() == Some("carol"),
+            "{scheme}: {:?}",
+            c.user()
+        );
     }
     Ok(())
 }
@@ -77,8 +95,10 @@ async fn api_and_websocket_share_one_json_policy() -> Result<()> {
             .await?;
         r.expect_error(400, "bad_request")?;
         let mut c = gw.connect_user("u").await?;
-        c.send_raw_text(&format!(r#"{{"op":"publish","channel":"news","data":{data}}}"#))
-            .await?;
+        c.send_raw_text(&format!(
+            r#"{{"op":"publish","channel":"news","data":{data}}}"#
+        ))
+        .await?;
         c.expect_error("bad_request", RECV_TIMEOUT).await?;
     }
     Ok(())
@@ -99,7 +119,10 @@ async fn pages_are_off_and_metrics_keyed_when_a_key_is_set() -> Result<()> {
         let status = r.status().as_u16();
         ensure!(status == 404 || status == 401, "{path}: {status}");
     }
-    let r = http.get(format!("{}/metrics", gw.http_url())).send().await?;
+    let r = http
+        .get(format!("{}/metrics", gw.http_url()))
+        .send()
+        .await?;
     ensure!(r.status() == 401, "/metrics without key: {}", r.status());
     let r = http
         .get(format!("{}/metrics", gw.http_url()))

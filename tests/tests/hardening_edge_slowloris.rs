@@ -112,9 +112,11 @@ async fn the_handshake_phase_is_capped() -> Result<()> {
     ensure!(answer.starts_with("HTTP/1.1 503"), "got {answer:?}");
     // Once the idle ones leave, clients get in again.
     drop(idle);
-    tests::eventually(EVENTUALLY, "a client connects after the idle sockets left", || async {
-        gw.connect_user("real").await.is_ok()
-    })
+    tests::eventually(
+        EVENTUALLY,
+        "a client connects after the idle sockets left",
+        || async { gw.connect_user("real").await.is_ok() },
+    )
     .await?;
     Ok(())
 }

@@ -36,12 +36,12 @@ use self::writer::{write_loop, CLOSE_GRACE};
 use crate::api::ApiError;
 use crate::auth::Identity;
 use crate::edge::{KeyGuard, Refusal};
-use crate::server::Admitted;
 use crate::hub::frame;
 use crate::metrics as m;
 use crate::node::Node;
 use crate::outbox::{ConnHandle, Outbox};
 use crate::protocol::{close, CloseReason, ErrorCode, ReplyError, ServerFrame};
+use crate::server::Admitted;
 
 /// Encode an `error` frame (and count it by code).
 pub fn error_frame(id: Option<&Value>, e: &ReplyError) -> Utf8Bytes {
@@ -154,10 +154,7 @@ pub async fn ws_handler(
                 tracing::debug!(peer.addr = %peer, user.id = user, "connection refused: per-user limit");
                 return refuse(
                     "user_limit",
-                    ApiError::new(
-                        ErrorCode::RateLimited,
-                        "too many connections for this user",
-                    ),
+                    ApiError::new(ErrorCode::RateLimited, "too many connections for this user"),
                 );
             }
         },

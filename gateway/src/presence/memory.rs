@@ -20,6 +20,9 @@ use crate::backplane::BackplaneError;
 
 type Entries<T> = HashMap<String, (T, Instant)>;
 
+/// One user's connections by connection id, with their expiry.
+type UserConns = HashMap<Box<str>, (UserConn, Instant)>;
+
 /// A channel member as stored: keyed by its connection id, with the node
 /// name shared between entries (one node's members all carry the same).
 struct Stored {
@@ -51,7 +54,7 @@ pub struct MemoryPresence {
     /// are lookups, not scans, also for a user with many connections (a
     /// vector scanned per op made n connections of one user cost O(n^2)
     /// under this lock).
-    users: Mutex<HashMap<String, HashMap<Box<str>, (UserConn, Instant)>>>,
+    users: Mutex<HashMap<String, UserConns>>,
     nodes: Mutex<Entries<NodeInfo>>,
 }
 
