@@ -120,3 +120,21 @@ async fn the_handshake_phase_is_capped() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_slow_api_body_is_answered_408() -> Result<()> {
+    let gw = GatewayBuilder::new()
+        .name("edge_body_timeout")
+        .env("GATEWAY_BODY_TIMEOUT_MS", 500)
+        .spawn()
+        .await?;
+    let mut sock = TcpStream::connect(gw.addr()?).await?;
+    // Headers promise 100 bytes; 10 arrive, then nothing.
+    sock.write_all(
+        b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"data\": 1",
+    )
+    .await?;
+    let answer = closed_within(&mut sock, Duration::from_secs(15)).await?;
+    ensure!(answer.starts_with("HTTP/1.1 408"), "got {answer:?}");
+    Ok(())
+}

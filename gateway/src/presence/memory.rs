@@ -273,3 +273,35 @@ impl Presence for MemoryPresence {
         Ok(nodes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many connections of one user: every op is a lookup by connection id
+    /// (this took O(n^2) under the lock with a scanned vector).
+    #[tokio::test]
+    async fn one_user_with_many_connections() {
+        let p = MemoryPresence::new(Duration::from_secs(60));
+        let n = 5000;
+        let conn = |i: usize| UserConn {
+            conn: format!("n1.b.{i}"),
+            node: "n1".to_owned(),
+        };
+        for i in 0..n {
+            p.add_user_conn("u", &conn(i)).await.unwrap();
+        }
+        // Re-adding is a refresh, not a duplicate.
+        p.add_user_conn("u", &conn(0)).await.unwrap();
+        assert_eq!(p.user_conns("u").await.unwrap().len(), n);
+        let batch = RefreshBatch {
+            members: Vec::new(),
+            user_conns: (0..n).map(|i| ("u".to_owned(), conn(i))).collect(),
+        };
+        assert_eq!(p.refresh(&batch).await.unwrap().len(), 0);
+        for i in (0..n).step_by(2) {
+            p.remove_user_conn("u", &conn(i).conn).await.unwrap();
+        }
+        assert_eq!(p.user_conns("u").await.unwrap().len(), n / 2);
+    }
+}
