@@ -6,6 +6,7 @@ followed by KB kilobytes of unterminated headers, then reports, over time,
 how many of them the gateway still holds open and the gateway's RSS.
 
     scripts/slowloris.py --addr 127.0.0.1:8080 --pid PID -n 1000 --kb 375 --watch 30
+    scripts/slowloris.py ... --probe-from 127.0.0.2   # and a real client's upgrade every 5 s
 
 Exits 0 always: it measures, it does not judge. Needs a file limit above N.
 """
@@ -26,6 +27,24 @@ def rss_mib(pid):
     return float("nan")
 
 
+def probe(host, port, src):
+    """A real client's /ws upgrade from address `src`: 'ok 12ms' or why not."""
+    t = time.monotonic()
+    try:
+        s = socket.create_connection((host, int(port)), timeout=3, source_address=(src, 0))
+        s.sendall(
+            b"GET /ws?user=real HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        line = s.recv(64).split(b"\r\n")[0].decode(errors="replace")
+        s.close()
+    except OSError as e:
+        return f"failed ({e.__class__.__name__}) after {(time.monotonic() - t) * 1000:.0f} ms"
+    ok = line.startswith("HTTP/1.1 101")
+    return f"{'ok' if ok else 'refused'} {line!r} in {(time.monotonic() - t) * 1000:.0f} ms"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--addr", required=True)
@@ -33,6 +52,7 @@ def main():
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--kb", type=int, default=375)
     ap.add_argument("--watch", type=float, default=30.0)
+    ap.add_argument("--probe-from", default=None)
     a = ap.parse_args()
     host, port = a.addr.rsplit(":", 1)
     print(f"baseline RSS {rss_mib(a.pid):.0f} MiB")
@@ -82,7 +102,10 @@ def main():
                 sel.unregister(s)
                 open_socks.discard(s)
         if el >= next_report:
-            print(f"t={el:5.1f}s open={len(open_socks):5d} rss={rss_mib(a.pid):.0f} MiB", flush=True)
+            line = f"t={el:5.1f}s open={len(open_socks):5d} rss={rss_mib(a.pid):.0f} MiB"
+            if a.probe_from:
+                line += " probe: " + probe(host, port, a.probe_from)
+            print(line, flush=True)
             next_report += 5.0
         if el > a.watch:
             break

@@ -217,12 +217,28 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// The edge state of a node with `config`.
+    /// The edge state of a node with `config`. The handshake-phase cap is
+    /// clamped to half the process's file limit (with a warning), so
+    /// sockets that never finish their headers cannot take every file
+    /// descriptor (Redis, upgraded clients and health probes keep theirs).
     pub fn new(config: &Config) -> Self {
         let e = &config.edge;
+        let mut max_pending = e.max_pending_connections;
+        if let Some(files) = file_limit() {
+            let half = usize::try_from(files / 2).unwrap_or(usize::MAX).max(1);
+            if max_pending > half {
+                tracing::warn!(
+                    max_pending_connections = max_pending,
+                    file_limit = files,
+                    using = half,
+                    "max_pending_connections is above half the file limit: using half (raise the limit with ulimit -n / LimitNOFILE)"
+                );
+                max_pending = half;
+            }
+        }
         Self {
-            pending: Arc::new(Semaphore::new(e.max_pending_connections)),
-            max_pending: e.max_pending_connections,
+            pending: Arc::new(Semaphore::new(max_pending)),
+            max_pending,
             ips: KeyedLimits::new(
                 e.max_connections_per_ip,
                 Some((e.connect_rate_per_ip, e.connect_burst_per_ip)),
@@ -258,6 +274,22 @@ impl Edge {
         self.max_pending
             .saturating_sub(self.pending.available_permits())
     }
+}
+
+/// The soft limit of open files of this process (Linux `/proc/self/limits`),
+/// `None` where it cannot be read or is unlimited.
+pub fn file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_file_limit(&text)
+}
+
+fn parse_file_limit(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// An IPv4-mapped IPv6 address as IPv4; others as they are.
@@ -353,6 +385,16 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         drop(d);
         assert_eq!(l.count(&1), 0);
+    }
+
+    #[test]
+    fn file_limit_is_read() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 1048576              files\n";
+        assert_eq!(parse_file_limit(text), Some(1024));
+        assert_eq!(
+            parse_file_limit("Max open files  unlimited unlimited files"),
+            None
+        );
     }
 
     #[test]
