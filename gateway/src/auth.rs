@@ -188,17 +188,33 @@ impl Auth {
         })
     }
 
-    /// Check the HTTP API's bearer key (constant-time compare).
+    /// Check the HTTP API's bearer key. Both sides are hashed (SHA-256)
+    /// and the digests compared in constant time, so neither the content
+    /// nor the length of the key shows in the time taken.
     pub fn check_api_key(&self, authorization: Option<&str>) -> bool {
         let Some(expected) = &self.api_key else {
             return true;
         };
-        let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+        let Some(given) = authorization.and_then(bearer) else {
             return false;
         };
-        let (a, b) = (given.as_bytes(), expected.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        let sha = |v: &str| ring::digest::digest(&ring::digest::SHA256, v.as_bytes());
+        let (a, b) = (sha(given), sha(expected));
+        a.as_ref()
+            .iter()
+            .zip(b.as_ref())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme
+/// is case-insensitive (RFC 6750 and RFC 9110, 11.1). `None` for another
+/// scheme or an empty token.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    let token = token.trim_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
@@ -315,6 +331,16 @@ mod tests {
             optional.authenticate(None, Some("alice")).unwrap().user,
             None
         );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("Bearerabc"), None);
     }
 
     #[test]

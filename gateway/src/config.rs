@@ -110,7 +110,8 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Client listener address. Default 0.0.0.0:8080.
+    /// Client listener address. Default 0.0.0.0:8080 with a JWT key, and
+    /// 127.0.0.1:8080 in open development mode (no JWT key).
     #[arg(long, env = "GATEWAY_LISTEN")]
     pub listen: Option<String>,
     /// Optional separate listener for /metrics, /healthz, /readyz.
@@ -201,9 +202,46 @@ pub struct Settings {
     /// Presence refresh interval, ms. Default 25000.
     #[arg(long, env = "GATEWAY_PRESENCE_REFRESH_MS")]
     pub presence_refresh_ms: Option<u64>,
-    /// Serve /demo, /status and /sdk/gateway-client.js. Default true.
+    /// Serve /demo, /status and /sdk/gateway-client.js. Default true,
+    /// false once an API key is set or auth is required.
     #[arg(long, env = "GATEWAY_PAGES")]
     pub pages: Option<bool>,
+    // --- The edge (docs/security.md, "The edge"): sockets, HTTP, limits.
+    /// Time a client has to send its complete request headers (also the
+    /// idle time allowed between two requests on one connection), ms.
+    /// Default 10000.
+    #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Max size of a request's headers, bytes. Default 16384 (min 8192).
+    #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Time an /api request body may take to arrive, ms. Default 10000.
+    #[arg(long, env = "GATEWAY_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// Max sockets accepted but not yet upgraded to WebSocket (HTTP
+    /// requests included); past it new sockets get a 503. Default 1024.
+    #[arg(long, env = "GATEWAY_MAX_PENDING_CONNECTIONS")]
+    pub max_pending_connections: Option<usize>,
+    /// Max open connections (sockets) from one client address. Default 1000.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// New connections per second from one client address. Default 50.
+    #[arg(long, env = "GATEWAY_CONNECT_RATE_PER_IP")]
+    pub connect_rate_per_ip: Option<u32>,
+    /// Burst of the per-address connect rate. Default 200.
+    #[arg(long, env = "GATEWAY_CONNECT_BURST_PER_IP")]
+    pub connect_burst_per_ip: Option<u32>,
+    /// Apply the per-address limits to loopback and private addresses too
+    /// (where load balancers live). Default false.
+    #[arg(long, env = "GATEWAY_IP_LIMITS_PRIVATE")]
+    pub ip_limits_private: Option<bool>,
+    /// Max open connections of one user on this node. Default 100.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
+    /// /metrics on the client listener requires the API key. Default false
+    /// (use admin_listen to keep /metrics off the client listener).
+    #[arg(long, env = "GATEWAY_METRICS_REQUIRE_KEY")]
+    pub metrics_require_key: Option<bool>,
     /// Options of channels without a namespace (file only).
     #[arg(skip)]
     pub default_namespace: Option<NamespaceOptions>,
@@ -275,10 +313,38 @@ pub struct Config {
     pub presence_refresh: Duration,
     /// Serve the built-in pages and the browser SDK.
     pub pages: bool,
+    /// The edge's limits (sockets, HTTP, per address and per user).
+    pub edge: EdgeLimits,
     /// Default namespace options.
     pub default_namespace: NamespaceOptions,
     /// Named namespaces.
     pub namespaces: HashMap<String, NamespaceOptions>,
+}
+
+/// The edge's limits: sockets before the upgrade, HTTP, per client address
+/// and per user (docs/security.md, "The edge").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// Time to send complete request headers (and idle time between requests).
+    pub header_timeout: Duration,
+    /// Max request header bytes (>= 8192).
+    pub max_header_bytes: usize,
+    /// Time an /api body may take to arrive.
+    pub body_timeout: Duration,
+    /// Max sockets not yet upgraded.
+    pub max_pending_connections: usize,
+    /// Max sockets per client address.
+    pub max_connections_per_ip: usize,
+    /// New connections per second per client address.
+    pub connect_rate_per_ip: u32,
+    /// Burst of `connect_rate_per_ip`.
+    pub connect_burst_per_ip: u32,
+    /// Whether loopback and private addresses are limited too.
+    pub ip_limits_private: bool,
+    /// Max connections of one user on this node.
+    pub max_connections_per_user: usize,
+    /// /metrics on the client listener requires the API key.
+    pub metrics_require_key: bool,
 }
 
 /// Upper bound of every `*_ms` setting: one day.
@@ -355,8 +421,7 @@ impl Config {
                 })
                 .transpose()
             };
-        let listen =
-            addr(pick!(listen), "listen")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let listen = addr(pick!(listen), "listen")?;
         let admin_listen = addr(pick!(admin_listen), "admin_listen")?;
         let node_id = match pick!(node_id) {
             Some(id) => {
@@ -413,12 +478,72 @@ impl Config {
                 "set either jwt_secret (HS256) or jwt_public_key_file (RS256), not both",
             ));
         }
+        let positive = |v: Option<usize>, default: usize, setting: &'static str| {
+            let v = v.unwrap_or(default);
+            if v == 0 {
+                Err(invalid(setting, "must be greater than 0"))
+            } else {
+                Ok(v)
+            }
+        };
         let auth_required = pick!(auth_required).unwrap_or(false);
         if auth_required && jwt_secret.is_none() && jwt_public_key_pem.is_none() {
             return Err(invalid(
                 "auth_required",
                 "requires jwt_secret or jwt_public_key_file",
             ));
+        }
+        // Open development mode (no JWT key) stays on this machine unless
+        // the listen address is set explicitly.
+        let open_mode = jwt_secret.is_none() && jwt_public_key_pem.is_none();
+        let listen = listen.unwrap_or(if open_mode {
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 8080))
+        });
+        let api_key = pick!(api_key).filter(|k| !k.is_empty());
+        let pages = pick!(pages).unwrap_or(api_key.is_none() && !auth_required);
+        let edge = EdgeLimits {
+            header_timeout: ms(pick!(header_timeout_ms), 10_000, "header_timeout_ms")?,
+            max_header_bytes: {
+                let v = pick!(max_header_bytes).unwrap_or(16 * 1024);
+                if !(8192..=1 << 20).contains(&v) {
+                    return Err(invalid(
+                        "max_header_bytes",
+                        "must be between 8192 and 1048576",
+                    ));
+                }
+                v
+            },
+            body_timeout: ms(pick!(body_timeout_ms), 10_000, "body_timeout_ms")?,
+            max_pending_connections: positive(
+                pick!(max_pending_connections),
+                1024,
+                "max_pending_connections",
+            )?,
+            max_connections_per_ip: positive(
+                pick!(max_connections_per_ip),
+                1000,
+                "max_connections_per_ip",
+            )?,
+            connect_rate_per_ip: pick!(connect_rate_per_ip).unwrap_or(50),
+            connect_burst_per_ip: pick!(connect_burst_per_ip).unwrap_or(200),
+            ip_limits_private: pick!(ip_limits_private).unwrap_or(false),
+            max_connections_per_user: positive(
+                pick!(max_connections_per_user),
+                100,
+                "max_connections_per_user",
+            )?,
+            metrics_require_key: pick!(metrics_require_key).unwrap_or(false),
+        };
+        if edge.connect_rate_per_ip == 0 || edge.connect_burst_per_ip == 0 {
+            return Err(invalid(
+                "connect_rate_per_ip",
+                "connect_rate_per_ip and connect_burst_per_ip must be greater than 0",
+            ));
+        }
+        if edge.metrics_require_key && api_key.is_none() {
+            return Err(invalid("metrics_require_key", "requires api_key"));
         }
         let trusted_proxies = pick!(trusted_proxies)
             .unwrap_or_default()
@@ -436,15 +561,15 @@ impl Config {
             .map(|s| s.trim().trim_end_matches('/').to_owned())
             .filter(|s| !s.is_empty())
             .collect();
-        let positive = |v: Option<usize>, default: usize, setting: &'static str| {
-            let v = v.unwrap_or(default);
-            if v == 0 {
-                Err(invalid(setting, "must be greater than 0"))
-            } else {
-                Ok(v)
-            }
-        };
         let max_message_size = positive(pick!(max_message_size), 64 * 1024, "max_message_size")?;
+        // The API body limit is max_message_size + 4096: keep it far from
+        // usize::MAX (and from a size no frame should have).
+        if max_message_size > 64 << 20 {
+            return Err(invalid(
+                "max_message_size",
+                "must be at most 67108864 (64 MiB)",
+            ));
+        }
         let queue_bytes = positive(pick!(queue_bytes), 1024 * 1024, "queue_bytes")?;
         if queue_bytes < 4096 {
             return Err(invalid("queue_bytes", "must be at least 4096"));
@@ -531,7 +656,7 @@ impl Config {
             jwt_secret,
             jwt_public_key_pem,
             auth_required,
-            api_key: pick!(api_key).filter(|k| !k.is_empty()),
+            api_key,
             allowed_origins,
             trusted_proxies,
             max_connections: positive(pick!(max_connections), 100_000, "max_connections")?,
@@ -553,7 +678,8 @@ impl Config {
             drain_grace: ms(pick!(drain_grace_ms), 30_000, "drain_grace_ms")?,
             presence_ttl,
             presence_refresh,
-            pages: pick!(pages).unwrap_or(true),
+            pages,
+            edge,
             default_namespace,
             namespaces,
         })
@@ -583,7 +709,8 @@ mod tests {
     #[test]
     fn defaults_are_documented_values() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        // Open development mode: loopback unless set explicitly.
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.max_message_size, 65536);
         assert_eq!(c.queue_bytes, 1 << 20);
         assert_eq!(c.max_channels_per_connection, 128);
@@ -596,6 +723,37 @@ mod tests {
         assert!(c.worker_threads >= 1);
         assert!(c.pages);
         assert!(c.node_id.starts_with('n'));
+        assert_eq!(c.edge.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.edge.max_header_bytes, 16384);
+        assert_eq!(c.edge.max_pending_connections, 1024);
+        assert_eq!(c.edge.max_connections_per_ip, 1000);
+        assert_eq!(c.edge.max_connections_per_user, 100);
+        assert!(!c.edge.ip_limits_private);
+    }
+
+    #[test]
+    fn open_mode_binds_loopback_and_keys_turn_pages_off() {
+        let secret = "0123456789abcdef0123";
+        let c = parse(&["--jwt-secret", secret]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        let c = parse(&["--listen", "0.0.0.0:9000"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert!(!parse(&["--api-key", "k"]).unwrap().pages);
+        assert!(parse(&["--api-key", "k", "--pages", "true"]).unwrap().pages);
+        let c = parse(&["--jwt-secret", secret, "--auth-required", "true"]).unwrap();
+        assert!(!c.pages);
+        let e = parse(&["--max-message-size", "18446744073709551615"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_message_size"), "{e}");
+        let e = parse(&["--metrics-require-key", "true"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics_require_key"), "{e}");
+        let e = parse(&["--max-header-bytes", "100"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_header_bytes"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod backplane;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod edge;
 pub mod fanout;
 pub mod history;
 pub mod hub;

@@ -247,11 +247,18 @@ fn channel_field(obj: &serde_json::Map<String, Value>) -> Result<String, ReplyEr
     Ok(channel)
 }
 
+/// The one JSON policy of client input, WebSocket frames and HTTP API
+/// bodies alike: serde_json's `Value` parser, so nesting is at most 128
+/// deep and every number fits an f64 (`1e999999` is refused). A payload
+/// kept as raw text (`data`) is checked by this parse first.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ReplyError> {
+    serde_json::from_slice(bytes).map_err(|e| ReplyError::bad_request(format!("invalid JSON: {e}")))
+}
+
 /// Parse a text frame. On error, returns the id (when readable) with the
 /// error so the reply can still echo it.
 pub fn parse_request(text: &str) -> Result<Request, (Option<Value>, ReplyError)> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| (None, ReplyError::bad_request(format!("invalid JSON: {e}"))))?;
+    let value = parse_json(text.as_bytes()).map_err(|e| (None, e))?;
     let Value::Object(obj) = value else {
         return Err((None, ReplyError::bad_request("frame must be a JSON object")));
     };

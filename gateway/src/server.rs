@@ -7,20 +7,36 @@
 //! the listeners keep answering (readyz 503) until every connection is gone
 //! or the grace runs out; then they stop and every tracked task gets what is
 //! left of the grace (at least 500 ms) to finish. A warning is logged if the grace runs out.
+//!
+//! Accepting (the edge, docs/security.md): each socket passes the
+//! per-address limits and takes a handshake-phase permit before hyper sees
+//! it (refused sockets get a short HTTP error, read and written under a
+//! bounded time, and are counted); hyper (HTTP/1.1) runs with a Tokio
+//! timer, so a request's headers must arrive within `header_timeout_ms` and
+//! fit in `max_header_bytes`. The permit and the address guard travel with
+//! the request: an upgrade keeps the address guard for the connection's
+//! life and gives the permit back once upgraded. Every connection task is
+//! tracked.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::edge::{Edge, KeyGuard, RareLog, Refusal};
 
 use crate::config::Config;
 use crate::connection::ws_handler;
@@ -72,6 +88,7 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
     metrics::gauge!(m::CONNECTIONS).set(hub.connection_count() as f64);
     metrics::gauge!(m::CHANNELS).set(hub.channel_count() as f64);
     metrics::gauge!(m::SUBSCRIPTIONS).set(hub.subscription_count() as f64);
+    metrics::gauge!(crate::edge::PENDING).set(a.node.edge.pending() as f64);
     if let Some(fanout) = &a.node.fanout {
         metrics::gauge!(m::FANOUT_QUEUED).set(fanout.queued() as f64);
     }
@@ -85,11 +102,20 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
         .into_response()
 }
 
-fn admin_router(admin: Admin) -> Router {
+/// `/healthz`, `/readyz` and `/metrics`; with `keyed`, `/metrics` requires
+/// the API key (`metrics_require_key`, on the client listener only).
+fn admin_router(admin: Admin, keyed: bool) -> Router {
+    let mut metrics = get(metrics_text);
+    if keyed {
+        metrics = metrics.route_layer(middleware::from_fn_with_state(
+            admin.node.clone(),
+            crate::api::require_key,
+        ));
+    }
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", metrics)
         .with_state(admin)
 }
 
@@ -142,7 +168,9 @@ where
         node: node.clone(),
         prometheus,
     };
-    let body_limit = node.config.max_message_size + 4096;
+    crate::edge::describe_metrics();
+    // Validated to at most 64 MiB, so this cannot wrap; saturating anyway.
+    let body_limit = node.config.max_message_size.saturating_add(4096);
     let mut app = Router::new()
         .route("/ws", get(ws_handler))
         .with_state(node.clone())
@@ -161,12 +189,17 @@ where
                 addr: local,
                 source,
             })?;
-            serve(&shutdown, l, admin_router(admin.clone()));
+            serve(&node, l, admin_router(admin.clone(), false), false);
             println!("admin listening on {admin_addr}");
         }
-        None => app = app.merge(admin_router(admin.clone())),
+        None => {
+            app = app.merge(admin_router(
+                admin.clone(),
+                node.config.edge.metrics_require_key,
+            ))
+        }
     }
-    serve(&shutdown, listener, app);
+    serve(&node, listener, app, true);
     println!("gateway listening on {local}");
     tracing::info!(addr = %local, node = %node.config.node_id, redis = node.config.redis_url.is_some(), "listening");
 
@@ -177,22 +210,224 @@ where
     Ok(())
 }
 
-fn serve(shutdown: &Shutdown, listener: TcpListener, app: Router) {
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "set_nodelay failed");
-        }
-    });
+/// What a request carries from its socket's admission: the handshake-phase
+/// permit and the address guard. `/ws` takes both (the upgrade keeps the
+/// guard, and gives the permit back once upgraded); otherwise they go when
+/// the socket closes.
+#[derive(Clone, Default)]
+pub struct Admitted(Arc<Mutex<AdmittedParts>>);
+
+#[derive(Default)]
+struct AdmittedParts {
+    permit: Option<OwnedSemaphorePermit>,
+    ip: Option<KeyGuard<std::net::IpAddr>>,
+}
+
+impl Admitted {
+    /// Take the permit and the address guard (once; later calls get `None`s).
+    pub fn take(
+        &self,
+    ) -> (
+        Option<OwnedSemaphorePermit>,
+        Option<KeyGuard<std::net::IpAddr>>,
+    ) {
+        let mut parts = self.0.lock();
+        (parts.permit.take(), parts.ip.take())
+    }
+}
+
+/// How long a refused socket may take to send its request and read the
+/// refusal (bounded, so refusals cannot hold sockets).
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Refused sockets answered at once; past it they are just closed.
+const MAX_REFUSALS: usize = 256;
+
+static ACCEPT_ERROR_LOG: RareLog = RareLog::new();
+static REFUSAL_LOG: RareLog = RareLog::new();
+
+/// Serve `app` on `listener` until shutdown. `limited`: the client
+/// listener, with the per-address limits and the handshake-phase cap.
+fn serve(node: &Arc<Node>, listener: TcpListener, app: Router, limited: bool) {
+    let node = node.clone();
+    let shutdown: Shutdown = node.shutdown.clone();
     let token = shutdown.token.clone();
-    shutdown.tracker.spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "listener failed");
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
+    shutdown.tracker.clone().spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and the like: count, log rarely, back off
+                        // instead of spinning.
+                        metrics::counter!(crate::edge::DROPPED, "reason" => "accept_error").increment(1);
+                        if let Some(n) = ACCEPT_ERROR_LOG.allow() {
+                            tracing::warn!(error = %e, suppressed = n, "accept failed");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = token.cancelled() => break,
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "set_nodelay failed");
+            }
+            let admitted = if limited {
+                match admit_socket(&node.edge, peer) {
+                    Ok(a) => a,
+                    Err((reason, status, body)) => {
+                        refuse_socket(&shutdown, &refusals, tcp, peer, reason, status, body);
+                        continue;
+                    }
+                }
+            } else {
+                Admitted::default()
+            };
+            shutdown
+                .tracker
+                .spawn(serve_connection(node.clone(), app.clone(), tcp, peer, admitted));
         }
     });
+}
+
+/// The socket-level admission of the client listener.
+fn admit_socket(
+    edge: &Edge,
+    peer: SocketAddr,
+) -> Result<Admitted, (&'static str, u16, &'static str)> {
+    let ip = match edge.ip_key(peer.ip()) {
+        Some(key) if !edge.is_trusted(peer.ip()) => match edge.ips.acquire(key) {
+            Ok(g) => Some(g),
+            Err(Refusal::TooMany) => return Err(("ip_limit", 429, IP_LIMIT_BODY)),
+            Err(Refusal::TooFast) => return Err(("ip_rate", 429, IP_RATE_BODY)),
+        },
+        _ => None,
+    };
+    let Ok(permit) = edge.pending.clone().try_acquire_owned() else {
+        return Err(("pending_limit", 503, PENDING_BODY));
+    };
+    Ok(Admitted(Arc::new(Mutex::new(AdmittedParts {
+        permit: Some(permit),
+        ip,
+    }))))
+}
+
+/// JSON error body of a per-address connection refusal.
+pub const IP_LIMIT_BODY: &str =
+    r#"{"error":{"code":"rate_limited","message":"too many connections from this address"}}"#;
+/// JSON error body of a per-address connect-rate refusal.
+pub const IP_RATE_BODY: &str =
+    r#"{"error":{"code":"rate_limited","message":"too many new connections from this address"}}"#;
+const PENDING_BODY: &str =
+    r#"{"error":{"code":"unavailable","message":"too many connections in the handshake phase"}}"#;
+
+/// Answer a refused socket with `status` and `body`: read what its request
+/// sent (so the close is clean and the client can read the answer), write,
+/// close; all within [`REFUSAL_TIME`], at most [`MAX_REFUSALS`] at once.
+fn refuse_socket(
+    shutdown: &Shutdown,
+    refusals: &Arc<tokio::sync::Semaphore>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    reason: &'static str,
+    status: u16,
+    body: &'static str,
+) {
+    metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+    if let Some(n) = REFUSAL_LOG.allow() {
+        tracing::info!(peer.addr = %peer, reason, suppressed = n, "socket refused");
+    }
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return; // dropped: closed at once
+    };
+    shutdown.tracker.spawn(async move {
+        let _permit = permit;
+        let text = if status == 429 {
+            "Too Many Requests"
+        } else {
+            "Service Unavailable"
+        };
+        let answer = format!(
+            "HTTP/1.1 {status} {text}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(REFUSAL_TIME, async {
+            // Whatever arrives within a moment (the request, if sent at
+            // once), up to the end of its headers or 16 KiB.
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut got = 0;
+            while got < buf.len() {
+                match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut buf[got..])).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        got += n;
+                        if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let _ = tcp.write_all(answer.as_bytes()).await;
+            let _ = tcp.shutdown().await;
+            // Drain until the client closes, so ours is not a reset.
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// One accepted socket: HTTP/1.1 with the header timeout and size cap,
+/// upgrades allowed, until it closes, upgrades, or shutdown.
+async fn serve_connection(
+    node: Arc<Node>,
+    app: Router,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+) {
+    let edge = &node.config.edge;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(edge.header_timeout)
+        .max_buf_size(edge.max_header_bytes)
+        .max_header_size(edge.max_header_bytes);
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let mut router = app.clone();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(admitted.clone());
+        tower_service::Service::call(&mut router, req.map(axum::body::Body::new))
+    });
+    let conn = http
+        .serve_connection(TokioIo::new(tcp), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let token = node.shutdown.token.clone();
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        let reason = if e.is_timeout() {
+            "header_timeout"
+        } else if e.is_parse_too_large() {
+            "header_too_large"
+        } else if e.is_parse() {
+            "bad_request"
+        } else {
+            "io"
+        };
+        metrics::counter!(crate::edge::DROPPED, "reason" => reason).increment(1);
+        tracing::debug!(peer.addr = %peer, reason, error = %e, "HTTP connection ended");
+    }
 }
 
 async fn drain(node: &Arc<Node>) {

@@ -3,7 +3,11 @@
 //! the optional API key; plus its error type and request metrics.
 //!
 //! Every error is `{"error": {"code", "message"}}` with the status of its
-//! code; internal error text never reaches the caller. A publish answered
+//! code; internal error text never reaches the caller. Request bodies must
+//! be `Content-Type: application/json` (415 otherwise: no CORS "simple
+//! request" from a web page can reach a handler), must arrive within
+//! `body_timeout_ms` (408), and are held to the WebSocket path's JSON
+//! policy ([`crate::protocol::parse_json`]). A publish answered
 //! 200 was handed to the backend; a 503 means it was not acknowledged (see
 //! docs/protocol.md: after a timeout it may still have been applied).
 
@@ -58,25 +62,62 @@ impl IntoResponse for ApiError {
 /// plain text).
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
+/// An error with a status of its own (415, 408) and the usual body.
+fn with_status(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message}});
+    (status, Json(body)).into_response()
+}
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::TooLarge, "body exceeds the size limit")
-            } else {
-                ApiError::new(ErrorCode::BadRequest, "cannot read body")
+/// Whether `content-type` is `application/json` (parameters allowed).
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, Self::Rejection> {
+        if !is_json(&req) {
+            return Err(with_status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::BadRequest,
+                "the body must be Content-Type: application/json",
+            ));
+        }
+        let timeout = node.config.edge.body_timeout;
+        let bytes = match tokio::time::timeout(timeout, Bytes::from_request(req, node)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(
+                    ApiError::new(ErrorCode::TooLarge, "body exceeds the size limit")
+                        .into_response(),
+                )
             }
-        })?;
+            Ok(Err(_)) => {
+                return Err(ApiError::new(ErrorCode::BadRequest, "cannot read body").into_response())
+            }
+            Err(_) => {
+                metrics::counter!(crate::edge::DROPPED, "reason" => "body_timeout").increment(1);
+                return Err(with_status(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ErrorCode::BadRequest,
+                    "the body did not arrive in time",
+                ));
+            }
+        };
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
             &bytes
         };
-        serde_json::from_slice(bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
+        crate::protocol::parse_json(bytes).map_err(|e| ApiError(e).into_response())?;
+        serde_json::from_slice(bytes).map(JsonBody).map_err(|e| {
+            ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")).into_response()
+        })
     }
 }
 
@@ -131,12 +172,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/users/{user}", get(user_status))
         .route("/api/nodes", get(nodes))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
-        .layer(middleware::from_fn_with_state(node.clone(), api_key))
+        .layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(middleware::from_fn(observe))
         .with_state(node)
 }
 
-async fn api_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+/// The API key check (`Authorization: Bearer <api_key>`), for /api and a
+/// keyed /metrics.
+pub async fn require_key(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)

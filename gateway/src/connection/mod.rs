@@ -3,7 +3,9 @@
 //! ([`reader`], the connection task, with op dispatch in [`dispatch`]) and
 //! the writer task ([`writer`]).
 //!
-//! Before the upgrade: draining, origin, token, connection slot, then the
+//! Before the upgrade: draining, origin, token, the per-user limit and (for
+//! a client behind a trusted proxy) the per-address limit, connection slot,
+//! then the
 //! connection is admitted to the hub and the node waits until it receives
 //! the user's traffic; every refusal is an HTTP error and a
 //! `gateway_connections_refused_total{reason}` count.
@@ -20,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
@@ -33,11 +35,13 @@ use self::reader::Reader;
 use self::writer::{write_loop, CLOSE_GRACE};
 use crate::api::ApiError;
 use crate::auth::Identity;
+use crate::edge::{KeyGuard, Refusal};
 use crate::hub::frame;
 use crate::metrics as m;
 use crate::node::Node;
 use crate::outbox::{ConnHandle, Outbox};
 use crate::protocol::{close, CloseReason, ErrorCode, ReplyError, ServerFrame};
+use crate::server::Admitted;
 
 /// Encode an `error` frame (and count it by code).
 pub fn error_frame(id: Option<&Value>, e: &ReplyError) -> Utf8Bytes {
@@ -62,6 +66,11 @@ pub struct WsQuery {
 struct SlotGuard {
     node: Arc<Node>,
     conn: Option<Arc<ConnHandle>>,
+    /// The client address's place in the per-address limit (none when the
+    /// address is not limited); given back with the slot.
+    _ip: Option<KeyGuard<IpAddr>>,
+    /// The user's place in the per-user limit (none for anonymous ones).
+    _user: Option<KeyGuard<Box<str>>>,
 }
 
 impl Drop for SlotGuard {
@@ -98,6 +107,7 @@ pub fn client_addr(node: &Node, peer: SocketAddr, headers: &HeaderMap) -> IpAddr
 pub async fn ws_handler(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admitted: Option<Extension<Admitted>>,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
     ws: WebSocketUpgrade,
@@ -116,7 +126,7 @@ pub async fn ws_handler(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(crate::auth::bearer);
     let token = bearer.or(query.token.as_deref());
     let identity = match node.auth.authenticate(token, query.user.as_deref()) {
         Ok(id) => id,
@@ -137,6 +147,39 @@ pub async fn ws_handler(
             );
         }
     }
+    let user_guard = match identity.user.as_deref() {
+        Some(user) => match node.edge.users.acquire(Box::from(user)) {
+            Ok(g) => Some(g),
+            Err(_) => {
+                tracing::debug!(peer.addr = %peer, user.id = user, "connection refused: per-user limit");
+                return refuse(
+                    "user_limit",
+                    ApiError::new(ErrorCode::RateLimited, "too many connections for this user"),
+                );
+            }
+        },
+        None => None,
+    };
+    let addr = client_addr(&node, peer, &headers);
+    // The socket-level admission took the peer's place; behind a trusted
+    // proxy the client is known only now, from X-Forwarded-For.
+    let (permit, mut ip_guard) = admitted.map(|Extension(a)| a.take()).unwrap_or_default();
+    if node.edge.is_trusted(peer.ip()) && addr != peer.ip() {
+        if let Some(key) = node.edge.ip_key(addr) {
+            match node.edge.ips.acquire(key) {
+                Ok(g) => ip_guard = Some(g),
+                Err(r) => {
+                    let (reason, body) = match r {
+                        Refusal::TooMany => ("ip_limit", "too many connections from this address"),
+                        Refusal::TooFast => {
+                            ("ip_rate", "too many new connections from this address")
+                        }
+                    };
+                    return refuse(reason, ApiError::new(ErrorCode::RateLimited, body));
+                }
+            }
+        }
+    }
     if !node.take_slot() {
         return refuse(
             "max_connections",
@@ -146,6 +189,8 @@ pub async fn ws_handler(
     let mut guard = SlotGuard {
         node: node.clone(),
         conn: None,
+        _ip: ip_guard,
+        _user: user_guard,
     };
     let id = node.next_conn_id();
     let (handle, outbox) = ConnHandle::new(
@@ -169,7 +214,6 @@ pub async fn ws_handler(
         );
     }
     guard.conn = Some(handle.clone());
-    let addr = client_addr(&node, peer, &headers);
     let max = node.config.max_message_size;
     ws.read_buffer_size(node.config.read_buffer_size)
         .max_message_size(max)
@@ -179,6 +223,8 @@ pub async fn ws_handler(
             // Boxed: the upgrade task keeps this closure's captures.
             let state = Box::new((identity, handle, outbox));
             move |socket| {
+                // Upgraded: out of the handshake phase.
+                drop(permit);
                 let (identity, handle, outbox) = *state;
                 let tracker = node.shutdown.tracker.clone();
                 tracker.track_future(run(socket, node, identity, handle, outbox, addr, guard))

@@ -69,6 +69,8 @@ pub struct Node {
     memory_history: Option<Arc<MemoryHistory>>,
     draining: AtomicBool,
     slots: AtomicUsize,
+    /// The edge's admission state (handshake permits, per address, per user).
+    pub edge: crate::edge::Edge,
     boot: String,
     seq: AtomicU64,
 }
@@ -113,6 +115,7 @@ impl Node {
             (hub.clone(), None)
         };
         let backends = plan.start(sink).await?;
+        let edge = crate::edge::Edge::new(&config);
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,
@@ -126,6 +129,7 @@ impl Node {
             memory_history: backends.memory_history,
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
+            edge,
             boot: format!("{:04x}", rand::random::<u16>()),
             seq: AtomicU64::new(0),
         }))

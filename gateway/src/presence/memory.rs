@@ -20,6 +20,9 @@ use crate::backplane::BackplaneError;
 
 type Entries<T> = HashMap<String, (T, Instant)>;
 
+/// One user's connections by connection id, with their expiry.
+type UserConns = HashMap<Box<str>, (UserConn, Instant)>;
+
 /// A channel member as stored: keyed by its connection id, with the node
 /// name shared between entries (one node's members all carry the same).
 struct Stored {
@@ -47,9 +50,11 @@ pub struct MemoryPresence {
     channels: Mutex<HashMap<String, HashMap<Box<str>, Stored>>>,
     /// Node names seen, shared by the stored members.
     node_names: Mutex<Vec<Arc<str>>>,
-    /// A user's connections in a plain vector: a user has a few, and a map
-    /// per user would cost every connection a table.
-    users: Mutex<HashMap<String, Vec<(UserConn, Instant)>>>,
+    /// A user's connections by connection id: joins, refreshes and leaves
+    /// are lookups, not scans, also for a user with many connections (a
+    /// vector scanned per op made n connections of one user cost O(n^2)
+    /// under this lock).
+    users: Mutex<HashMap<String, UserConns>>,
     nodes: Mutex<Entries<NodeInfo>>,
 }
 
@@ -75,20 +80,12 @@ impl MemoryPresence {
     fn put_user_conn(&self, user: &str, conn: &UserConn) -> bool {
         let exp = Instant::now() + self.ttl;
         let mut users = self.users.lock();
-        // Most users have one connection: no room for four up front.
-        let conns = users
+        // Most users have one connection: no room for more up front.
+        users
             .entry(user.to_owned())
-            .or_insert_with(|| Vec::with_capacity(1));
-        match conns.iter_mut().find(|(c, _)| c.conn == conn.conn) {
-            Some(entry) => {
-                *entry = (conn.clone(), exp);
-                false
-            }
-            None => {
-                conns.push((conn.clone(), exp));
-                true
-            }
-        }
+            .or_insert_with(|| HashMap::with_capacity(1))
+            .insert(conn.conn.as_str().into(), (conn.clone(), exp))
+            .is_none()
     }
 
     /// The shared copy of a node name.
@@ -182,7 +179,7 @@ impl Presence for MemoryPresence {
     async fn remove_user_conn(&self, user: &str, conn: &str) -> Result<(), BackplaneError> {
         let mut users = self.users.lock();
         if let Some(conns) = users.get_mut(user) {
-            conns.retain(|(c, _)| c.conn != conn);
+            conns.remove(conn);
             if conns.is_empty() {
                 users.remove(user);
             }
@@ -197,7 +194,7 @@ impl Presence for MemoryPresence {
             .lock()
             .get(user)
             .map(|cs| {
-                cs.iter()
+                cs.values()
                     .filter(|(_, exp)| *exp > now)
                     .map(|(c, _)| c.clone())
                     .collect()
@@ -226,7 +223,7 @@ impl Presence for MemoryPresence {
         for (user, conn) in &batch.user_conns {
             match users
                 .get_mut(user)
-                .and_then(|cs| cs.iter_mut().find(|(c, _)| c.conn == conn.conn))
+                .and_then(|cs| cs.get_mut(conn.conn.as_str()))
             {
                 Some(entry) => entry.1 = exp,
                 None => missing.user_conns.push((user.clone(), conn.clone())),
@@ -274,5 +271,37 @@ impl Presence for MemoryPresence {
             .collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many connections of one user: every op is a lookup by connection id
+    /// (this took O(n^2) under the lock with a scanned vector).
+    #[tokio::test]
+    async fn one_user_with_many_connections() {
+        let p = MemoryPresence::new(Duration::from_secs(60));
+        let n = 5000;
+        let conn = |i: usize| UserConn {
+            conn: format!("n1.b.{i}"),
+            node: "n1".to_owned(),
+        };
+        for i in 0..n {
+            p.add_user_conn("u", &conn(i)).await.unwrap();
+        }
+        // Re-adding is a refresh, not a duplicate.
+        p.add_user_conn("u", &conn(0)).await.unwrap();
+        assert_eq!(p.user_conns("u").await.unwrap().len(), n);
+        let batch = RefreshBatch {
+            members: Vec::new(),
+            user_conns: (0..n).map(|i| ("u".to_owned(), conn(i))).collect(),
+        };
+        assert_eq!(p.refresh(&batch).await.unwrap().len(), 0);
+        for i in (0..n).step_by(2) {
+            p.remove_user_conn("u", &conn(i).conn).await.unwrap();
+        }
+        assert_eq!(p.user_conns("u").await.unwrap().len(), n / 2);
     }
 }

@@ -32,6 +32,15 @@ log = "warn"
 # Publishers in the benchmarks publish far above the per-connection default.
 rate_limit = 1000000
 rate_burst = 1000000
+# The edge's limits, raised explicitly: the suite opens up to ~19,900
+# connections to one node from 127.0.0.1-127.0.0.16 at up to 5,000
+# connects/s. Loopback is exempt from the per-address limits by default
+# (ip_limits_private = false); these hold if that ever changes. The default
+# handshake-phase cap (1024) could refuse a connect burst on a loaded box.
+max_pending_connections = 20000
+max_connections_per_ip = 20000
+connect_rate_per_ip = 10000
+connect_burst_per_ip = 20000
 
 [default_namespace]
 client_publish = true
