@@ -32,7 +32,7 @@ use crate::config::Config;
 /// Gauge: sockets in the handshake phase (accepted, not yet upgraded).
 pub const PENDING: &str = "gateway_edge_pending_connections";
 /// Counter: HTTP connections the edge dropped, by reason (`header_timeout`,
-/// `header_too_large`, `bad_request`, `io`, `accept_error`).
+/// `header_too_large`, `bad_request`, `body_timeout`, `io`, `accept_error`).
 pub const DROPPED: &str = "gateway_edge_dropped_total";
 
 /// Reasons of `gateway_connections_refused_total` added by the edge.
@@ -46,6 +46,7 @@ pub fn describe_metrics() {
         "header_timeout",
         "header_too_large",
         "bad_request",
+        "body_timeout",
         "io",
         "accept_error",
     ] {

@@ -138,3 +138,19 @@ async fn a_slow_api_body_is_answered_408() -> Result<()> {
     ensure!(answer.starts_with("HTTP/1.1 408"), "got {answer:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() -> Result<()> {
+    let gw = GatewayBuilder::new()
+        .name("edge_keepalive_idle")
+        .env("GATEWAY_HEADER_TIMEOUT_MS", 1000)
+        .spawn()
+        .await?;
+    let mut sock = TcpStream::connect(gw.addr()?).await?;
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    // The answer arrives, then the idle connection is closed.
+    let answer = closed_within(&mut sock, Duration::from_secs(15)).await?;
+    ensure!(answer.starts_with("HTTP/1.1 200"), "got {answer:?}");
+    Ok(())
+}
