@@ -507,10 +507,7 @@ impl Config {
             "presence_node_timeout_ms",
         )?;
         if presence_node_timeout < Duration::from_millis(500) {
-            return Err(invalid(
-                "presence_node_timeout_ms",
-                "must be at least 500",
-            ));
+            return Err(invalid("presence_node_timeout_ms", "must be at least 500"));
         }
         let presence_sweep_batch = pick!(presence_sweep_batch).unwrap_or(500);
         if !(1..=100_000).contains(&presence_sweep_batch) {

@@ -231,7 +231,10 @@ impl RedisPresence {
         let mut unique: Vec<&str> = channels.collect();
         unique.sort_unstable();
         unique.dedup();
-        let key = self.shared.keys.node_presence(&self.shared.settings.node_id);
+        let key = self
+            .shared
+            .keys
+            .node_presence(&self.shared.settings.node_id);
         for chunk in unique.chunks(REFRESH_CHUNK) {
             let mut pipe = ::redis::pipe();
             pipe.cmd("SADD").arg(&key).arg(chunk).ignore();
@@ -305,9 +308,7 @@ impl RedisPresence {
                     let (next, values) = self
                         .shared
                         .call("node_purge", |mut conn| async move {
-                            script
-                                .invoke_async::<(u64, Vec<Vec<u8>>)>(&mut conn)
-                                .await
+                            script.invoke_async::<(u64, Vec<Vec<u8>>)>(&mut conn).await
                         })
                         .await?;
                     out.extend(
@@ -457,21 +458,22 @@ impl Presence for RedisPresence {
         // ZADD XX never re-creates an entry (a leave may have raced this
         // refresh); then ZSCORE says whether it exists (ZADD's own reply
         // cannot: an entry written in the same millisecond is not "changed").
-        let missing = self.pipelined(
-            "presence_refresh",
-            batch,
-            |pipe, keys, id, _| {
-                pipe.cmd("ZADD")
-                    .arg(&keys.expiry)
-                    .arg("XX")
-                    .arg(expiry)
-                    .arg(id)
-                    .ignore();
-                pipe.cmd("ZSCORE").arg(&keys.expiry).arg(id);
-            },
-            |score: &Option<f64>| score.is_none(),
-        )
-        .await?;
+        let missing = self
+            .pipelined(
+                "presence_refresh",
+                batch,
+                |pipe, keys, id, _| {
+                    pipe.cmd("ZADD")
+                        .arg(&keys.expiry)
+                        .arg("XX")
+                        .arg(expiry)
+                        .arg(id)
+                        .ignore();
+                    pipe.cmd("ZSCORE").arg(&keys.expiry).arg(id);
+                },
+                |score: &Option<f64>| score.is_none(),
+            )
+            .await?;
         // The index of this node's presence channels heals here after a
         // purge or a Redis restart (restored entries are in the batch too).
         self.index(batch.members.iter().map(|(c, _)| c.as_str()))
@@ -551,10 +553,9 @@ impl Presence for RedisPresence {
             }
             let replies: Vec<(usize, Vec<Vec<u8>>)> = self
                 .shared
-                .call(
-                    "presence_sweep",
-                    |mut conn| async move { pipe.query_async(&mut conn).await },
-                )
+                .call("presence_sweep", |mut conn| async move {
+                    pipe.query_async(&mut conn).await
+                })
                 .await?;
             for (channel, (removed, values)) in chunk.iter().zip(replies) {
                 out.extend(
