@@ -606,7 +606,20 @@ impl Presence for RedisPresence {
     }
 
     async fn remove_node(&self, id: &str) -> Result<(), BackplaneError> {
-        self.delete("nodes", self.node_keys(), id).await.map(|_| ())
+        self.delete("nodes", self.node_keys(), id).await?;
+        // A node that left cleanly is not a crashed node to purge (its
+        // members left with their connections during the drain).
+        let seen = self.shared.keys.nodes_seen();
+        self.shared
+            .call("nodes", |mut conn| async move {
+                ::redis::cmd("ZREM")
+                    .arg(&seen)
+                    .arg(id)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BackplaneError> {
