@@ -202,6 +202,13 @@ pub struct Settings {
     /// Presence refresh interval, ms. Default 25000.
     #[arg(long, env = "GATEWAY_PRESENCE_REFRESH_MS")]
     pub presence_refresh_ms: Option<u64>,
+    /// A node whose registry heartbeat is older than this is taken as
+    /// crashed and its presence purged by a live node, ms. Default 5000.
+    #[arg(long, env = "GATEWAY_PRESENCE_NODE_TIMEOUT_MS")]
+    pub presence_node_timeout_ms: Option<u64>,
+    /// Channels checked for expired members per sweep tick. Default 500.
+    #[arg(long, env = "GATEWAY_PRESENCE_SWEEP_BATCH")]
+    pub presence_sweep_batch: Option<usize>,
     /// Serve /demo, /status and /sdk/gateway-client.js. Default true,
     /// false once an API key is set or auth is required.
     #[arg(long, env = "GATEWAY_PAGES")]
@@ -311,6 +318,10 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// Presence refresh interval.
     pub presence_refresh: Duration,
+    /// Heartbeat age after which a node is taken as crashed (redis).
+    pub presence_node_timeout: Duration,
+    /// Channels checked for expired members per sweep tick.
+    pub presence_sweep_batch: usize,
     /// Serve the built-in pages and the browser SDK.
     pub pages: bool,
     /// The edge's limits (sockets, HTTP, per address and per user).
@@ -614,6 +625,22 @@ impl Config {
                 "must be less than presence_ttl_ms",
             ));
         }
+        // Crashed-node purge and sweep (docs/redis.md, "Crashed nodes").
+        let presence_node_timeout = ms(
+            pick!(presence_node_timeout_ms),
+            5_000,
+            "presence_node_timeout_ms",
+        )?;
+        if presence_node_timeout < Duration::from_millis(500) {
+            return Err(invalid("presence_node_timeout_ms", "must be at least 500"));
+        }
+        let presence_sweep_batch = pick!(presence_sweep_batch).unwrap_or(500);
+        if !(1..=100_000).contains(&presence_sweep_batch) {
+            return Err(invalid(
+                "presence_sweep_batch",
+                "must be between 1 and 100000",
+            ));
+        }
         let default_namespace = pick!(default_namespace).unwrap_or_default();
         let namespaces = pick!(namespaces).unwrap_or_default();
         for (name, opts) in
@@ -678,6 +705,8 @@ impl Config {
             drain_grace: ms(pick!(drain_grace_ms), 30_000, "drain_grace_ms")?,
             presence_ttl,
             presence_refresh,
+            presence_node_timeout,
+            presence_sweep_batch,
             pages,
             edge,
             default_namespace,

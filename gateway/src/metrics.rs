@@ -65,6 +65,10 @@ pub const FANOUT_OVERFLOW: &str = "gateway_fanout_overflow_total";
 pub const FANOUT_QUEUED: &str = "gateway_fanout_queued";
 /// Gaps in a channel's offsets found by a subscriber's position (counter).
 pub const GAPS: &str = "gateway_delivery_gaps_total";
+/// Crashed nodes whose presence this node purged (counter).
+pub const NODES_PURGED: &str = "gateway_presence_nodes_purged_total";
+/// Leave events sent for members of purged nodes (counter).
+pub const NODE_PURGE_LEAVES: &str = "gateway_presence_purged_members_total";
 
 /// Handles of the metrics touched on every frame, registered once: the
 /// `counter!` macro looks its key up in the registry on every call, which the
@@ -169,7 +173,55 @@ fn register_zeroes() {
     }
     metrics::counter!(DROPPED, "reason" => "queue_full").absolute(0);
     metrics::counter!(PRESENCE_RESTORED).absolute(0);
+    // Counters that move only on trouble (issue 10, item 10): at 0 with
+    // every label value from the start, so the first error is a rise.
+    for op in BACKEND_ERROR_OPS {
+        metrics::counter!(BACKEND_ERRORS, "op" => op).absolute(0);
+    }
+    for op in RECEIVED_OPS {
+        metrics::counter!(MESSAGES_RECEIVED, "op" => op).absolute(0);
+    }
+    for recovered in ["true", "false"] {
+        metrics::counter!(HISTORY_REPLAYS, "recovered" => recovered).absolute(0);
+    }
+    metrics::counter!(NODES_PURGED).absolute(0);
+    metrics::counter!(NODE_PURGE_LEAVES).absolute(0);
 }
+
+/// Every `op` label value of [`BACKEND_ERRORS`].
+pub const BACKEND_ERROR_OPS: [&str; 20] = [
+    "history_read",
+    "node_heartbeat",
+    "node_remove",
+    "node_purge",
+    "nodes",
+    "presence_event",
+    "presence_expire",
+    "presence_join",
+    "presence_leave",
+    "presence_members",
+    "presence_refresh",
+    "presence_restore",
+    "presence_index",
+    "publish",
+    "send",
+    "subscribe",
+    "subscribe_user",
+    "user_conns",
+    "user_index_add",
+    "user_index_remove",
+];
+
+/// Every `op` label value of [`MESSAGES_RECEIVED`].
+const RECEIVED_OPS: [&str; 7] = [
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence",
+    "ping",
+    "binary",
+    "invalid",
+];
 
 fn describe() {
     describe_gauge!(
@@ -253,6 +305,14 @@ fn describe() {
     describe_gauge!(
         FANOUT_QUEUED,
         "Envelopes received from Redis waiting for a fan-out worker."
+    );
+    describe_counter!(
+        NODES_PURGED,
+        "Nodes whose heartbeat was older than the node timeout and whose presence this node purged (each crashed node is purged by exactly one live node)."
+    );
+    describe_counter!(
+        NODE_PURGE_LEAVES,
+        "Members of purged nodes removed from channel presence (one leave event each on join/leave channels)."
     );
     describe_counter!(
         GAPS,

@@ -730,8 +730,11 @@ async fn subscribe_then_read_leaves_no_gap(kind: Kind) -> Result<()> {
 // ---------------------------------------------------------------------------
 
 /// A read of a channel without a stream returns offset 0, `first_offset` 1
-/// and a fresh epoch, and that epoch stays: later reads and the
-/// publications that follow carry it.
+/// and no publications; the first publication gets offset 1 and later reads
+/// carry its epoch. A backend may answer the empty read with the empty
+/// epoch (Redis: reads create no key; it matches any epoch on recovery);
+/// a backend that answers a real epoch keeps it for the publications that
+/// follow.
 async fn empty_channel_read_fixes_the_epoch(kind: Kind) -> Result<()> {
     let b = Backends::start(kind, "hist_empty", LONG_TTL).await?;
     let first = b.history.read("hist:e", 0, 10, HISTORY).await?;
@@ -746,7 +749,6 @@ async fn empty_channel_read_fixes_the_epoch(kind: Kind) -> Result<()> {
         first.first_offset
     );
     ensure!(first.publications.is_empty(), "publications on empty read");
-    ensure!(!first.position.epoch.is_empty(), "empty epoch");
     let epoch = first.position.epoch;
     let again = b.history.read("hist:e", 0, 10, HISTORY).await?;
     ensure!(
@@ -757,22 +759,21 @@ async fn empty_channel_read_fixes_the_epoch(kind: Kind) -> Result<()> {
     let pos = b
         .backplane
         .publish(publication("hist:e", "1")?, Some(HISTORY))
-        .await?;
-    let want = StreamPosition {
-        offset: 1,
-        epoch: epoch.clone(),
-    };
+        .await?
+        .context("no position")?;
+    ensure!(pos.offset == 1, "first publish {pos:?}");
+    ensure!(!pos.epoch.is_empty(), "first publish without epoch");
     ensure!(
-        pos.as_ref() == Some(&want),
-        "first publish {pos:?}, want {want:?}"
+        epoch.is_empty() || pos.epoch == epoch,
+        "first publish {pos:?}, the empty read fixed epoch {epoch}"
     );
     let after = b.history.read("hist:e", 0, 10, HISTORY).await?;
     ensure!(
-        after.position == want,
+        after.position == pos,
         "read after publish {:?}",
         after.position
     );
-    // Another channel's stream is its own: offset 0, its own epoch.
+    // Another channel's stream is its own: offset 0.
     let other = b.history.read("hist:other", 0, 10, HISTORY).await?;
     ensure!(
         other.position.offset == 0,
@@ -958,12 +959,18 @@ async fn expired_stream_restarts_with_a_new_epoch(kind: Kind) -> Result<()> {
     let pos = b
         .backplane
         .publish(publication("hist:x", "3")?, Some(HISTORY))
-        .await?;
-    let want = StreamPosition {
-        offset: 1,
-        epoch: fresh.position.epoch,
-    };
-    ensure!(pos.as_ref() == Some(&want), "{pos:?}, want {want:?}");
+        .await?
+        .context("no position")?;
+    // A backend whose reads create nothing (Redis) answered the empty
+    // epoch; the first publication then starts a new one.
+    ensure!(
+        pos.offset == 1
+            && pos.epoch != old.epoch
+            && (fresh.position.epoch.is_empty() || pos.epoch == fresh.position.epoch),
+        "{pos:?} after the read {:?} (old epoch {})",
+        fresh.position,
+        old.epoch
+    );
     b.shutdown().await;
     Ok(())
 }

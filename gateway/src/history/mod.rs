@@ -38,10 +38,9 @@ pub struct HistoryRead {
 pub trait History: Send + Sync + 'static {
     /// Publications of `channel` with offset > `since`, oldest first, at
     /// most `limit`, together with the stream position at the time of the
-    /// read. Never creates a new epoch for a stream that exists; when the
-    /// channel has no stream, creates an empty one (offset 0, fresh epoch,
-    /// expiring after `options.ttl`) so that the epoch a subscriber is told
-    /// stays valid for the publications that follow.
+    /// read. Never creates a new epoch for a stream that exists. The Redis
+    /// backend never writes on a read: a channel without a stream answers
+    /// offset 0 and the empty epoch (which matches any epoch on recovery).
     async fn read(
         &self,
         channel: &str,

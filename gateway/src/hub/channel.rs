@@ -70,7 +70,16 @@ impl Position {
     }
 
     fn judge(&self, next: At<'_>) -> Verdict {
-        if *self.epoch != *next.epoch {
+        if self.offset == 0 && self.epoch.is_empty() {
+            // Subscribed before the stream existed (a history read of a
+            // channel without history answers offset 0, empty epoch): the
+            // first publication of whatever epoch starts it is offset 1.
+            if next.offset <= 1 {
+                Verdict::Deliver
+            } else {
+                Verdict::Gap
+            }
+        } else if *self.epoch != *next.epoch {
             // The stream was lost and restarted: offsets start again.
             Verdict::Deliver
         } else if next.offset <= self.offset {
@@ -292,5 +301,13 @@ mod tests {
         assert_eq!(last.judge(at(6, "e")), Verdict::Deliver);
         assert_eq!(last.judge(at(8, "e")), Verdict::Gap);
         assert_eq!(last.judge(at(1, "f")), Verdict::Deliver);
+    }
+
+    #[test]
+    fn a_subscriber_of_a_channel_without_stream_expects_offset_1() {
+        let empty = pos(0, "");
+        let at = |offset, epoch| At { offset, epoch };
+        assert_eq!(empty.judge(at(1, "f")), Verdict::Deliver);
+        assert_eq!(empty.judge(at(2, "f")), Verdict::Gap);
     }
 }

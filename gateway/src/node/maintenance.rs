@@ -1,8 +1,10 @@
 //! Keeping this node's presence true in the backend: the periodic refresh
 //! of every entry it owns (and the write-back of those the backend lost),
 //! the sweep that turns expired members of join/leave channels into leave
-//! events, and the node registry heartbeat; [`Node::run_maintenance`] runs
-//! them until shutdown.
+//! events (a bounded batch of channels per tick), the node registry
+//! heartbeat, and the purge of crashed nodes' presence;
+//! [`Node::run_maintenance`] runs them until shutdown, each on its own task
+//! so that none waits behind another.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,52 +120,134 @@ impl Node {
     }
 
     /// Publish this node's registry entry (counts for GET /api/nodes).
-    pub async fn heartbeat(&self) {
-        if let Err(e) = self.presence.heartbeat(&self.info()).await {
-            backend_error("node_heartbeat", &e);
-        }
-    }
-
-    /// Hand expired members of local join/leave channels to leave events.
-    pub async fn sweep_expired(&self) {
-        let config = self.config.clone();
-        let channels = self
-            .hub
-            .channel_names(|ch| config.namespace(ch).is_some_and(|ns| ns.join_leave));
-        for channel in channels {
-            match self.presence.take_expired(&channel).await {
-                Ok(members) => {
-                    for member in members {
-                        let event = PresenceEvent {
-                            channel: channel.clone(),
-                            user: member.user,
-                            conn: member.conn,
-                        };
-                        if let Err(e) = self.backplane.send(Envelope::Leave(event)).await {
-                            backend_error("presence_event", &e);
-                        }
-                    }
-                }
-                Err(e) => {
-                    backend_error("presence_expire", &e);
-                }
+    /// Returns whether the entry had to be created: this node is new to the
+    /// registry, or a live node purged it as crashed while it was stalled.
+    pub async fn heartbeat(&self) -> bool {
+        match self.presence.announce(&self.info()).await {
+            Ok(created) => created,
+            Err(e) => {
+                backend_error("node_heartbeat", &e);
+                false
             }
         }
     }
 
-    /// The maintenance loop: refresh every `presence_refresh`, sweep expired
-    /// members a few times per TTL. Ends on shutdown.
+    /// Hand expired members of local join/leave channels to leave events:
+    /// at most `presence_sweep_batch` channels per call, taking up where the
+    /// last call stopped (`cursor`: the last channel swept), so one tick's
+    /// work is bounded however many channels the node holds; a full pass
+    /// over N channels takes ceil(N / batch) ticks.
+    pub async fn sweep_expired(&self, cursor: &mut Option<String>) {
+        let config = self.config.clone();
+        let mut channels = self
+            .hub
+            .channel_names(|ch| config.namespace(ch).is_some_and(|ns| ns.join_leave));
+        channels.sort_unstable();
+        let batch = self.config.presence_sweep_batch;
+        let start = cursor
+            .as_deref()
+            .map_or(0, |last| channels.partition_point(|c| c.as_str() <= last));
+        let mut picked: Vec<String> = channels.iter().skip(start).take(batch).cloned().collect();
+        if picked.len() < batch {
+            // Wrap around: the next pass starts from the first channel.
+            let more = batch - picked.len();
+            picked.extend(channels.iter().take(start.min(more)).cloned());
+            *cursor = None;
+        } else {
+            *cursor = picked.last().cloned();
+        }
+        if picked.is_empty() {
+            return;
+        }
+        match self.presence.take_expired_many(&picked).await {
+            Ok(members) => self.send_leaves(members).await,
+            Err(e) => {
+                backend_error("presence_expire", &e);
+            }
+        }
+    }
+
+    /// Purge the presence of nodes whose heartbeat is older than the node
+    /// timeout (crashed, or stalled for that long) and send the leave
+    /// events of their members on join/leave channels.
+    pub async fn purge_stale_nodes(&self) {
+        let timeout = self.config.presence_node_timeout;
+        match self
+            .presence
+            .purge_stale_nodes(&self.config.node_id, timeout)
+            .await
+        {
+            Ok(members) if !members.is_empty() => {
+                let nodes: std::collections::BTreeSet<&str> =
+                    members.iter().map(|(_, m)| m.node.as_str()).collect();
+                metrics::counter!(m::NODES_PURGED).increment(nodes.len() as u64);
+                metrics::counter!(m::NODE_PURGE_LEAVES).increment(members.len() as u64);
+                tracing::warn!(
+                    nodes = ?nodes,
+                    members = members.len(),
+                    timeout_ms = timeout.as_millis() as u64,
+                    "purged the presence of nodes whose heartbeat stopped"
+                );
+                self.send_leaves(members).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                backend_error("node_purge", &e);
+            }
+        }
+    }
+
+    /// One leave event per removed member of a join/leave channel.
+    async fn send_leaves(&self, members: Vec<(String, crate::presence::Member)>) {
+        for (channel, member) in members {
+            if !self
+                .config
+                .namespace(&channel)
+                .is_some_and(|ns| ns.join_leave)
+            {
+                continue;
+            }
+            let event = PresenceEvent {
+                channel,
+                user: member.user,
+                conn: member.conn,
+            };
+            if let Err(e) = self.backplane.send(Envelope::Leave(event)).await {
+                backend_error("presence_event", &e);
+            }
+        }
+    }
+
+    /// The maintenance tasks, until shutdown: this one refreshes every
+    /// `presence_refresh` (and at once after a reconnect or when the
+    /// heartbeat found this node purged); the heartbeat, the sweep of
+    /// expired members and the purge of crashed nodes each run on a task of
+    /// their own (tracked by the shutdown tracker), so none of them waits
+    /// behind another: a long sweep or purge never delays a heartbeat or a
+    /// refresh. The registry entry is removed once all of them ended.
     pub async fn run_maintenance(self: Arc<Self>) {
+        let announce = Arc::new(tokio::sync::Notify::new());
+        let tasks = [
+            self.shutdown
+                .tracker
+                .spawn(self.clone().run_heartbeat(announce.clone())),
+            self.shutdown.tracker.spawn(self.clone().run_sweep()),
+            self.shutdown.tracker.spawn(self.clone().run_purge()),
+        ];
+        self.run_refresh(&announce).await;
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a maintenance task failed");
+            }
+        }
+        if let Err(e) = self.presence.remove_node(&self.config.node_id).await {
+            backend_error("node_remove", &e);
+        }
+    }
+
+    async fn run_refresh(&self, announce: &tokio::sync::Notify) {
         let mut refresh = tokio::time::interval(self.config.presence_refresh);
-        let sweep_every = (self.config.presence_ttl / 4)
-            .clamp(Duration::from_millis(200), Duration::from_secs(5));
-        let mut sweep = tokio::time::interval(sweep_every);
-        // The registry's counts should be fresher than the presence refresh.
-        let mut heartbeat =
-            tokio::time::interval(self.config.presence_refresh.min(Duration::from_secs(5)));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health = tokio::time::interval(Duration::from_millis(250));
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_generation = self.backplane.generation();
@@ -171,8 +255,10 @@ impl Node {
             tokio::select! {
                 _ = self.shutdown.token.cancelled() => break,
                 _ = refresh.tick() => self.maintain().await,
-                _ = heartbeat.tick() => self.heartbeat().await,
-                _ = sweep.tick() => self.sweep_expired().await,
+                _ = announce.notified() => {
+                    tracing::info!("this node was purged from the registry (stalled?); re-announcing its presence");
+                    self.maintain().await;
+                }
                 _ = health.tick() => {
                     // After a reconnect the backend may have lost our
                     // entries: rewrite them now, not at the next refresh.
@@ -186,8 +272,60 @@ impl Node {
                 }
             }
         }
-        if let Err(e) = self.presence.remove_node(&self.config.node_id).await {
-            backend_error("node_remove", &e);
+    }
+
+    /// Heartbeat every min(`presence_refresh`, 5 s, node timeout / 3), so a
+    /// live node is never older than the node timeout; a heartbeat that had
+    /// to re-create the entry (after the first) wakes the refresh.
+    async fn run_heartbeat(self: Arc<Self>, announce: Arc<tokio::sync::Notify>) {
+        let every = self
+            .config
+            .presence_refresh
+            .min(Duration::from_secs(5))
+            .min(self.config.presence_node_timeout / 3);
+        let mut heartbeat = tokio::time::interval(every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.token.cancelled() => break,
+                _ = heartbeat.tick() => {
+                    if self.heartbeat().await && !first {
+                        announce.notify_one();
+                    }
+                    first = false;
+                }
+            }
+        }
+    }
+
+    /// Sweep a bounded batch of channels a few times per TTL.
+    async fn run_sweep(self: Arc<Self>) {
+        let every = (self.config.presence_ttl / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let mut sweep = tokio::time::interval(every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cursor = None;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.token.cancelled() => break,
+                _ = sweep.tick() => self.sweep_expired(&mut cursor).await,
+            }
+        }
+    }
+
+    /// Look for stale nodes four times per node timeout (at most every
+    /// second).
+    async fn run_purge(self: Arc<Self>) {
+        let every = (self.config.presence_node_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut purge = tokio::time::interval(every);
+        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.token.cancelled() => break,
+                _ = purge.tick() => self.purge_stale_nodes().await,
+            }
         }
     }
 }

@@ -3,7 +3,10 @@
 //!
 //! Entries are owned by the node that holds the connection. Every entry has
 //! an expiry: the owning node refreshes its own entries in batches well inside
-//! the TTL, so the entries of a node that crashed vanish within one TTL.
+//! the TTL, so the entries of a node that crashed vanish within one TTL; a
+//! backend with a node registry (Redis) also lets any live node purge the
+//! members of a node whose heartbeat is older than the node timeout
+//! ([`Presence::purge_stale_nodes`]).
 //! Readers never see an expired entry.
 
 pub mod memory;
@@ -130,4 +133,41 @@ pub trait Presence: Send + Sync + 'static {
     async fn remove_node(&self, id: &str) -> Result<(), BackplaneError>;
     /// Live nodes of the cluster.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BackplaneError>;
+
+    /// [`Presence::heartbeat`], telling whether the registry entry had to be
+    /// created (a new node, or one whose presence a live node purged while
+    /// it was stalled: the caller then re-announces its entries at once).
+    async fn announce(&self, node: &NodeInfo) -> Result<bool, BackplaneError> {
+        self.heartbeat(node).await.map(|()| false)
+    }
+
+    /// [`Presence::take_expired`] of many channels, as (channel, member);
+    /// backends may batch the round trips.
+    async fn take_expired_many(
+        &self,
+        channels: &[String],
+    ) -> Result<Vec<(String, Member)>, BackplaneError> {
+        let mut out = Vec::new();
+        for channel in channels {
+            for member in self.take_expired(channel).await? {
+                out.push((channel.clone(), member));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Purge the channel presence of every other node whose last heartbeat
+    /// is older than `timeout` (crashed or stalled) and return the removed
+    /// members as (channel, member). Each stale node is purged by one live
+    /// node at a time and each member is returned to exactly one caller
+    /// cluster-wide (so one leave event is sent per member). A backend
+    /// without a node registry (the embedded one) purges nothing.
+    async fn purge_stale_nodes(
+        &self,
+        own: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<(String, Member)>, BackplaneError> {
+        let _ = (own, timeout);
+        Ok(Vec::new())
+    }
 }

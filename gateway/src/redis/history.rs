@@ -7,19 +7,20 @@
 //! both in one snapshot.
 //!
 //! Invariants:
-//! - A read never replaces the epoch of an existing meta hash.
-//! - A read of a channel without meta creates it (`top` 0, a fresh epoch,
-//!   expiring after the namespace's history ttl), so every reader before the
-//!   first publication, on any node, gets the same epoch and the epoch a
-//!   subscriber is told stays valid for the publications that follow.
+//! - A read never writes (the script carries Redis 7's `no-writes` flag, so
+//!   Redis itself refuses a write): a read of a channel without meta creates
+//!   no key and answers offset 0 with the empty epoch, which matches any
+//!   epoch on recovery (`since: {offset: 0, epoch: ""}` replays the stream
+//!   the first publication starts). Reads of unknown channels therefore cost
+//!   Redis no memory, however many there are.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{codec, millis, Shared};
+use super::{codec, Shared};
 use crate::backplane::{BackplaneError, Envelope, HistoryOptions, Publication, StreamPosition};
-use crate::history::{new_epoch, History, HistoryRead};
+use crate::history::{History, HistoryRead};
 
 /// Redis [`History`]. Built by [`crate::redis::connect`].
 pub struct RedisHistory {
@@ -39,7 +40,7 @@ impl History for RedisHistory {
         channel: &str,
         since: u64,
         limit: usize,
-        options: HistoryOptions,
+        _options: HistoryOptions,
     ) -> Result<HistoryRead, BackplaneError> {
         let keys = &self.shared.keys;
         let mut script = self.shared.scripts.read.prepare_invoke();
@@ -48,9 +49,7 @@ impl History for RedisHistory {
             .key(keys.history(channel))
             .arg(since.saturating_add(1))
             // COUNT must be a Redis integer; nobody reads 4 billion entries.
-            .arg(u32::try_from(limit).unwrap_or(u32::MAX))
-            .arg(new_epoch())
-            .arg(millis(options.ttl));
+            .arg(u32::try_from(limit).unwrap_or(u32::MAX));
         let (top, epoch, first_offset, entries) = self
             .shared
             .call("history_read", |mut conn| async move {

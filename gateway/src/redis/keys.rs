@@ -96,6 +96,23 @@ impl Keys {
     pub fn nodes_expiry(&self) -> String {
         format!("{}:{{nodes}}-exp", self.prefix)
     }
+
+    /// When each node last sent its heartbeat (sorted set id -> ms):
+    /// `P:{nodes}-seen`.
+    pub fn nodes_seen(&self) -> String {
+        format!("{}:{{nodes}}-seen", self.prefix)
+    }
+
+    /// Lease of the live node purging a stale node: `P:{nodes}-purging:<id>`.
+    pub fn node_purge_lease(&self, node: &str) -> String {
+        format!("{}:{{nodes}}-purging:{node}", self.prefix)
+    }
+
+    /// Index of a node's presence: the channels where it has members (set),
+    /// `P:node-pres:{<id>}`. One key per node, written only by that node.
+    pub fn node_presence(&self, node: &str) -> String {
+        format!("{}:node-pres:{{{node}}}", self.prefix)
+    }
 }
 
 #[cfg(test)]

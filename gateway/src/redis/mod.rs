@@ -156,8 +156,35 @@ pub const METRIC_PROBE_FAILURES: &str = "gateway_redis_probe_failures_total";
 /// Metric: envelopes received from Redis pub/sub (counter).
 pub const METRIC_RECEIVED: &str = "gateway_backplane_received_total";
 
-/// Register descriptions of the Redis metrics with the installed recorder.
+/// Every `op` label value of [`METRIC_ERRORS`] (each call site uses one of
+/// these), registered at 0 from the start.
+pub const ERROR_OPS: [&str; 13] = [
+    "publish",
+    "subscribe",
+    "history_read",
+    "presence",
+    "presence_refresh",
+    "presence_restore",
+    "presence_sweep",
+    "user_index",
+    "nodes",
+    "node_purge",
+    "probe",
+    "connect",
+    "decode",
+];
+
+/// Register descriptions of the Redis metrics with the installed recorder,
+/// and every Redis counter at 0 with each of its label values, so that
+/// `rate()` and alerts see the first error (a counter that appears at its
+/// first increment has no earlier sample to rise from).
 pub fn describe_metrics() {
+    for op in ERROR_OPS {
+        metrics::counter!(METRIC_ERRORS, "op" => op).absolute(0);
+    }
+    for counter in [METRIC_RECONNECTS, METRIC_PROBE_FAILURES, METRIC_RECEIVED] {
+        metrics::counter!(counter).absolute(0);
+    }
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(
         METRIC_UP,
@@ -165,7 +192,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         METRIC_ERRORS,
-        "Failed Redis calls, by op (publish, subscribe, history_read, presence, presence_refresh, user_index, nodes, probe, connect, decode)."
+        "Failed Redis calls, by op (publish, subscribe, history_read, presence, presence_refresh, presence_restore, presence_sweep, user_index, nodes, node_purge, probe, connect, decode)."
     );
     describe_counter!(
         METRIC_RECONNECTS,

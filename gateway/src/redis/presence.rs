@@ -46,6 +46,17 @@ const REFRESH_CHUNK: usize = 1000;
 const TAKE_CHUNK: usize = 1000;
 /// Bound on `take_expired` script runs per call.
 const TAKE_ROUNDS: usize = 100;
+/// Channels per sweep pipeline (one `EVALSHA take_expired` each).
+const SWEEP_PIPELINE: usize = 100;
+/// Stale nodes claimed per purge call.
+const PURGE_NODES: isize = 10;
+/// Channels of a purged node's index read per `SSCAN` step.
+const PURGE_SCAN: usize = 200;
+/// Members examined per `HSCAN` step of the purge script.
+const PURGE_HSCAN: usize = 500;
+/// A purge claim lapses after this long (a claimer that died mid-purge
+/// lets another live node take over).
+const PURGE_LEASE_MS: u64 = 30_000;
 
 /// Redis [`Presence`]. Built by [`crate::redis::connect`].
 pub struct RedisPresence {
@@ -211,6 +222,138 @@ impl RedisPresence {
         Ok(removed > 0)
     }
 
+    /// Add channels to this node's presence index (`P:node-pres:{id}`),
+    /// in one pipeline per [`REFRESH_CHUNK`] channels.
+    async fn index<'a>(
+        &self,
+        channels: impl Iterator<Item = &'a str>,
+    ) -> Result<(), BackplaneError> {
+        let mut unique: Vec<&str> = channels.collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let key = self
+            .shared
+            .keys
+            .node_presence(&self.shared.settings.node_id);
+        for chunk in unique.chunks(REFRESH_CHUNK) {
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("SADD").arg(&key).arg(chunk).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(self.key_ttl()).ignore();
+            self.shared
+                .call("presence", |mut conn| async move {
+                    pipe.query_async::<()>(&mut conn).await
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Claim the purge of a stale node (a lease: one purger at a time).
+    async fn claim(&self, node: &str, cutoff: u64, own: &str) -> Result<bool, BackplaneError> {
+        let keys = &self.shared.keys;
+        let mut script = self.shared.scripts.claim_node.prepare_invoke();
+        script
+            .key(keys.nodes_seen())
+            .key(keys.node_purge_lease(node))
+            .arg(node)
+            .arg(cutoff)
+            .arg(own)
+            .arg(PURGE_LEASE_MS);
+        let claimed = self
+            .shared
+            .call("node_purge", |mut conn| async move {
+                script.invoke_async::<i64>(&mut conn).await
+            })
+            .await?;
+        Ok(claimed == 1)
+    }
+
+    /// Remove every member of `node` in the channels of its index, then
+    /// drop it from the registry (unless it came back) and its index.
+    async fn purge_node(
+        &self,
+        node: &str,
+        cutoff: u64,
+        out: &mut Vec<(String, Member)>,
+    ) -> Result<(), BackplaneError> {
+        let keys = &self.shared.keys;
+        let index = keys.node_presence(node);
+        let prefix = format!("{node}.");
+        let mut cursor = 0u64;
+        loop {
+            let index_key = index.clone();
+            let (next, channels): (u64, Vec<String>) = self
+                .shared
+                .call("node_purge", |mut conn| async move {
+                    ::redis::cmd("SSCAN")
+                        .arg(&index_key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(PURGE_SCAN)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            for channel in channels {
+                let members = self.members_keys(&channel);
+                let mut hcursor = 0u64;
+                loop {
+                    let mut script = self.shared.scripts.purge_members.prepare_invoke();
+                    script
+                        .key(&members.hash)
+                        .key(&members.expiry)
+                        .arg(&prefix)
+                        .arg(hcursor)
+                        .arg(PURGE_HSCAN);
+                    let (next, values) = self
+                        .shared
+                        .call("node_purge", |mut conn| async move {
+                            script.invoke_async::<(u64, Vec<Vec<u8>>)>(&mut conn).await
+                        })
+                        .await?;
+                    out.extend(
+                        decode_all::<Member>(&values)
+                            .into_iter()
+                            .map(|m| (channel.clone(), m)),
+                    );
+                    hcursor = next;
+                    if hcursor == 0 {
+                        break;
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut script = self.shared.scripts.finish_purge.prepare_invoke();
+        script
+            .key(keys.nodes_seen())
+            .key(keys.nodes())
+            .key(keys.nodes_expiry())
+            .key(keys.node_purge_lease(node))
+            .arg(node)
+            .arg(cutoff);
+        let dropped = self
+            .shared
+            .call("node_purge", |mut conn| async move {
+                script.invoke_async::<i64>(&mut conn).await
+            })
+            .await?;
+        if dropped == 1 {
+            self.shared
+                .call("node_purge", |mut conn| async move {
+                    ::redis::cmd("DEL")
+                        .arg(&index)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Unexpired values, decoded; `prune` deletes expired entries too.
     async fn live<T: DeserializeOwned>(
         &self,
@@ -248,7 +391,8 @@ impl Presence for RedisPresence {
             json,
             prune_before,
         )
-        .await
+        .await?;
+        self.index(std::iter::once(channel)).await
     }
 
     async fn leave(&self, channel: &str, conn: &str) -> Result<bool, BackplaneError> {
@@ -314,21 +458,27 @@ impl Presence for RedisPresence {
         // ZADD XX never re-creates an entry (a leave may have raced this
         // refresh); then ZSCORE says whether it exists (ZADD's own reply
         // cannot: an entry written in the same millisecond is not "changed").
-        self.pipelined(
-            "presence_refresh",
-            batch,
-            |pipe, keys, id, _| {
-                pipe.cmd("ZADD")
-                    .arg(&keys.expiry)
-                    .arg("XX")
-                    .arg(expiry)
-                    .arg(id)
-                    .ignore();
-                pipe.cmd("ZSCORE").arg(&keys.expiry).arg(id);
-            },
-            |score: &Option<f64>| score.is_none(),
-        )
-        .await
+        let missing = self
+            .pipelined(
+                "presence_refresh",
+                batch,
+                |pipe, keys, id, _| {
+                    pipe.cmd("ZADD")
+                        .arg(&keys.expiry)
+                        .arg("XX")
+                        .arg(expiry)
+                        .arg(id)
+                        .ignore();
+                    pipe.cmd("ZSCORE").arg(&keys.expiry).arg(id);
+                },
+                |score: &Option<f64>| score.is_none(),
+            )
+            .await?;
+        // The index of this node's presence channels heals here after a
+        // purge or a Redis restart (restored entries are in the batch too).
+        self.index(batch.members.iter().map(|(c, _)| c.as_str()))
+            .await?;
+        Ok(missing)
     }
 
     async fn restore(&self, batch: &RefreshBatch) -> Result<RefreshBatch, BackplaneError> {
@@ -352,13 +502,124 @@ impl Presence for RedisPresence {
     }
 
     async fn heartbeat(&self, node: &NodeInfo) -> Result<(), BackplaneError> {
+        self.announce(node).await.map(|_| ())
+    }
+
+    async fn announce(&self, node: &NodeInfo) -> Result<bool, BackplaneError> {
         let json = encode(node)?;
-        self.put("nodes", self.node_keys(), &node.id, json, now_ms())
-            .await
+        let keys = &self.shared.keys;
+        let mut script = self.shared.scripts.heartbeat.prepare_invoke();
+        script
+            .key(keys.nodes())
+            .key(keys.nodes_expiry())
+            .key(keys.nodes_seen())
+            .arg(&node.id)
+            .arg(json)
+            .arg(self.expiry())
+            .arg(self.key_ttl())
+            .arg(now_ms());
+        let created = self
+            .shared
+            .call("nodes", |mut conn| async move {
+                script.invoke_async::<i64>(&mut conn).await
+            })
+            .await?;
+        Ok(created == 1)
+    }
+
+    async fn take_expired_many(
+        &self,
+        channels: &[String],
+    ) -> Result<Vec<(String, Member)>, BackplaneError> {
+        let mut out = Vec::new();
+        for chunk in channels.chunks(SWEEP_PIPELINE) {
+            let now = now_ms();
+            let mut pipe = ::redis::pipe();
+            // SCRIPT LOAD first: the EVALSHAs below never meet NOSCRIPT,
+            // even right after a Redis restart (one command per pipeline).
+            pipe.cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(include_str!("lua/take_expired.lua"))
+                .ignore();
+            for channel in chunk {
+                let keys = self.members_keys(channel);
+                pipe.cmd("EVALSHA")
+                    .arg(self.shared.scripts.take_expired.get_hash())
+                    .arg(2)
+                    .arg(&keys.hash)
+                    .arg(&keys.expiry)
+                    .arg(now)
+                    .arg(TAKE_CHUNK);
+            }
+            let replies: Vec<(usize, Vec<Vec<u8>>)> = self
+                .shared
+                .call("presence_sweep", |mut conn| async move {
+                    pipe.query_async(&mut conn).await
+                })
+                .await?;
+            for (channel, (removed, values)) in chunk.iter().zip(replies) {
+                out.extend(
+                    decode_all::<Member>(&values)
+                        .into_iter()
+                        .map(|m| (channel.clone(), m)),
+                );
+                if removed >= TAKE_CHUNK {
+                    // More than one script's worth: the rest one by one.
+                    for m in self.take_expired(channel).await? {
+                        out.push((channel.clone(), m));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn purge_stale_nodes(
+        &self,
+        own: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<(String, Member)>, BackplaneError> {
+        let keys = &self.shared.keys;
+        let cutoff = now_ms().saturating_sub(millis(timeout));
+        let seen = keys.nodes_seen();
+        let stale: Vec<String> = self
+            .shared
+            .call("node_purge", |mut conn| async move {
+                ::redis::cmd("ZRANGEBYSCORE")
+                    .arg(&seen)
+                    .arg("-inf")
+                    .arg(format!("({cutoff}"))
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(PURGE_NODES)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for node in stale.iter().filter(|n| n.as_str() != own) {
+            if self.claim(node, cutoff, own).await? {
+                self.purge_node(node, cutoff, &mut out).await?;
+            }
+        }
+        Ok(out)
     }
 
     async fn remove_node(&self, id: &str) -> Result<(), BackplaneError> {
-        self.delete("nodes", self.node_keys(), id).await.map(|_| ())
+        self.delete("nodes", self.node_keys(), id).await?;
+        // A node that left cleanly is not a crashed node to purge (its
+        // members left with their connections during the drain).
+        let seen = self.shared.keys.nodes_seen();
+        self.shared
+            .call("nodes", |mut conn| async move {
+                ::redis::cmd("ZREM")
+                    .arg(&seen)
+                    .arg(id)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BackplaneError> {

@@ -205,7 +205,10 @@ impl Link {
 /// Map a Redis error: trouble reaching Redis is `Unavailable`, an answer
 /// we cannot use is `Protocol`.
 pub(crate) fn redis_error(e: RedisError) -> BackplaneError {
-    let unavailable = e.is_io_error()
+    // OOM: Redis is at `maxmemory` and refuses writes (the scripts' flags
+    // make it refuse before a script writes anything): a full dependency.
+    let unavailable = e.code() == Some("OOM")
+        || e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()

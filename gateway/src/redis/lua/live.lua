@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Unexpired values of an expiring hash (hash + sorted set of expiry times).
 -- KEYS[1] hash (id -> JSON)   KEYS[2] sorted set (id -> expiry ms)
 -- ARGV[1] now (ms)   ARGV[2] '1' to delete expired entries first (for

@@ -1,3 +1,4 @@
+#!lua
 -- Append a publication to a channel's history and publish it, atomically.
 -- KEYS[1] meta hash (epoch, top)   KEYS[2] history stream
 -- ARGV[1] pub/sub channel          ARGV[2] history size (MAXLEN)

@@ -1,3 +1,4 @@
+#!lua
 -- Write one entry of an expiring hash and prune entries long expired.
 -- KEYS[1] hash (id -> JSON)   KEYS[2] sorted set (id -> expiry ms)
 -- ARGV[1] id   ARGV[2] JSON   ARGV[3] expiry (ms)   ARGV[4] key ttl (ms)

@@ -1,18 +1,15 @@
--- Read a channel's history together with its position, atomically.
+#!lua flags=no-writes
+-- Read a channel's history together with its position, atomically. Never
+-- writes (the no-writes flag makes Redis enforce it): a read of a channel
+-- without history creates no key.
 -- KEYS[1] meta hash   KEYS[2] history stream
 -- ARGV[1] first offset to return (since + 1)   ARGV[2] limit
--- ARGV[3] epoch to use if the stream is new    ARGV[4] ttl (ms) of meta created here
--- Returns {top, epoch, first_offset, {payload, ...}}.
+-- Returns {top, epoch, first_offset, {payload, ...}}; a channel without meta
+-- has no stream yet: {0, '', 1, {}} (the empty epoch matches any epoch).
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'top')
 local epoch = meta[1]
 if not epoch then
-  -- Fix the epoch now so that everyone who reads before the first
-  -- publication agrees on it; the first publish sets the history ttl.
-  epoch = ARGV[3]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {0, epoch, 1, {}}
+  return {0, '', 1, {}}
 end
 local top = tonumber(meta[2]) or 0
 local first_offset = top + 1

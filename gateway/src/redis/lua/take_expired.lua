@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Remove expired entries of an expiring hash and return them. Atomic, so
 -- each expired entry is returned to exactly one caller.
 -- KEYS[1] hash (id -> JSON)   KEYS[2] sorted set (id -> expiry ms)

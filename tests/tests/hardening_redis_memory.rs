@@ -1,0 +1,148 @@
+//! Redis memory under hostile load (issue 10, items 2 and 3; docs/redis.md
+//! "Lua scripts", docs/security.md "Redis: memory, sweeps and crashed
+//! nodes"): with `maxmemory` reached, publishes are refused with
+//! `unavailable` and leave nothing half-written (the writing scripts carry
+//! Redis 7 flags, so Redis checks memory before they run); history reads of
+//! channels without history create no key at all.
+
+use anyhow::{bail, ensure, Context, Result};
+use futures_util::future::join_all;
+use serde_json::json;
+use tests::cluster::Cluster;
+use tests::{check_error, RedisServer, Resp};
+
+/// `maxmemory` of the issue's reproduction.
+const MAXMEMORY: i64 = 3 * 1024 * 1024;
+
+async fn int(redis: &RedisServer, args: &[&str]) -> Result<i64> {
+    match redis.cmd(args).await? {
+        Resp::Int(n) => Ok(n),
+        other => bail!("{args:?}: unexpected reply {other:?}"),
+    }
+}
+
+/// `used_memory` from `INFO memory`.
+async fn used_memory(redis: &RedisServer) -> Result<i64> {
+    let info = redis
+        .cmd(&["INFO", "memory"])
+        .await?
+        .as_text()
+        .context("INFO reply")?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .context("no used_memory in INFO")?
+        .trim()
+        .parse()
+        .context("used_memory")
+}
+
+#[tokio::test]
+async fn publishes_past_maxmemory_are_refused_and_write_nothing() -> Result<()> {
+    let cluster = Cluster::builder("hard_maxmemory").nodes(1).start().await?;
+    let redis = &cluster.redis;
+    let api = cluster.api(1);
+    redis
+        .cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await?;
+    let limit = MAXMEMORY.to_string();
+    redis.cmd(&["CONFIG", "SET", "maxmemory", &limit]).await?;
+    let text = "x".repeat(30 * 1024);
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let channel = format!("hist:mem{i}");
+        let r = api
+            .post("/api/publish", &json!({"channel": channel, "data": text}))
+            .await?;
+        match r.status {
+            200 => accepted.push(channel),
+            _ => {
+                r.expect_error(503, "unavailable")?;
+                refused.push(channel);
+            }
+        }
+    }
+    let used = used_memory(redis).await?;
+    println!(
+        "maxmemory {MAXMEMORY}: {} publishes of 30 KB accepted, {} refused, used_memory {used}",
+        accepted.len(),
+        refused.len()
+    );
+    ensure!(
+        !refused.is_empty(),
+        "all {} publishes of 30 KB accepted past maxmemory {MAXMEMORY} (used_memory {used})",
+        accepted.len()
+    );
+    // One script may still run when memory is just below the limit.
+    ensure!(
+        used <= MAXMEMORY + 512 * 1024,
+        "used_memory {used} far past maxmemory {MAXMEMORY}"
+    );
+    // Nothing half-written: a refused publish left neither meta nor stream;
+    // an accepted one left both, with its one entry.
+    let p = &cluster.prefix;
+    for channel in &refused {
+        let meta = format!("{p}:meta:{{{channel}}}");
+        let hist = format!("{p}:hist:{{{channel}}}");
+        let n = int(redis, &["EXISTS", &meta, &hist]).await?;
+        ensure!(n == 0, "refused publish to {channel} left {n} key(s)");
+    }
+    for channel in &accepted {
+        let hist = format!("{p}:hist:{{{channel}}}");
+        let n = int(redis, &["XLEN", &hist]).await?;
+        ensure!(n == 1, "accepted publish to {channel}: XLEN {n}");
+    }
+    // The WebSocket path answers the documented error and keeps the socket.
+    let mut client = cluster.node(1).connect_anon().await?;
+    let reply = client
+        .request(json!({"op": "publish", "channel": "hist:ws-mem", "data": text}))
+        .await?;
+    check_error(&reply, "unavailable")?;
+    client.ping().await?;
+    // Room again: publishes succeed.
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]).await?;
+    api.publish("hist:mem-after", json!("ok")).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_reads_of_unknown_channels_create_no_key() -> Result<()> {
+    const READS: usize = 10_000;
+    const SUBSCRIBES: usize = 200;
+    let cluster = Cluster::builder("hard_readkeys").nodes(1).start().await?;
+    let redis = &cluster.redis;
+    let api = cluster.api(1);
+    let mut client = cluster.node(1).connect_anon().await?;
+    // Settle what a node writes by itself (registry), then count.
+    let before = int(redis, &["DBSIZE"]).await?;
+    for start in (0..READS).step_by(50) {
+        let reads = (start..start + 50).map(|i| {
+            let api = api.clone();
+            async move { api.history(&format!("hist:unknown{i}"), "since=0").await }
+        });
+        for r in join_all(reads).await {
+            let body = r?;
+            ensure!(body["offset"] == 0, "read of an unknown channel: {body}");
+        }
+    }
+    // 40 subscribes (80 frames) per connection: inside the rate limit.
+    for i in 0..SUBSCRIBES {
+        if i % 40 == 0 {
+            client = cluster.node(1).connect_anon().await?;
+        }
+        let channel = format!("hist:unknown-sub{i}");
+        let s = client
+            .subscribe_since(&channel, json!({"offset": 0}))
+            .await?;
+        ensure!(s["offset"] == 0, "subscribe with recovery: {s}");
+        client.unsubscribe(&channel).await?;
+    }
+    let after = int(redis, &["DBSIZE"]).await?;
+    println!(
+        "{READS} history reads + {SUBSCRIBES} recovering subscribes of unknown channels: DBSIZE {before} -> {after}"
+    );
+    ensure!(
+        after == before,
+        "reads created keys: DBSIZE {before} -> {after}"
+    );
+    Ok(())
+}
