@@ -204,6 +204,40 @@ pub struct Settings {
     /// Serve /demo, /status and /sdk/gateway-client.js. Default true.
     #[arg(long, env = "GATEWAY_PAGES")]
     pub pages: Option<bool>,
+    // --- Clients: replay, presence churn, tokens (docs/security.md) ---
+    /// Required JWT `iss`; unset: `iss` is not checked.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required JWT `aud` (a token's `aud` must be or contain it); unset:
+    /// `aud` is not checked.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Max members listed in a client's `presence` reply. Default 1000.
+    #[arg(long, env = "GATEWAY_PRESENCE_REPLY_MAX_MEMBERS")]
+    pub presence_reply_max_members: Option<usize>,
+    /// Subscribes to join/leave channels per second per connection.
+    /// Default 1.
+    #[arg(long, env = "GATEWAY_JOIN_LEAVE_RATE")]
+    pub join_leave_rate: Option<u32>,
+    /// Burst of `join_leave_rate`. Default 20.
+    #[arg(long, env = "GATEWAY_JOIN_LEAVE_BURST")]
+    pub join_leave_burst: Option<u32>,
+    /// Max bytes of one subscribe's history replay. Default 524288 (or
+    /// queue_bytes / 2 when that is smaller).
+    #[arg(long, env = "GATEWAY_REPLAY_MAX_BYTES")]
+    pub replay_max_bytes: Option<usize>,
+    /// A replay costs one rate-limit token per started this many bytes.
+    /// Default 16384.
+    #[arg(long, env = "GATEWAY_REPLAY_TOKEN_BYTES")]
+    pub replay_token_bytes: Option<usize>,
+    /// In-process history (no Redis): max channels with a stream. Default
+    /// 100000.
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_CHANNELS")]
+    pub history_max_channels: Option<usize>,
+    /// In-process history (no Redis): max bytes of retained publications.
+    /// Default 268435456 (256 MiB).
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
     /// Options of channels without a namespace (file only).
     #[arg(skip)]
     pub default_namespace: Option<NamespaceOptions>,
@@ -275,10 +309,109 @@ pub struct Config {
     pub presence_refresh: Duration,
     /// Serve the built-in pages and the browser SDK.
     pub pages: bool,
+    /// Clients: replay, presence churn, tokens (docs/security.md).
+    pub clients: ClientLimits,
     /// Default namespace options.
     pub default_namespace: NamespaceOptions,
     /// Named namespaces.
     pub namespaces: HashMap<String, NamespaceOptions>,
+}
+
+/// Limits against amplification by one client, and the JWT claims checked
+/// (docs/security.md, "Clients: replay, presence churn, tokens").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Required `iss`, if any.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud`, if any.
+    pub jwt_audience: Option<String>,
+    /// Members listed in a presence reply (>= 1).
+    pub presence_reply_max_members: usize,
+    /// Join/leave subscribes per second per connection (>= 1).
+    pub join_leave_rate: u32,
+    /// Their burst (>= 1).
+    pub join_leave_burst: u32,
+    /// Bytes one replay may queue (1..=queue_bytes).
+    pub replay_max_bytes: usize,
+    /// Replay bytes per rate-limit token (>= 1).
+    pub replay_token_bytes: usize,
+    /// In-process history: max streams (>= 1).
+    pub history_max_channels: usize,
+    /// In-process history: max retained bytes (>= 65536).
+    pub history_max_bytes: usize,
+}
+
+impl ClientLimits {
+    fn merge(s: &Settings, f: &Settings, queue_bytes: usize) -> Result<Self, ConfigError> {
+        let nonempty = |a: &Option<String>, b: &Option<String>| {
+            a.clone().or_else(|| b.clone()).filter(|v| !v.is_empty())
+        };
+        let jwt_issuer = nonempty(&s.jwt_issuer, &f.jwt_issuer);
+        let jwt_audience = nonempty(&s.jwt_audience, &f.jwt_audience);
+        let range = |v: Option<usize>, default: usize, min: usize, max: usize, setting| {
+            let v = v.unwrap_or(default);
+            if (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(setting, format!("must be between {min} and {max}")))
+            }
+        };
+        let pick_usize = |a: Option<usize>, b: Option<usize>| a.or(b);
+        let presence_reply_max_members = range(
+            pick_usize(s.presence_reply_max_members, f.presence_reply_max_members),
+            1000,
+            1,
+            1_000_000,
+            "presence_reply_max_members",
+        )?;
+        let join_leave_rate = s.join_leave_rate.or(f.join_leave_rate).unwrap_or(1);
+        let join_leave_burst = s.join_leave_burst.or(f.join_leave_burst).unwrap_or(20);
+        if join_leave_rate == 0 || join_leave_burst == 0 {
+            return Err(invalid(
+                "join_leave_rate",
+                "join_leave_rate and join_leave_burst must be greater than 0",
+            ));
+        }
+        let replay_max_bytes = range(
+            pick_usize(s.replay_max_bytes, f.replay_max_bytes),
+            (512 * 1024).min(queue_bytes / 2),
+            1,
+            queue_bytes,
+            "replay_max_bytes",
+        )?;
+        let replay_token_bytes = range(
+            pick_usize(s.replay_token_bytes, f.replay_token_bytes),
+            16 * 1024,
+            1,
+            usize::MAX,
+            "replay_token_bytes",
+        )?;
+        let history_max_channels = range(
+            pick_usize(s.history_max_channels, f.history_max_channels),
+            100_000,
+            1,
+            100_000_000,
+            "history_max_channels",
+        )?;
+        let history_max_bytes = range(
+            pick_usize(s.history_max_bytes, f.history_max_bytes),
+            256 << 20,
+            64 << 10,
+            usize::MAX,
+            "history_max_bytes",
+        )?;
+        Ok(Self {
+            jwt_issuer,
+            jwt_audience,
+            presence_reply_max_members,
+            join_leave_rate,
+            join_leave_burst,
+            replay_max_bytes,
+            replay_token_bytes,
+            history_max_channels,
+            history_max_bytes,
+        })
+    }
 }
 
 /// Upper bound of every `*_ms` setting: one day.
@@ -554,6 +687,7 @@ impl Config {
             presence_ttl,
             presence_refresh,
             pages: pick!(pages).unwrap_or(true),
+            clients: ClientLimits::merge(&cli, &file, queue_bytes)?,
             default_namespace,
             namespaces,
         })

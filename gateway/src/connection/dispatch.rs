@@ -71,10 +71,15 @@ impl Reader {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "presence").increment(1);
                 access::presence(&node.config, actor, &channel)?;
                 let members = node.presence_members(&channel).await?;
+                // Capped: one 70-byte request must not queue a reply as
+                // large as the channel (the HTTP API, the backend's, is not).
+                let shown = members.len().min(node.config.clients.presence_reply_max_members);
                 self.handle.push(&frame(&ServerFrame::Presence {
                     id,
                     channel: &channel,
-                    members: &members,
+                    members: &members[..shown],
+                    total: members.len(),
+                    truncated: shown < members.len(),
                 }));
                 Ok(())
             }
