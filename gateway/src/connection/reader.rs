@@ -28,7 +28,10 @@ pub struct Reader {
     /// Subscribed channels (a few per connection, at most
     /// `max_channels_per_connection`: a plain vector is smaller than a set).
     pub(super) channels: Vec<Box<str>>,
-    limiter: RateLimiter,
+    pub(super) limiter: RateLimiter,
+    /// Subscribes to join/leave channels (each one pushes a join, and later
+    /// a leave, to every member): `join_leave_rate` / `join_leave_burst`.
+    pub(super) join_leave: RateLimiter,
 }
 
 impl Reader {
@@ -36,6 +39,10 @@ impl Reader {
     pub fn new(node: Arc<Node>, handle: Arc<ConnHandle>, identity: Identity) -> Self {
         Self {
             limiter: RateLimiter::new(node.config.rate_limit, node.config.rate_burst),
+            join_leave: RateLimiter::new(
+                node.config.clients.join_leave_rate,
+                node.config.clients.join_leave_burst,
+            ),
             node,
             handle,
             identity,
