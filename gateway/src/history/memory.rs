@@ -119,6 +119,8 @@ impl MemoryHistory {
     /// A history holding at most `max_channels` streams and `max_bytes`
     /// bytes of publications (each split evenly over the shards).
     pub fn new(max_channels: usize, max_bytes: usize) -> Self {
+        metrics::gauge!(STREAMS).set(0.0);
+        metrics::gauge!(BYTES).set(0.0);
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
