@@ -40,7 +40,10 @@ where
 async fn streams(api: &Api) -> Result<(f64, f64)> {
     let text = api.metrics().await?;
     let get = |name| metric_value(&text, name).with_context(|| format!("{name} not exported"));
-    Ok((get("gateway_history_streams")?, get("gateway_history_bytes")?))
+    Ok((
+        get("gateway_history_streams")?,
+        get("gateway_history_bytes")?,
+    ))
 }
 
 const N: usize = 100_000;
@@ -106,8 +109,14 @@ async fn the_history_caps_hold_under_100k_publishes_to_distinct_channels() -> Re
          streams {count}, bytes {bytes}"
     );
     // 1000 split over 32 shards: at most 32 per shard.
-    ensure!(count <= 1024.0, "history_max_channels held: {count} streams");
-    ensure!(bytes <= f64::from(1 << 20), "history_max_bytes held: {bytes} bytes");
+    ensure!(
+        count <= 1024.0,
+        "history_max_channels held: {count} streams"
+    );
+    ensure!(
+        bytes <= f64::from(1 << 20),
+        "history_max_bytes held: {bytes} bytes"
+    );
     let evicted = tests::metric_sum(
         &api.metrics().await?,
         "gateway_history_streams_dropped_total",
@@ -139,7 +148,11 @@ async fn recovering_an_evicted_stream_says_recovered_false() -> Result<()> {
     // 1000 other channels: the victim is the idlest stream of its shard.
     many(1000, |i| {
         let api = api.clone();
-        async move { api.publish(&format!("hist:other{i}"), json!(i)).await.map(|_| ()) }
+        async move {
+            api.publish(&format!("hist:other{i}"), json!(i))
+                .await
+                .map(|_| ())
+        }
     })
     .await?;
     // The stream comes back with new publications (offsets restart).
@@ -203,9 +216,14 @@ async fn a_replay_larger_than_the_budget_is_cut_and_says_recovered_false() -> Re
             break;
         }
     }
-    c.ping().await.context("the connection stays open after a cut replay")?;
+    c.ping()
+        .await
+        .context("the connection stays open after a cut replay")?;
     ensure!(!offsets.is_empty(), "the newest entries are replayed");
-    ensure!(bytes <= 262_144 + 4096, "replay within the budget: {bytes} bytes");
+    ensure!(
+        bytes <= 262_144 + 4096,
+        "replay within the budget: {bytes} bytes"
+    );
     let last = *offsets.last().unwrap_or(&0);
     ensure!(last == 100, "the replay ends at the top: {offsets:?}");
     let first = offsets[0];
@@ -232,7 +250,10 @@ async fn a_replay_is_charged_to_the_rate_limit() -> Result<()> {
     fill_big(&api, 20, 10_000).await?;
     let mut c = gw.connect_user("alice").await?;
     let sub = c.subscribe_since("big:log", json!({"offset": 0})).await?;
-    ensure!(sub["recovered"] == true, "200 KB fits the default budget: {sub}");
+    ensure!(
+        sub["recovered"] == true,
+        "200 KB fits the default budget: {sub}"
+    );
     let reply = c.request(json!({"op": "ping"})).await?;
     ensure!(
         reply["type"] == "error" && reply["code"] == "rate_limited",

@@ -129,9 +129,15 @@ async fn configured_issuer_and_audience_are_required_and_matched() -> Result<()>
         c.ping().await?;
     }
     for (what, t) in [
-        ("wrong aud", token(Some("https://auth.example"), Some(json!("other")))?),
+        (
+            "wrong aud",
+            token(Some("https://auth.example"), Some(json!("other")))?,
+        ),
         ("no aud", token(Some("https://auth.example"), None)?),
-        ("wrong iss", token(Some("https://evil.example"), Some(json!("gateway")))?),
+        (
+            "wrong iss",
+            token(Some("https://evil.example"), Some(json!("gateway")))?,
+        ),
         ("no iss", token(None, Some(json!("gateway")))?),
     ] {
         gw.client()
@@ -185,19 +191,29 @@ async fn presence_reply_is_capped_and_tells_the_total() -> Result<()> {
     // Below the cap: the whole list, truncated false.
     drop(members.split_off(2));
     let api = gw.api();
-    eventually(EVENTUALLY, "the members that left are gone from presence", || {
-        let api = api.clone();
-        async move {
-            api.presence("chat:capped")
-                .await
-                .ok()
-                .and_then(|p| p["members"].as_array().map(Vec::len))
-                == Some(2)
-        }
-    })
+    eventually(
+        EVENTUALLY,
+        "the members that left are gone from presence",
+        || {
+            let api = api.clone();
+            async move {
+                api.presence("chat:capped")
+                    .await
+                    .ok()
+                    .and_then(|p| p["members"].as_array().map(Vec::len))
+                    == Some(2)
+            }
+        },
+    )
     .await?;
     let reply = asker.presence("chat:capped").await?;
-    ensure!(reply["total"] == 2 && reply["truncated"] == false, "{reply}");
-    ensure!(reply["members"].as_array().map_or(0, Vec::len) == 2, "{reply}");
+    ensure!(
+        reply["total"] == 2 && reply["truncated"] == false,
+        "{reply}"
+    );
+    ensure!(
+        reply["members"].as_array().map_or(0, Vec::len) == 2,
+        "{reply}"
+    );
     Ok(())
 }

@@ -34,9 +34,7 @@ impl Reader {
                 }
                 // Each subscribe here pushes a join (and later a leave) to
                 // every member: a sub/unsub loop must not multiply frames.
-                if ns.join_leave
-                    && self.join_leave.check() != crate::ratelimit::Verdict::Allow
-                {
+                if ns.join_leave && self.join_leave.check() != crate::ratelimit::Verdict::Allow {
                     metrics::counter!(m::RATE_LIMITED).increment(1);
                     return Err(ReplyError::new(
                         ErrorCode::RateLimited,
@@ -91,7 +89,9 @@ impl Reader {
                 let members = node.presence_members(&channel).await?;
                 // Capped: one 70-byte request must not queue a reply as
                 // large as the channel (the HTTP API, the backend's, is not).
-                let shown = members.len().min(node.config.clients.presence_reply_max_members);
+                let shown = members
+                    .len()
+                    .min(node.config.clients.presence_reply_max_members);
                 self.handle.push(&frame(&ServerFrame::Presence {
                     id,
                     channel: &channel,

@@ -197,7 +197,11 @@ impl MemoryHistory {
         let channel = publication.channel.as_str();
         let mut guard = self.shard(channel).lock();
         let shard = &mut *guard;
-        if shard.streams.get(channel).is_some_and(|s| s.expires_at <= now) {
+        if shard
+            .streams
+            .get(channel)
+            .is_some_and(|s| s.expires_at <= now)
+        {
             self.drop_stream(shard, channel, "expired");
         }
         if !shard.streams.contains_key(channel) {
@@ -306,11 +310,21 @@ impl History for MemoryHistory {
 impl MemoryHistory {
     /// The read of [`History::read_budget`]: walks back from the newest
     /// entry and copies only what fits in `max_bytes` (frame bytes).
-    fn read_bounded(&self, channel: &str, since: u64, limit: usize, max_bytes: usize) -> HistoryRead {
+    fn read_bounded(
+        &self,
+        channel: &str,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> HistoryRead {
         let now = Instant::now();
         let mut guard = self.shard(channel).lock();
         let shard = &mut *guard;
-        if shard.streams.get(channel).is_some_and(|s| s.expires_at <= now) {
+        if shard
+            .streams
+            .get(channel)
+            .is_some_and(|s| s.expires_at <= now)
+        {
             self.drop_stream(shard, channel, "expired");
         }
         let Some(stream) = shard.streams.get(channel) else {

@@ -107,8 +107,8 @@ impl Node {
                 if epoch_ok && s.offset <= read.position.offset {
                     // Everything after `since` that history still holds;
                     // fewer came back when the budget cut the replay.
-                    let retained_after = read.position.offset
-                        - s.offset.max(read.first_offset.saturating_sub(1));
+                    let retained_after =
+                        read.position.offset - s.offset.max(read.first_offset.saturating_sub(1));
                     let wanted = retained_after.min(limit as u64);
                     let cut = (read.publications.len() as u64) < wanted;
                     if cut {
