@@ -23,13 +23,13 @@ fn rss_kib(gw: &Gateway) -> u64 {
         .unwrap_or(0)
 }
 
-/// Run `n` API calls, 16 at a time; fails on the first error.
+/// Run `n` API calls, 8 at a time; fails on the first error.
 async fn many<F, Fut>(n: usize, call: F) -> Result<()>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let mut results = stream::iter(0..n).map(call).buffer_unordered(16);
+    let mut results = stream::iter(0..n).map(call).buffer_unordered(8);
     while let Some(r) = results.next().await {
         r?;
     }
