@@ -754,6 +754,43 @@ mod tests {
     }
 
     #[test]
+    fn client_limits_defaults_and_bounds() {
+        let c = parse(&[]).unwrap().clients;
+        assert_eq!((c.jwt_issuer, c.jwt_audience), (None, None));
+        assert_eq!(c.presence_reply_max_members, 1000);
+        assert_eq!((c.join_leave_rate, c.join_leave_burst), (1, 20));
+        assert_eq!(
+            (c.replay_max_bytes, c.replay_token_bytes),
+            (512 * 1024, 16 * 1024)
+        );
+        assert_eq!(
+            (c.history_max_channels, c.history_max_bytes),
+            (100_000, 256 << 20)
+        );
+        let small = parse(&["--queue-bytes", "8192"]).unwrap().clients;
+        assert_eq!(
+            small.replay_max_bytes, 4096,
+            "at most half the queue by default"
+        );
+        for (flag, value, setting) in [
+            ("--replay-max-bytes", "9000", "replay_max_bytes"),
+            (
+                "--presence-reply-max-members",
+                "0",
+                "presence_reply_max_members",
+            ),
+            ("--join-leave-rate", "0", "join_leave_rate"),
+            ("--history-max-bytes", "1000", "history_max_bytes"),
+            ("--history-max-channels", "0", "history_max_channels"),
+        ] {
+            let e = parse(&["--queue-bytes", "8192", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(setting), "{flag} {value}: {e}");
+        }
+    }
+
+    #[test]
     fn file_layers_under_cli() {
         let dir = std::env::temp_dir().join(format!("gwcfg-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).unwrap();
