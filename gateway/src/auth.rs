@@ -1,5 +1,5 @@
-//! Client authentication (JWT HS256 or RS256, `sub` = user id, `exp`
-//! enforced), channel permission patterns from claims, the origin
+//! Client authentication (JWT HS256 or RS256, `sub` = user id, `exp` and
+//! `nbf` enforced, `iss` / `aud` when configured), channel permission patterns from claims, the origin
 //! allow-list, and the HTTP API key check.
 //!
 //! Only the configured algorithm is accepted: `alg: none` and any other
@@ -91,6 +91,30 @@ pub fn allowed(patterns: Option<&[String]>, channel: &str) -> bool {
     })
 }
 
+/// The claim checks: `exp` and `sub` required; `nbf` checked when present;
+/// `iss` / `aud` required and matched only when configured (jsonwebtoken
+/// skips a configured `iss` when the claim is absent, so both are also made
+/// required claims). No leeway: the gateway's clock is the reference.
+fn validation(alg: Algorithm, limits: &crate::config::ClientLimits) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = 0;
+    v.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    if let Some(iss) = &limits.jwt_issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    match &limits.jwt_audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
 /// The node's authenticator.
 pub struct Auth {
     key: Option<(DecodingKey, Validation)>,
@@ -112,12 +136,7 @@ impl Auth {
         } else {
             None
         };
-        let key = key.map(|(k, alg)| {
-            let mut v = Validation::new(alg);
-            v.leeway = 0;
-            v.set_required_spec_claims(&["exp", "sub"]);
-            (k, v)
-        });
+        let key = key.map(|(k, alg)| (k, validation(alg, &config.clients)));
         Ok(Self {
             key,
             required: config.auth_required,

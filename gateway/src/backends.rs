@@ -22,6 +22,9 @@ pub enum BackendSettings {
     Memory {
         /// TTL of presence and user-index entries.
         presence_ttl: Duration,
+        /// History caps: max streams, max bytes (`history_max_channels`,
+        /// `history_max_bytes`).
+        history_caps: (usize, usize),
     },
     /// Redis backends.
     Redis(RedisSettings),
@@ -49,6 +52,7 @@ pub struct Plan(PlanKind);
 enum PlanKind {
     Memory {
         presence_ttl: Duration,
+        history_caps: (usize, usize),
     },
     Redis {
         settings: RedisSettings,
@@ -60,7 +64,13 @@ impl BackendSettings {
     /// The first step: the interest the hub must report to.
     pub fn plan(self) -> Plan {
         Plan(match self {
-            BackendSettings::Memory { presence_ttl } => PlanKind::Memory { presence_ttl },
+            BackendSettings::Memory {
+                presence_ttl,
+                history_caps,
+            } => PlanKind::Memory {
+                presence_ttl,
+                history_caps,
+            },
             BackendSettings::Redis(settings) => PlanKind::Redis {
                 registry: crate::redis::registry(&settings),
                 settings,
@@ -85,8 +95,11 @@ impl Plan {
     pub async fn start(self, sink: Arc<dyn Deliver>) -> Result<Backends, BackplaneError> {
         let interest = self.interest();
         match self.0 {
-            PlanKind::Memory { presence_ttl } => {
-                let history = Arc::new(MemoryHistory::default());
+            PlanKind::Memory {
+                presence_ttl,
+                history_caps: (max_channels, max_bytes),
+            } => {
+                let history = Arc::new(MemoryHistory::new(max_channels, max_bytes));
                 Ok(Backends {
                     interest,
                     backplane: Arc::new(MemoryBackplane::new(sink, history.clone())),

@@ -249,6 +249,40 @@ pub struct Settings {
     /// (use admin_listen to keep /metrics off the client listener).
     #[arg(long, env = "GATEWAY_METRICS_REQUIRE_KEY")]
     pub metrics_require_key: Option<bool>,
+    // --- Clients: replay, presence churn, tokens (docs/security.md) ---
+    /// Required JWT `iss`; unset: `iss` is not checked.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required JWT `aud` (a token's `aud` must be or contain it); unset:
+    /// `aud` is not checked.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Max members listed in a client's `presence` reply. Default 1000.
+    #[arg(long, env = "GATEWAY_PRESENCE_REPLY_MAX_MEMBERS")]
+    pub presence_reply_max_members: Option<usize>,
+    /// Subscribes to join/leave channels per second per connection.
+    /// Default 1.
+    #[arg(long, env = "GATEWAY_JOIN_LEAVE_RATE")]
+    pub join_leave_rate: Option<u32>,
+    /// Burst of `join_leave_rate`. Default 20.
+    #[arg(long, env = "GATEWAY_JOIN_LEAVE_BURST")]
+    pub join_leave_burst: Option<u32>,
+    /// Max bytes of one subscribe's history replay. Default 524288 (or
+    /// queue_bytes / 2 when that is smaller).
+    #[arg(long, env = "GATEWAY_REPLAY_MAX_BYTES")]
+    pub replay_max_bytes: Option<usize>,
+    /// A replay costs one rate-limit token per started this many bytes.
+    /// Default 16384.
+    #[arg(long, env = "GATEWAY_REPLAY_TOKEN_BYTES")]
+    pub replay_token_bytes: Option<usize>,
+    /// In-process history (no Redis): max channels with a stream. Default
+    /// 100000.
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_CHANNELS")]
+    pub history_max_channels: Option<usize>,
+    /// In-process history (no Redis): max bytes of retained publications.
+    /// Default 268435456 (256 MiB).
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
     /// Options of channels without a namespace (file only).
     #[arg(skip)]
     pub default_namespace: Option<NamespaceOptions>,
@@ -326,6 +360,8 @@ pub struct Config {
     pub pages: bool,
     /// The edge's limits (sockets, HTTP, per address and per user).
     pub edge: EdgeLimits,
+    /// Clients: replay, presence churn, tokens (docs/security.md).
+    pub clients: ClientLimits,
     /// Default namespace options.
     pub default_namespace: NamespaceOptions,
     /// Named namespaces.
@@ -356,6 +392,103 @@ pub struct EdgeLimits {
     pub max_connections_per_user: usize,
     /// /metrics on the client listener requires the API key.
     pub metrics_require_key: bool,
+}
+
+/// Limits against amplification by one client, and the JWT claims checked
+/// (docs/security.md, "Clients: replay, presence churn, tokens").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Required `iss`, if any.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud`, if any.
+    pub jwt_audience: Option<String>,
+    /// Members listed in a presence reply (>= 1).
+    pub presence_reply_max_members: usize,
+    /// Join/leave subscribes per second per connection (>= 1).
+    pub join_leave_rate: u32,
+    /// Their burst (>= 1).
+    pub join_leave_burst: u32,
+    /// Bytes one replay may queue (1..=queue_bytes).
+    pub replay_max_bytes: usize,
+    /// Replay bytes per rate-limit token (>= 1).
+    pub replay_token_bytes: usize,
+    /// In-process history: max streams (>= 1).
+    pub history_max_channels: usize,
+    /// In-process history: max retained bytes (>= 65536).
+    pub history_max_bytes: usize,
+}
+
+impl ClientLimits {
+    fn merge(s: &Settings, f: &Settings, queue_bytes: usize) -> Result<Self, ConfigError> {
+        let nonempty = |a: &Option<String>, b: &Option<String>| {
+            a.clone().or_else(|| b.clone()).filter(|v| !v.is_empty())
+        };
+        let jwt_issuer = nonempty(&s.jwt_issuer, &f.jwt_issuer);
+        let jwt_audience = nonempty(&s.jwt_audience, &f.jwt_audience);
+        let range = |v: Option<usize>, default: usize, min: usize, max: usize, setting| {
+            let v = v.unwrap_or(default);
+            if (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(setting, format!("must be between {min} and {max}")))
+            }
+        };
+        let pick_usize = |a: Option<usize>, b: Option<usize>| a.or(b);
+        let presence_reply_max_members = range(
+            pick_usize(s.presence_reply_max_members, f.presence_reply_max_members),
+            1000,
+            1,
+            1_000_000,
+            "presence_reply_max_members",
+        )?;
+        let join_leave_rate = s.join_leave_rate.or(f.join_leave_rate).unwrap_or(1);
+        let join_leave_burst = s.join_leave_burst.or(f.join_leave_burst).unwrap_or(20);
+        if join_leave_rate == 0 || join_leave_burst == 0 {
+            return Err(invalid(
+                "join_leave_rate",
+                "join_leave_rate and join_leave_burst must be greater than 0",
+            ));
+        }
+        let replay_max_bytes = range(
+            pick_usize(s.replay_max_bytes, f.replay_max_bytes),
+            (512 * 1024).min(queue_bytes / 2),
+            1,
+            queue_bytes,
+            "replay_max_bytes",
+        )?;
+        let replay_token_bytes = range(
+            pick_usize(s.replay_token_bytes, f.replay_token_bytes),
+            16 * 1024,
+            1,
+            usize::MAX,
+            "replay_token_bytes",
+        )?;
+        let history_max_channels = range(
+            pick_usize(s.history_max_channels, f.history_max_channels),
+            100_000,
+            1,
+            100_000_000,
+            "history_max_channels",
+        )?;
+        let history_max_bytes = range(
+            pick_usize(s.history_max_bytes, f.history_max_bytes),
+            256 << 20,
+            64 << 10,
+            usize::MAX,
+            "history_max_bytes",
+        )?;
+        Ok(Self {
+            jwt_issuer,
+            jwt_audience,
+            presence_reply_max_members,
+            join_leave_rate,
+            join_leave_burst,
+            replay_max_bytes,
+            replay_token_bytes,
+            history_max_channels,
+            history_max_bytes,
+        })
+    }
 }
 
 /// Upper bound of every `*_ms` setting: one day.
@@ -709,6 +842,7 @@ impl Config {
             presence_sweep_batch,
             pages,
             edge,
+            clients: ClientLimits::merge(&cli, &file, queue_bytes)?,
             default_namespace,
             namespaces,
         })
@@ -804,6 +938,43 @@ mod tests {
         let e = parse(&["--worker-threads", "0"]).unwrap_err().to_string();
         assert!(e.contains("worker_threads"), "{e}");
         assert_eq!(parse(&["--worker-threads", "3"]).unwrap().worker_threads, 3);
+    }
+
+    #[test]
+    fn client_limits_defaults_and_bounds() {
+        let c = parse(&[]).unwrap().clients;
+        assert_eq!((c.jwt_issuer, c.jwt_audience), (None, None));
+        assert_eq!(c.presence_reply_max_members, 1000);
+        assert_eq!((c.join_leave_rate, c.join_leave_burst), (1, 20));
+        assert_eq!(
+            (c.replay_max_bytes, c.replay_token_bytes),
+            (512 * 1024, 16 * 1024)
+        );
+        assert_eq!(
+            (c.history_max_channels, c.history_max_bytes),
+            (100_000, 256 << 20)
+        );
+        let small = parse(&["--queue-bytes", "8192"]).unwrap().clients;
+        assert_eq!(
+            small.replay_max_bytes, 4096,
+            "at most half the queue by default"
+        );
+        for (flag, value, setting) in [
+            ("--replay-max-bytes", "9000", "replay_max_bytes"),
+            (
+                "--presence-reply-max-members",
+                "0",
+                "presence_reply_max_members",
+            ),
+            ("--join-leave-rate", "0", "join_leave_rate"),
+            ("--history-max-bytes", "1000", "history_max_bytes"),
+            ("--history-max-channels", "0", "history_max_channels"),
+        ] {
+            let e = parse(&["--queue-bytes", "8192", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(setting), "{flag} {value}: {e}");
+        }
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?;
     describe();
     crate::redis::describe_metrics();
+    crate::history::memory::describe_metrics();
     metrics::gauge!(NODE_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.to_owned())
         .set(1.0);
     hot();

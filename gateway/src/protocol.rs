@@ -105,9 +105,10 @@ impl CloseReason {
         }
     }
     /// Every value of [`CloseReason::label`] (a metric label set).
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 10] = [
         "normal",
         "shutdown",
+        "invalid_payload",
         "too_large",
         "slow_consumer",
         "token_expired",
@@ -122,6 +123,7 @@ impl CloseReason {
         match self.code {
             close::NORMAL => "normal",
             close::SHUTDOWN => "shutdown",
+            close::INVALID_PAYLOAD => "invalid_payload",
             close::TOO_LARGE => "too_large",
             close::SLOW_CONSUMER => "slow_consumer",
             close::TOKEN_EXPIRED => "token_expired",
@@ -134,12 +136,14 @@ impl CloseReason {
 }
 
 /// Close codes (docs/protocol.md). 1001, 1011 and 4000-4499 mean
-/// "reconnect"; 1009 and 4500-4999 mean "do not".
+/// "reconnect"; 1007, 1009 and 4500-4999 mean "do not".
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
     /// The node is draining; reconnect at once.
     pub const SHUTDOWN: u16 = 1001;
+    /// A text frame that is not valid UTF-8 (RFC 6455); do not reconnect.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Frame above max_message_size; do not reconnect.
     pub const TOO_LARGE: u16 = 1009;
     /// Send queue overflow; reconnect with backoff.
@@ -420,8 +424,12 @@ pub enum ServerFrame<'a> {
         id: Option<&'a Value>,
         /// Channel.
         channel: &'a str,
-        /// Members.
+        /// Members, at most `presence_reply_max_members` of them.
         members: &'a [crate::presence::Member],
+        /// How many members the channel has.
+        total: usize,
+        /// Whether `members` lists fewer than `total`.
+        truncated: bool,
     },
     /// Reply to ping.
     Pong {

@@ -1,6 +1,7 @@
 //! Per-connection token bucket for client frames, plus the abuse rule:
 //! more than `burst` refused frames within one 10 s window closes the
-//! connection (code 4501).
+//! connection (code 4501). Work a frame causes beyond itself (a history
+//! replay) is charged to the same bucket with [`RateLimiter::charge`].
 
 use std::time::Duration;
 
@@ -46,10 +47,8 @@ impl RateLimiter {
 
     /// Take a token for one frame.
     pub fn check(&mut self) -> Verdict {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.check_refill();
+        let now = self.last;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Verdict::Allow;
@@ -64,6 +63,23 @@ impl RateLimiter {
         } else {
             Verdict::Refuse
         }
+    }
+}
+
+impl RateLimiter {
+    /// Charge `tokens` more for work a frame caused (a replay): the bucket
+    /// may go below zero, down to `-burst`, and the next frames wait for
+    /// the refill.
+    pub fn charge(&mut self, tokens: f64) {
+        self.check_refill();
+        self.tokens = (self.tokens - tokens).max(-self.burst);
+    }
+
+    fn check_refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
     }
 }
 

@@ -139,7 +139,10 @@ impl Backends {
         match kind {
             Kind::Memory => {
                 let sink = Arc::new(Sink::default());
-                let settings = BackendSettings::Memory { presence_ttl: ttl };
+                let settings = BackendSettings::Memory {
+                    presence_ttl: ttl,
+                    history_caps: (100_000, 256 << 20),
+                };
                 let b = settings.plan().start(sink.clone()).await?;
                 Ok(Self {
                     kind,

@@ -32,10 +32,26 @@ impl Reader {
                         ),
                     ));
                 }
+                // Each subscribe here pushes a join (and later a leave) to
+                // every member: a sub/unsub loop must not multiply frames.
+                if ns.join_leave && self.join_leave.check() != crate::ratelimit::Verdict::Allow {
+                    metrics::counter!(m::RATE_LIMITED).increment(1);
+                    return Err(ReplyError::new(
+                        ErrorCode::RateLimited,
+                        "join_leave_rate exceeded for this channel's namespace",
+                    ));
+                }
                 // "Already subscribed" is the hub's answer (it knows).
-                node.subscribe(&self.handle, &channel, ns, since, id)
+                let replayed = node
+                    .subscribe(&self.handle, &channel, ns, since, id)
                     .await?;
                 self.channels.push(channel.into_boxed_str());
+                if replayed > 0 {
+                    // A replay costs the client one token per started
+                    // `replay_token_bytes`, on top of the frame's own.
+                    let per = node.config.clients.replay_token_bytes;
+                    self.limiter.charge(replayed.div_ceil(per) as f64);
+                }
                 Ok(())
             }
             ClientOp::Unsubscribe { channel } => {
@@ -71,10 +87,17 @@ impl Reader {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "presence").increment(1);
                 access::presence(&node.config, actor, &channel)?;
                 let members = node.presence_members(&channel).await?;
+                // Capped: one 70-byte request must not queue a reply as
+                // large as the channel (the HTTP API, the backend's, is not).
+                let shown = members
+                    .len()
+                    .min(node.config.clients.presence_reply_max_members);
                 self.handle.push(&frame(&ServerFrame::Presence {
                     id,
                     channel: &channel,
-                    members: &members,
+                    members: &members[..shown],
+                    total: members.len(),
+                    truncated: shown < members.len(),
                 }));
                 Ok(())
             }

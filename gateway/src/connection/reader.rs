@@ -28,7 +28,10 @@ pub struct Reader {
     /// Subscribed channels (a few per connection, at most
     /// `max_channels_per_connection`: a plain vector is smaller than a set).
     pub(super) channels: Vec<Box<str>>,
-    limiter: RateLimiter,
+    pub(super) limiter: RateLimiter,
+    /// Subscribes to join/leave channels (each one pushes a join, and later
+    /// a leave, to every member): `join_leave_rate` / `join_leave_burst`.
+    pub(super) join_leave: RateLimiter,
 }
 
 impl Reader {
@@ -36,6 +39,10 @@ impl Reader {
     pub fn new(node: Arc<Node>, handle: Arc<ConnHandle>, identity: Identity) -> Self {
         Self {
             limiter: RateLimiter::new(node.config.rate_limit, node.config.rate_burst),
+            join_leave: RateLimiter::new(
+                node.config.clients.join_leave_rate,
+                node.config.clients.join_leave_burst,
+            ),
             node,
             handle,
             identity,
@@ -106,15 +113,22 @@ impl Reader {
     fn on_read_error(&self, e: axum::Error) {
         let text = e.to_string();
         // axum wraps tungstenite's error; an oversized frame is a capacity error.
-        let too_large = e
-            .into_inner()
-            .downcast_ref::<tungstenite::Error>()
-            .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)));
+        let inner = e.into_inner();
+        let tungstenite = inner.downcast_ref::<tungstenite::Error>();
+        let too_large = tungstenite.is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)));
+        // RFC 6455 section 8.1: a text frame that is not UTF-8 fails the
+        // connection with 1007 (invalid frame payload data).
+        let bad_utf8 = tungstenite.is_some_and(|t| matches!(t, tungstenite::Error::Utf8(_)));
         if too_large {
             let err = ReplyError::new(ErrorCode::TooLarge, "frame exceeds max_message_size");
             self.handle.push(&error_frame(None, &err));
             self.handle
                 .close(CloseReason::new(close::TOO_LARGE, "too_large"));
+        } else if bad_utf8 {
+            metrics::counter!(m::MESSAGES_RECEIVED, "op" => "invalid").increment(1);
+            tracing::debug!(error = %text, "text frame is not UTF-8");
+            self.handle
+                .close(CloseReason::new(close::INVALID_PAYLOAD, "invalid_utf8"));
         } else {
             tracing::debug!(error = %text, "read error");
         }
@@ -129,12 +143,37 @@ impl Reader {
             Message::Binary(b) => {
                 m::hot().bytes_in.increment(b.len() as u64);
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "binary").increment(1);
+                // A refused frame still costs the client a token: otherwise
+                // binary frames would be a free flood of error replies.
+                if !self.admit(None) {
+                    return;
+                }
                 let e = ReplyError::bad_request("binary frames are not supported; send JSON text");
                 self.handle.push(&error_frame(None, &e));
             }
             // Pings are answered by tungstenite; a Close is answered by it
             // too, and the stream then ends: keep polling until it does.
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+        }
+    }
+
+    /// Take a rate-limit token for one frame; on refusal queue the
+    /// `rate_limited` error (or close as abusive) and return false.
+    fn admit(&mut self, id: Option<&serde_json::Value>) -> bool {
+        match self.limiter.check() {
+            Verdict::Allow => true,
+            Verdict::Refuse => {
+                metrics::counter!(m::RATE_LIMITED).increment(1);
+                let e = ReplyError::new(ErrorCode::RateLimited, "rate limit exceeded");
+                self.handle.push(&error_frame(id, &e));
+                false
+            }
+            Verdict::Abuse => {
+                metrics::counter!(m::RATE_LIMITED).increment(1);
+                tracing::info!("sustained rate-limit abuse, closing");
+                self.handle.close(CloseReason::new(close::ABUSE, "abuse"));
+                false
+            }
         }
     }
 
@@ -153,20 +192,8 @@ impl Reader {
             }
         };
         let id = request.id;
-        match self.limiter.check() {
-            Verdict::Allow => {}
-            Verdict::Refuse => {
-                metrics::counter!(m::RATE_LIMITED).increment(1);
-                let e = ReplyError::new(ErrorCode::RateLimited, "rate limit exceeded");
-                self.handle.push(&error_frame(id.as_ref(), &e));
-                return;
-            }
-            Verdict::Abuse => {
-                metrics::counter!(m::RATE_LIMITED).increment(1);
-                tracing::info!("sustained rate-limit abuse, closing");
-                self.handle.close(CloseReason::new(close::ABUSE, "abuse"));
-                return;
-            }
+        if !self.admit(id.as_ref()) {
+            return;
         }
         let result = self.on_op(request.op, id.as_ref()).await;
         if let Err(e) = result {

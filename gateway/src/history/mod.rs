@@ -33,14 +33,47 @@ pub struct HistoryRead {
     pub first_offset: u64,
 }
 
+/// Counter: replays cut to `replay_max_bytes` (answered `recovered: false`).
+pub const REPLAYS_CUT: &str = "gateway_history_replays_cut_total";
+
+/// Bytes the `message` frame of `p` takes in a connection's queue (what a
+/// replay budget counts): the payload, the names and the frame's fixed part.
+pub fn frame_bytes(p: &Publication) -> usize {
+    p.data.get().len()
+        + p.channel.len()
+        + p.from.as_ref().map_or(0, String::len)
+        + p.epoch.as_ref().map_or(0, String::len)
+        + 80
+}
+
+/// Keep the newest publications of `publications` whose frames fit in
+/// `max_bytes` (the replay budget of [`History::read_budget`]).
+pub fn keep_newest(publications: &mut Vec<Publication>, max_bytes: usize) {
+    let mut bytes = 0usize;
+    let fits = publications
+        .iter()
+        .rev()
+        .take_while(|p| {
+            bytes = bytes.saturating_add(frame_bytes(p));
+            bytes <= max_bytes
+        })
+        .count();
+    publications.drain(..publications.len() - fits);
+}
+
 /// Read access to channel history.
 #[async_trait]
 pub trait History: Send + Sync + 'static {
     /// Publications of `channel` with offset > `since`, oldest first, at
     /// most `limit`, together with the stream position at the time of the
-    /// read. Never creates a new epoch for a stream that exists. The Redis
-    /// backend never writes on a read: a channel without a stream answers
-    /// offset 0 and the empty epoch (which matches any epoch on recovery).
+    /// read. Never creates a new epoch for a stream that exists, and never
+    /// stores anything for a channel without a stream. The Redis backend
+    /// answers such a channel offset 0 and the empty epoch (which matches
+    /// any epoch on recovery: offset 0 means nothing was seen); the
+    /// in-process one answers the epoch the first append will take (see
+    /// [`memory`]). Either way the epoch a subscriber is told stays valid
+    /// for the publications that follow, unless the stream is lost
+    /// meanwhile (then the publications carry a new epoch).
     async fn read(
         &self,
         channel: &str,
@@ -48,4 +81,22 @@ pub trait History: Send + Sync + 'static {
         limit: usize,
         options: HistoryOptions,
     ) -> Result<HistoryRead, BackplaneError>;
+
+    /// Like [`History::read`], but returns only the newest of the wanted
+    /// publications whose frames fit in `max_bytes` (a subscriber's replay
+    /// budget): the caller sees fewer than it asked for and must not claim
+    /// a full recovery. The in-process history copies nothing beyond the
+    /// budget; the default (Redis) reads `limit` entries, then trims.
+    async fn read_budget(
+        &self,
+        channel: &str,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+        options: HistoryOptions,
+    ) -> Result<HistoryRead, BackplaneError> {
+        let mut read = self.read(channel, since, limit, options).await?;
+        keep_newest(&mut read.publications, max_bytes);
+        Ok(read)
+    }
 }

@@ -90,6 +90,10 @@ impl Node {
         let settings = match &config.redis_url {
             None => BackendSettings::Memory {
                 presence_ttl: config.presence_ttl,
+                history_caps: (
+                    config.clients.history_max_channels,
+                    config.clients.history_max_bytes,
+                ),
             },
             Some(url) => BackendSettings::Redis(RedisSettings {
                 url: url.clone(),

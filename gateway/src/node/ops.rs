@@ -60,7 +60,7 @@ impl Node {
         ns: &NamespaceOptions,
         since: Option<Since>,
         id: Option<&Value>,
-    ) -> Result<(), ReplyError> {
+    ) -> Result<usize, ReplyError> {
         if self.hub.add_subscriber(channel, conn) == AddOutcome::AlreadySubscribed {
             return Err(ReplyError::bad_request("already subscribed"));
         }
@@ -80,7 +80,7 @@ impl Node {
         ns: &NamespaceOptions,
         since: Option<Since>,
         id: Option<&Value>,
-    ) -> Result<(), ReplyError> {
+    ) -> Result<usize, ReplyError> {
         self.backplane
             .ready(&Topic::Channel(channel.to_owned()))
             .await
@@ -92,9 +92,10 @@ impl Node {
         if let Some(opts) = ns.history() {
             let from = since.as_ref().map(|s| s.offset).unwrap_or(u64::MAX);
             let limit = if since.is_some() { opts.size } else { 0 };
+            let budget = self.config.clients.replay_max_bytes;
             let read = self
                 .history
-                .read(channel, from, limit, opts)
+                .read_budget(channel, from, limit, budget, opts)
                 .await
                 .map_err(|e| backend_error("history_read", &e))?;
             top = Some(read.position.offset);
@@ -104,7 +105,16 @@ impl Node {
                     .as_deref()
                     .is_none_or(|e| e.is_empty() || e == read.position.epoch);
                 if epoch_ok && s.offset <= read.position.offset {
-                    recovered = Some(read.first_offset <= s.offset + 1);
+                    // Everything after `since` that history still holds;
+                    // fewer came back when the budget cut the replay.
+                    let retained_after =
+                        read.position.offset - s.offset.max(read.first_offset.saturating_sub(1));
+                    let wanted = retained_after.min(limit as u64);
+                    let cut = (read.publications.len() as u64) < wanted;
+                    if cut {
+                        metrics::counter!(crate::history::REPLAYS_CUT).increment(1);
+                    }
+                    recovered = Some(read.first_offset <= s.offset + 1 && !cut);
                     replay = read.publications;
                 }
                 let label = if recovered == Some(true) {
@@ -142,12 +152,13 @@ impl Node {
             recovered,
         }));
         head.extend(replay.iter().map(message_frame));
+        let replayed: usize = head.iter().skip(1).map(|f| f.len()).sum();
         let position = top.zip(epoch).map(|(offset, e)| Position {
             offset,
             epoch: Arc::from(e),
         });
         self.hub.finish_subscribe(channel, conn, head, position);
-        Ok(())
+        Ok(replayed)
     }
 
     /// Remove `conn` from `channel`: the hub (the last local subscriber
