@@ -195,6 +195,11 @@ async fn session(mut ws: Ws, resume: bool, state: &State, stop: &AtomicBool) -> 
                 } else if offset == st.last + 1 {
                     st.last = offset;
                     st.received += 1;
+                    // A channel without history answers the empty epoch;
+                    // the first message carries the stream's.
+                    if st.epoch.is_empty() {
+                        st.epoch = frame["epoch"].as_str().unwrap_or_default().to_owned();
+                    }
                 } else if offset <= st.last {
                     st.errors
                         .push(format!("duplicate offset {offset} (last {})", st.last));
