@@ -264,7 +264,7 @@ pub struct Settings {
     /// Default 1.
     #[arg(long, env = "GATEWAY_JOIN_LEAVE_RATE")]
     pub join_leave_rate: Option<u32>,
-    /// Burst of `join_leave_rate`. Default 20.
+    /// Burst of `join_leave_rate`. Default 128 (max_channels_per_connection).
     #[arg(long, env = "GATEWAY_JOIN_LEAVE_BURST")]
     pub join_leave_burst: Option<u32>,
     /// Max bytes of one subscribe's history replay. Default 524288 (or
@@ -442,7 +442,7 @@ impl ClientLimits {
             "presence_reply_max_members",
         )?;
         let join_leave_rate = s.join_leave_rate.or(f.join_leave_rate).unwrap_or(1);
-        let join_leave_burst = s.join_leave_burst.or(f.join_leave_burst).unwrap_or(20);
+        let join_leave_burst = s.join_leave_burst.or(f.join_leave_burst).unwrap_or(128);
         if join_leave_rate == 0 || join_leave_burst == 0 {
             return Err(invalid(
                 "join_leave_rate",
@@ -945,7 +945,7 @@ mod tests {
         let c = parse(&[]).unwrap().clients;
         assert_eq!((c.jwt_issuer, c.jwt_audience), (None, None));
         assert_eq!(c.presence_reply_max_members, 1000);
-        assert_eq!((c.join_leave_rate, c.join_leave_burst), (1, 20));
+        assert_eq!((c.join_leave_rate, c.join_leave_burst), (1, 128));
         assert_eq!(
             (c.replay_max_bytes, c.replay_token_bytes),
             (512 * 1024, 16 * 1024)

@@ -46,7 +46,10 @@ async fn streams(api: &Api) -> Result<(f64, f64)> {
     ))
 }
 
-const N: usize = 100_000;
+/// Five times the channel cap of [`capped_gateway`]: enough to show the cap
+/// holds and reads store nothing (the 100k figures of docs/security.md come
+/// from the same calls, run by hand with a larger N).
+const N: usize = 5_000;
 
 async fn capped_gateway(name: &str) -> Result<Gateway> {
     GatewayBuilder::new()
@@ -58,10 +61,10 @@ async fn capped_gateway(name: &str) -> Result<Gateway> {
         .await
 }
 
-/// 100k history reads of new channel names store nothing (the gauges say
+/// N history reads of new channel names store nothing (the gauges say
 /// how many streams and bytes the in-process history holds).
 #[tokio::test]
-async fn history_reads_of_100k_new_channels_create_no_stream() -> Result<()> {
+async fn history_reads_of_new_channels_create_no_stream() -> Result<()> {
     let gw = capped_gateway("hp_history_reads").await?;
     let api = gw.api();
     let rss0 = rss_kib(&gw);
@@ -87,7 +90,7 @@ async fn history_reads_of_100k_new_channels_create_no_stream() -> Result<()> {
 /// 100k publishes to distinct channels stay under `history_max_channels`
 /// and `history_max_bytes`; the evictions are counted.
 #[tokio::test]
-async fn the_history_caps_hold_under_100k_publishes_to_distinct_channels() -> Result<()> {
+async fn the_history_caps_hold_under_publishes_to_distinct_channels() -> Result<()> {
     let gw = capped_gateway("hp_history_publishes").await?;
     let api = gw.api();
     let rss0 = rss_kib(&gw);

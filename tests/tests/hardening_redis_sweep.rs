@@ -46,6 +46,7 @@ async fn an_idle_sweep_costs_a_bounded_number_of_commands() -> Result<()> {
     let cluster = Cluster::builder("hard_sweep")
         .nodes(1)
         .presence_ttl(6000, 2000)
+        .env("GATEWAY_JOIN_LEAVE_BURST", 1000)
         .start()
         .await?;
     let clients = try_join_all((0..CONNS).map(|c| {
