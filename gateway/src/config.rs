@@ -882,6 +882,8 @@ mod tests {
         assert_eq!((c.rate_limit, c.rate_burst), (100, 200));
         assert_eq!(c.drain_grace, Duration::from_secs(30));
         assert_eq!(c.presence_ttl, Duration::from_secs(60));
+        assert_eq!(c.presence_node_timeout, Duration::from_secs(5));
+        assert_eq!(c.presence_sweep_batch, 500);
         assert_eq!(c.read_buffer_size, 1024);
         assert!(c.worker_threads >= 1);
         assert!(c.pages);
