@@ -318,3 +318,48 @@ async fn churn_leaves_the_connection_gauge_right() -> Result<()> {
     ensure!(r["ok"] == true, "{r:#}");
     Ok(())
 }
+
+#[tokio::test]
+async fn soak_survives_a_redis_restart_and_a_node_kill() -> Result<()> {
+    let dir = tempdir_for("soak")?;
+    let gw = gateway_bin();
+    let r = loadtest(
+        &dir,
+        "soak",
+        &args(&[
+            "soak",
+            "--duration",
+            "20s",
+            "--gateway-bin",
+            &gw.to_string_lossy(),
+            "--sample-secs",
+            "2",
+            "--rate",
+            "15",
+            "--final-clients",
+            "9",
+        ]),
+    )
+    .await?;
+    ensure!(num(&r, "cycles_ok") > 0.0, "{r:#}");
+    let events = r["events"].as_array().context("events")?;
+    ensure!(events.len() >= 5, "every fault happened: {r:#}");
+    ensure!(r["gauges_exact"] == true, "{r:#}");
+    ensure!(r["gauges_zero"] == true, "{r:#}");
+    ensure!(r["no_leak"] == true, "{r:#}");
+    ensure!(r["ok"] == true, "{r:#}");
+    // Every gateway process was sampled: 3 first ones and the restarted one.
+    ensure!(r["procs"].as_array().map(Vec::len) == Some(4), "{r:#}");
+    Ok(())
+}
+
+/// A fresh directory for a run that starts its own gateways.
+fn tempdir_for(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "loadtest-smoke-{name}-{}-{}",
+        std::process::id(),
+        tests::unique_prefix("d")
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
