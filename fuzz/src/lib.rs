@@ -111,11 +111,34 @@ pub fn envelope(data: &[u8]) {
     }
 }
 
-/// Where this thread writes the config entry's TOML file.
+/// `GATEWAY_*` variable -> long flag of every setting but the config file
+/// path (the entry writes that file itself).
+fn env_flags() -> &'static [(String, String)] {
+    static FLAGS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    FLAGS.get_or_init(|| {
+        Settings::command()
+            .get_arguments()
+            .filter_map(|a| {
+                let env = a.get_env()?.to_string_lossy().into_owned();
+                let long = a.get_long()?.to_owned();
+                (env != "GATEWAY_CONFIG").then_some((env, long))
+            })
+            .collect()
+    })
+}
+
+/// Where this thread writes the config entry's TOML file (tmpfs when there
+/// is one: the write is per input).
 fn config_path() -> std::path::PathBuf {
     let thread = format!("{:?}", std::thread::current().id());
     let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
-    std::env::temp_dir().join(format!(
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join(format!(
         "gateway-fuzz-config-{}-{thread}.toml",
         std::process::id()
     ))
@@ -125,7 +148,8 @@ fn config_path() -> std::path::PathBuf {
 /// device, a FIFO or /proc).
 fn harmless(path: &std::path::Path) -> bool {
     let s = path.to_string_lossy();
-    !s.starts_with("/proc") && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() < 65_536)
+    !s.starts_with("/proc")
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() < 65_536)
 }
 
 /// The config loader (`Config::from_settings`: the TOML file layered under
@@ -148,22 +172,12 @@ pub fn config(data: &[u8]) {
             }
         }
     }
-    let cmd = Settings::command();
     let mut args = vec!["gateway".to_owned()];
     for line in env_text.lines().take(64) {
         let Some((name, value)) = line.split_once('=') else {
             continue;
         };
-        if name == "GATEWAY_CONFIG" {
-            continue;
-        }
-        let Some(arg) = cmd
-            .get_arguments()
-            .find(|a| a.get_env().is_some_and(|e| e == name))
-        else {
-            continue;
-        };
-        let Some(long) = arg.get_long() else {
+        let Some((_, long)) = env_flags().iter().find(|(e, _)| e == name) else {
             continue;
         };
         if long.ends_with("file") && !harmless(std::path::Path::new(value)) {
@@ -171,7 +185,14 @@ pub fn config(data: &[u8]) {
         }
         args.push(format!("--{long}={value}"));
     }
-    let Ok(mut cli) = Settings::try_parse_from(&args) else {
+    // Without a variable, skip clap: building its command is most of the
+    // cost, and the parse of no arguments is the default.
+    let parsed = if args.len() > 1 {
+        Settings::try_parse_from(&args)
+    } else {
+        Ok(Settings::default())
+    };
+    let Ok(mut cli) = parsed else {
         return;
     };
     let path = config_path();
@@ -251,10 +272,7 @@ pub fn jwt(data: &[u8]) {
         return;
     };
     let (token, signed) = match mode {
-        0 => (
-            signed_token(br#"{"alg":"HS256","typ":"JWT"}"#, rest),
-            true,
-        ),
+        0 => (signed_token(br#"{"alg":"HS256","typ":"JWT"}"#, rest), true),
         1 => {
             let (h, c) = match rest.iter().position(|&b| b == 0xFF) {
                 Some(i) => (&rest[..i], &rest[i + 1..]),

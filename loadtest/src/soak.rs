@@ -675,7 +675,7 @@ pub async fn run(args: &SoakArgs) -> Result<SoakOut> {
     let start = Instant::now();
     let at = |f: f64| start + Duration::from_secs_f64(dur * f);
     let warmup_secs = dur * 0.2;
-    let mut proc_start = vec![0.0f64; NODES];
+    let mut proc_start = [0.0f64; NODES];
     let mut events: Vec<(String, f64)> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
     let mut tasks = JoinSet::new();

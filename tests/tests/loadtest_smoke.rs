@@ -363,3 +363,43 @@ fn tempdir_for(name: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+#[tokio::test]
+async fn storm_connects_every_client_and_probes_health() -> Result<()> {
+    let dir = tempdir_for("storm")?;
+    let gw = gateway_bin();
+    let r = loadtest(
+        &dir,
+        "storm",
+        &args(&[
+            "storm",
+            "--clients",
+            "200",
+            "--per-worker",
+            "100",
+            "--gateway-bin",
+            &gw.to_string_lossy(),
+            "--hold-secs",
+            "1",
+            "--src-addrs",
+            "4",
+            // Timing is measured in `loadtest storm` runs, not here: a
+            // loaded test machine may miss any bound.
+            "--bound-ms",
+            "60000",
+        ]),
+    )
+    .await?;
+    ensure!(num(&r, "connected") == 200.0, "{r:#}");
+    ensure!(num(&r, "gauge") == 200.0, "{r:#}");
+    let probes = r["probes"].as_array().context("probes")?;
+    ensure!(probes.len() == 2, "{r:#}");
+    ensure!(
+        probes
+            .iter()
+            .all(|p| num(p, "probes") > 0.0 && num(p, "within_bound") == num(p, "probes")),
+        "{r:#}"
+    );
+    ensure!(r["ok"] == true, "{r:#}");
+    Ok(())
+}
