@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::common::{metric_value, new_hist, now_us, Latency};
 use crate::idle::{connect_all, sum_stopped};
-use crate::suite::nodes::{Ctx, CONFIG};
+use crate::suite::nodes::{free_port, Ctx, CONFIG};
 use crate::suite::SuiteArgs;
 use crate::worker::{Group, Mode, Pool};
 
@@ -65,6 +65,12 @@ pub struct StormArgs {
     /// Bound on one client's connect + upgrade + welcome + subscribe, ms.
     #[arg(long, default_value_t = 60_000)]
     pub connect_timeout_ms: u64,
+    /// Serve /healthz, /readyz and /metrics on a separate admin listener
+    /// (`GATEWAY_ADMIN_LISTEN`) and probe that: the probes then do not
+    /// queue behind the storm's handshakes in the client listener's
+    /// accept queue.
+    #[arg(long)]
+    pub admin_listener: bool,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -123,6 +129,8 @@ pub struct StormOut {
     pub probes: Vec<Probe>,
     /// Probe bound, ms.
     pub bound_ms: u64,
+    /// The probes went to a separate admin listener.
+    pub admin_listener: bool,
     /// Clients dropped before the clean stop.
     pub dropped: u64,
     /// Every client connected and every probe answered 200 within the bound.
@@ -271,7 +279,17 @@ pub async fn run(args: &StormArgs) -> Result<StormOut> {
         config,
         seq: 0,
     };
-    let (node, addr) = ctx.gateway("storm", None).await?;
+    let admin = if args.admin_listener {
+        Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+    } else {
+        None
+    };
+    let extra: Vec<(String, String)> = admin
+        .iter()
+        .map(|a| ("GATEWAY_ADMIN_LISTEN".to_owned(), a.to_string()))
+        .collect();
+    let (node, addr) = ctx.gateway_env("storm", None, &extra).await?;
+    let probe_addr = admin.unwrap_or(addr);
     let mut client = ctx.client(&[addr]);
     client.per_worker = args.per_worker;
     client.connect_concurrency = args.concurrency;
@@ -291,7 +309,7 @@ pub async fn run(args: &StormArgs) -> Result<StormOut> {
     let period = Duration::from_millis(args.poll_ms);
     let max_rounds = 600_000 / args.poll_ms.max(1);
     let prober = tokio::spawn(probe_loop(
-        addr,
+        probe_addr,
         period,
         Duration::from_millis(args.bound_ms),
         stop.clone(),
@@ -309,7 +327,7 @@ pub async fn run(args: &StormArgs) -> Result<StormOut> {
     let acc = prober.await??;
     let http = client.http()?;
     let text = http
-        .get(format!("http://{addr}/metrics"))
+        .get(format!("http://{probe_addr}/metrics"))
         .send()
         .await?
         .text()
@@ -357,6 +375,7 @@ pub async fn run(args: &StormArgs) -> Result<StormOut> {
         gauge,
         probes,
         bound_ms: args.bound_ms,
+        admin_listener: args.admin_listener,
         dropped,
         ok: connected.connected == args.clients && probes_ok,
     })

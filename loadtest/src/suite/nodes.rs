@@ -109,6 +109,16 @@ impl Ctx {
         name: &str,
         redis: Option<&Redis>,
     ) -> Result<(Proc, SocketAddr)> {
+        self.gateway_env(name, redis, &[]).await
+    }
+
+    /// [`Ctx::gateway`] with extra `GATEWAY_*` variables.
+    pub(crate) async fn gateway_env(
+        &mut self,
+        name: &str,
+        redis: Option<&Redis>,
+        extra: &[(String, String)],
+    ) -> Result<(Proc, SocketAddr)> {
         let log = self.log_file(name)?;
         let mut cmd = Command::new(&self.args.gateway_bin);
         for (k, _) in std::env::vars_os() {
@@ -121,6 +131,9 @@ impl Ctx {
             .env("GATEWAY_NODE_ID", name)
             .env("GATEWAY_JWT_SECRET", SECRET)
             .env("GATEWAY_AUTH_REQUIRED", "true");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
         if let Some(r) = redis {
             cmd.env("GATEWAY_REDIS_URL", &r.url)
                 .env("GATEWAY_REDIS_PREFIX", &r.prefix);
