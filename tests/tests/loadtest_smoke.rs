@@ -35,8 +35,9 @@ client_publish = true
 [namespaces.bcast]
 "#;
 
-/// How long one loadtest run may take here.
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one loadtest run may take here (the soak smoke needs ~65 s on
+/// a loaded 2-core machine: 20 s of churn plus two 12 s quiet counts).
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn loadtest_bin() -> PathBuf {
     match std::env::var_os("LOADTEST_BIN") {
