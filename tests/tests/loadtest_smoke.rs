@@ -35,8 +35,9 @@ client_publish = true
 [namespaces.bcast]
 "#;
 
-/// How long one loadtest run may take here.
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one loadtest run may take here (the soak smoke needs ~65 s on
+/// a loaded 2-core machine: 20 s of churn plus two 12 s quiet counts).
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn loadtest_bin() -> PathBuf {
     match std::env::var_os("LOADTEST_BIN") {
@@ -314,6 +315,91 @@ async fn churn_leaves_the_connection_gauge_right() -> Result<()> {
     ensure!(
         num(&r, "clean_closes") > 0.0 && num(&r, "fin_closes") > 0.0 && num(&r, "rst_closes") > 0.0,
         "every close kind: {r:#}"
+    );
+    ensure!(r["ok"] == true, "{r:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn soak_survives_a_redis_restart_and_a_node_kill() -> Result<()> {
+    let dir = tempdir_for("soak")?;
+    let gw = gateway_bin();
+    let r = loadtest(
+        &dir,
+        "soak",
+        &args(&[
+            "soak",
+            "--duration",
+            "20s",
+            "--gateway-bin",
+            &gw.to_string_lossy(),
+            "--sample-secs",
+            "2",
+            "--rate",
+            "15",
+            "--final-clients",
+            "9",
+        ]),
+    )
+    .await?;
+    ensure!(num(&r, "cycles_ok") > 0.0, "{r:#}");
+    let events = r["events"].as_array().context("events")?;
+    ensure!(events.len() >= 5, "every fault happened: {r:#}");
+    ensure!(r["gauges_exact"] == true, "{r:#}");
+    ensure!(r["gauges_zero"] == true, "{r:#}");
+    ensure!(r["no_leak"] == true, "{r:#}");
+    ensure!(r["ok"] == true, "{r:#}");
+    // Every gateway process was sampled: 3 first ones and the restarted one.
+    ensure!(r["procs"].as_array().map(Vec::len) == Some(4), "{r:#}");
+    Ok(())
+}
+
+/// A fresh directory for a run that starts its own gateways.
+fn tempdir_for(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "loadtest-smoke-{name}-{}-{}",
+        std::process::id(),
+        tests::unique_prefix("d")
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[tokio::test]
+async fn storm_connects_every_client_and_probes_health() -> Result<()> {
+    let dir = tempdir_for("storm")?;
+    let gw = gateway_bin();
+    let r = loadtest(
+        &dir,
+        "storm",
+        &args(&[
+            "storm",
+            "--clients",
+            "200",
+            "--per-worker",
+            "100",
+            "--gateway-bin",
+            &gw.to_string_lossy(),
+            "--hold-secs",
+            "1",
+            "--src-addrs",
+            "4",
+            // Timing is measured in `loadtest storm` runs, not here: a
+            // loaded test machine may miss any bound.
+            "--bound-ms",
+            "60000",
+        ]),
+    )
+    .await?;
+    ensure!(num(&r, "connected") == 200.0, "{r:#}");
+    ensure!(num(&r, "gauge") == 200.0, "{r:#}");
+    let probes = r["probes"].as_array().context("probes")?;
+    ensure!(probes.len() == 2, "{r:#}");
+    ensure!(
+        probes
+            .iter()
+            .all(|p| num(p, "probes") > 0.0 && num(p, "within_bound") == num(p, "probes")),
+        "{r:#}"
     );
     ensure!(r["ok"] == true, "{r:#}");
     Ok(())

@@ -26,7 +26,7 @@
 
 mod ceiling;
 mod env;
-mod nodes;
+pub(crate) mod nodes;
 mod report;
 mod scenarios;
 
@@ -90,6 +90,26 @@ pub struct SuiteArgs {
     /// (and rewrite its .md beside it).
     #[arg(long, value_name = "JSON")]
     pub table_from: Option<PathBuf>,
+}
+
+impl SuiteArgs {
+    /// The options `soak` starts its processes with (through [`nodes::Ctx`]).
+    pub(crate) fn for_soak(gateway_bin: PathBuf, redis_server: String) -> Self {
+        Self {
+            gateway_bin,
+            no_build: true,
+            redis_server,
+            ceiling_manifest: PathBuf::new(),
+            ceiling_target_dir: PathBuf::new(),
+            no_ceiling: true,
+            cluster_worker_threads: 0,
+            out_dir: PathBuf::new(),
+            quick: false,
+            only: Vec::new(),
+            no_progress: true,
+            table_from: None,
+        }
+    }
 }
 
 fn step(name: &str) {

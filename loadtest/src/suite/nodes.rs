@@ -27,7 +27,7 @@ use crate::common::{clk_tck, now_us, proc_sample};
 const SECRET: &str = "loadtest-suite-secret-0123456789abcdef";
 
 /// The gateway config every node of a run reads.
-pub(super) const CONFIG: &str = r#"# Written by `loadtest suite`.
+pub(crate) const CONFIG: &str = r#"# Written by `loadtest suite`.
 log = "warn"
 # Publishers in the benchmarks publish far above the per-connection default.
 rate_limit = 1000000
@@ -60,17 +60,17 @@ client_publish = true
 "#;
 
 /// A child process killed on drop.
-pub(super) struct Proc {
-    pub(super) child: Child,
-    pub(super) name: String,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) name: String,
 }
 
 impl Proc {
-    pub(super) fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
-    pub(super) async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         // SIGKILL: the drain would take drain_grace_ms for nothing here.
         let _ = self.child.kill().await;
     }
@@ -86,37 +86,47 @@ impl Drop for Proc {
 }
 
 /// A cluster's Redis: every node of the cluster uses the same URL and prefix.
-pub(super) struct Redis {
-    url: String,
-    prefix: String,
+pub(crate) struct Redis {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
 }
 
 /// What every scenario of one run shares: the options, where logs and the
 /// gateway config go.
-pub(super) struct Ctx {
-    pub(super) args: SuiteArgs,
-    pub(super) logs: PathBuf,
-    pub(super) config: PathBuf,
-    pub(super) seq: u32,
+pub(crate) struct Ctx {
+    pub(crate) args: SuiteArgs,
+    pub(crate) logs: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) seq: u32,
 }
 
-pub(super) fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
 impl Ctx {
-    pub(super) fn log_file(&mut self, name: &str) -> Result<std::fs::File> {
+    pub(crate) fn log_file(&mut self, name: &str) -> Result<std::fs::File> {
         self.seq += 1;
         let path = self.logs.join(format!("{:02}-{name}.log", self.seq));
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
     }
 
     /// Starts a gateway on 127.0.0.1:0 and waits for its listening line.
-    pub(super) async fn gateway(
+    pub(crate) async fn gateway(
         &mut self,
         name: &str,
         redis: Option<&Redis>,
+    ) -> Result<(Proc, SocketAddr)> {
+        self.gateway_env(name, redis, &[]).await
+    }
+
+    /// [`Ctx::gateway`] with extra `GATEWAY_*` variables.
+    pub(crate) async fn gateway_env(
+        &mut self,
+        name: &str,
+        redis: Option<&Redis>,
+        extra: &[(String, String)],
     ) -> Result<(Proc, SocketAddr)> {
         let log = self.log_file(name)?;
         let mut cmd = Command::new(&self.args.gateway_bin);
@@ -130,6 +140,9 @@ impl Ctx {
             .env("GATEWAY_NODE_ID", name)
             .env("GATEWAY_JWT_SECRET", SECRET)
             .env("GATEWAY_AUTH_REQUIRED", "true");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
         if let Some(r) = redis {
             cmd.env("GATEWAY_REDIS_URL", &r.url)
                 .env("GATEWAY_REDIS_PREFIX", &r.prefix);
@@ -182,8 +195,12 @@ impl Ctx {
     }
 
     /// Starts redis-server on a free loopback port.
-    pub(super) async fn redis(&mut self) -> Result<(Proc, Redis)> {
-        let port = free_port()?;
+    pub(crate) async fn redis(&mut self) -> Result<(Proc, Redis)> {
+        self.redis_on(free_port()?).await
+    }
+
+    /// Starts redis-server on `port` (a restart reuses its port).
+    pub(crate) async fn redis_on(&mut self, port: u16) -> Result<(Proc, Redis)> {
         let log = self.log_file("redis")?;
         let child = Command::new(&self.args.redis_server)
             .args([
@@ -235,20 +252,20 @@ impl Ctx {
     }
 
     /// Client options for `addrs`.
-    pub(super) fn client(&self, addrs: &[SocketAddr]) -> ClientArgs {
+    pub(crate) fn client(&self, addrs: &[SocketAddr]) -> ClientArgs {
         let mut c = ClientArgs::for_urls(addrs.iter().map(|a| format!("ws://{a}/ws")).collect());
         c.jwt_secret = Some(SECRET.into());
         c.no_progress = self.args.no_progress;
         c
     }
 
-    pub(super) fn wants(&self, name: &str) -> bool {
+    pub(crate) fn wants(&self, name: &str) -> bool {
         self.args.only.is_empty() || self.args.only.iter().any(|o| o == name)
     }
 }
 
 /// CPU seconds used by `pids` between two samples.
-pub(super) fn cpu_secs(pids: &[u32], before: &[u64]) -> f64 {
+pub(crate) fn cpu_secs(pids: &[u32], before: &[u64]) -> f64 {
     let tck = clk_tck() as f64;
     pids.iter()
         .zip(before)
@@ -256,13 +273,13 @@ pub(super) fn cpu_secs(pids: &[u32], before: &[u64]) -> f64 {
         .sum()
 }
 
-pub(super) fn ticks(pids: &[u32]) -> Vec<u64> {
+pub(crate) fn ticks(pids: &[u32]) -> Vec<u64> {
     pids.iter()
         .map(|&p| proc_sample(p).map_or(0, |s| s.cpu_ticks))
         .collect()
 }
 
-pub(super) async fn run_cmd(cmd: &mut Command, what: &str, timeout: Duration) -> Result<String> {
+pub(crate) async fn run_cmd(cmd: &mut Command, what: &str, timeout: Duration) -> Result<String> {
     let out = tokio::time::timeout(timeout, cmd.kill_on_drop(true).output())
         .await
         .map_err(|_| anyhow!("{what} took more than {timeout:?}"))?
@@ -277,7 +294,7 @@ pub(super) async fn run_cmd(cmd: &mut Command, what: &str, timeout: Duration) ->
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub(super) async fn wait_port(port: u16, bound: Duration) -> Result<()> {
+pub(crate) async fn wait_port(port: u16, bound: Duration) -> Result<()> {
     let deadline = Instant::now() + bound;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -293,7 +310,7 @@ pub(super) async fn wait_port(port: u16, bound: Duration) -> Result<()> {
 
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Topology {
+pub(crate) enum Topology {
     /// A fresh single node, named after the scenario.
     One,
     /// A fresh redis-server and 3 nodes named `<prefix>0..2`.
@@ -301,16 +318,16 @@ pub(super) enum Topology {
 }
 
 /// The started processes of one scenario.
-pub(super) struct Nodes {
+pub(crate) struct Nodes {
     gateways: Vec<Proc>,
     redis: Option<Proc>,
     /// The gateways' addresses.
-    pub(super) addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<SocketAddr>,
 }
 
 impl Nodes {
     /// Starts `topology` for scenario `name`.
-    pub(super) async fn start(ctx: &mut Ctx, name: &str, topology: Topology) -> Result<Nodes> {
+    pub(crate) async fn start(ctx: &mut Ctx, name: &str, topology: Topology) -> Result<Nodes> {
         match topology {
             Topology::One => {
                 let (gw, addr) = ctx.gateway(name, None).await?;
@@ -339,19 +356,19 @@ impl Nodes {
     }
 
     /// The gateways' pids.
-    pub(super) fn gateway_pids(&self) -> Vec<u32> {
+    pub(crate) fn gateway_pids(&self) -> Vec<u32> {
         self.gateways.iter().map(Proc::pid).collect()
     }
 
     /// Every started process's pid: the gateways, then redis-server.
-    pub(super) fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         let mut pids = self.gateway_pids();
         pids.extend(self.redis.as_ref().map(Proc::pid));
         pids
     }
 
     /// Stops the gateways, then redis-server.
-    pub(super) async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for gw in self.gateways {
             gw.stop().await;
         }

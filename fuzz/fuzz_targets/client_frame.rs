@@ -1,0 +1,4 @@
+//! Fuzz target: `gateway_fuzz::client_frame` (see src/lib.rs for what it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gateway_fuzz::client_frame(data));
