@@ -9,10 +9,9 @@
 //! under test breaks a promise: a panic inside the parser, an accepted
 //! frame with an invalid channel, an envelope that does not survive its own
 //! round trip, a token accepted without a valid signature. No entry does
-//! network I/O; the config entry reads only files it wrote itself or
-//! regular files under 64 KiB named by the input.
+//! network I/O; the config entry reads only regular files under 64 KiB
+//! named by the input.
 
-use std::io::Write as _;
 use std::sync::OnceLock;
 
 use clap::{CommandFactory, Parser};
@@ -127,23 +126,6 @@ fn env_flags() -> &'static [(String, String)] {
     })
 }
 
-/// Where this thread writes the config entry's TOML file (tmpfs when there
-/// is one: the write is per input).
-fn config_path() -> std::path::PathBuf {
-    let thread = format!("{:?}", std::thread::current().id());
-    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
-    let shm = std::path::Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    dir.join(format!(
-        "gateway-fuzz-config-{}-{thread}.toml",
-        std::process::id()
-    ))
-}
-
 /// A path the config may read: a regular file under 64 KiB (never a
 /// device, a FIFO or /proc).
 fn harmless(path: &std::path::Path) -> bool {
@@ -163,13 +145,18 @@ pub fn config(data: &[u8]) {
         Some((t, e)) => (t, e),
         None => (text.as_ref(), ""),
     };
-    // The file parse on its own (the loader repeats it), to refuse inputs
-    // that would make the loader read an arbitrary path.
-    if let Ok(file) = toml::from_str::<Settings>(toml_text) {
-        if let Some(p) = &file.jwt_public_key_file {
-            if !harmless(p) {
-                return;
-            }
+    // The file's parse, as the loader does it; a path it names is read
+    // only when it is harmless.
+    let file = match toml::from_str::<Settings>(toml_text) {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = e.to_string();
+            return;
+        }
+    };
+    if let Some(p) = &file.jwt_public_key_file {
+        if !harmless(p) {
+            return;
         }
     }
     let mut args = vec!["gateway".to_owned()];
@@ -192,16 +179,11 @@ pub fn config(data: &[u8]) {
     } else {
         Ok(Settings::default())
     };
-    let Ok(mut cli) = parsed else {
+    let Ok(cli) = parsed else {
         return;
     };
-    let path = config_path();
-    let written = std::fs::File::create(&path).and_then(|mut f| f.write_all(toml_text.as_bytes()));
-    if written.is_err() {
-        return;
-    }
-    cli.config = Some(path);
-    match Config::from_settings(cli) {
+    // The loader's own layering, without a file written per input.
+    match Config::from_layers(cli, file) {
         Ok(config) => {
             for ch in ["chat:lobby", "x", "a:b:c"] {
                 let _ = config.namespace(ch);

@@ -437,10 +437,12 @@ impl Config {
             }
             None => Settings::default(),
         };
-        Self::merge(cli, file)
+        Self::from_layers(cli, file)
     }
 
-    fn merge(cli: Settings, file: Settings) -> Result<Config, ConfigError> {
+    /// Layer `cli` (CLI + env) over `file` (the parsed config file) and the
+    /// defaults, then validate: [`Config::from_settings`] without the read.
+    pub fn from_layers(cli: Settings, file: Settings) -> Result<Config, ConfigError> {
         macro_rules! pick {
             ($field:ident) => {
                 cli.$field.clone().or(file.$field.clone())
