@@ -211,8 +211,6 @@ pub struct Edge {
     pub max_pending: usize,
     /// Connections and connect rate per client address.
     pub ips: Arc<KeyedLimits<IpAddr>>,
-    /// Connections per user (this node only).
-    pub users: Arc<KeyedLimits<Box<str>>>,
     trusted: Vec<IpAddr>,
     limit_private: bool,
 }
@@ -244,7 +242,6 @@ impl Edge {
                 e.max_connections_per_ip,
                 Some((e.connect_rate_per_ip, e.connect_burst_per_ip)),
             ),
-            users: KeyedLimits::new(e.max_connections_per_user, None),
             trusted: config.trusted_proxies.clone(),
             limit_private: e.ip_limits_private,
         }

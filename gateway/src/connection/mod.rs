@@ -38,6 +38,7 @@ use crate::auth::Identity;
 use crate::edge::{KeyGuard, Refusal};
 use crate::hub::frame;
 use crate::metrics as m;
+use crate::node::ops::AdmitError;
 use crate::node::Node;
 use crate::outbox::{ConnHandle, Outbox};
 use crate::protocol::{close, CloseReason, ErrorCode, ReplyError, ServerFrame};
@@ -69,8 +70,6 @@ struct SlotGuard {
     /// The client address's place in the per-address limit (none when the
     /// address is not limited); given back with the slot.
     _ip: Option<KeyGuard<IpAddr>>,
-    /// The user's place in the per-user limit (none for anonymous ones).
-    _user: Option<KeyGuard<Box<str>>>,
 }
 
 impl Drop for SlotGuard {
@@ -147,19 +146,6 @@ pub async fn ws_handler(
             );
         }
     }
-    let user_guard = match identity.user.as_deref() {
-        Some(user) => match node.edge.users.acquire(Box::from(user)) {
-            Ok(g) => Some(g),
-            Err(_) => {
-                tracing::debug!(peer.addr = %peer, user.id = user, "connection refused: per-user limit");
-                return refuse(
-                    "user_limit",
-                    ApiError::new(ErrorCode::RateLimited, "too many connections for this user"),
-                );
-            }
-        },
-        None => None,
-    };
     let addr = client_addr(&node, peer, &headers);
     // The socket-level admission took the peer's place; behind a trusted
     // proxy the client is known only now, from X-Forwarded-For.
@@ -190,7 +176,6 @@ pub async fn ws_handler(
         node: node.clone(),
         conn: None,
         _ip: ip_guard,
-        _user: user_guard,
     };
     let id = node.next_conn_id();
     let (handle, outbox) = ConnHandle::new(
@@ -206,12 +191,22 @@ pub async fn ws_handler(
         user: identity.user.as_deref(),
         ping_interval_ms: node.config.ping_interval.as_millis() as u64,
     }));
-    if let Err(e) = node.admit(&handle).await {
-        tracing::debug!(error = %e.message, "connection refused: user topic");
-        return refuse(
-            "backend",
-            ApiError::new(ErrorCode::Unavailable, "backend unavailable"),
-        );
+    match node.admit(&handle).await {
+        Ok(()) => {}
+        Err(AdmitError::UserLimit) => {
+            tracing::debug!(peer.addr = %peer, user.id = handle.user.as_deref().unwrap_or(""), "connection refused: per-user limit");
+            return refuse(
+                "user_limit",
+                ApiError::new(ErrorCode::RateLimited, "too many connections for this user"),
+            );
+        }
+        Err(AdmitError::Backend(e)) => {
+            tracing::debug!(error = %e.message, "connection refused: user topic");
+            return refuse(
+                "backend",
+                ApiError::new(ErrorCode::Unavailable, "backend unavailable"),
+            );
+        }
     }
     guard.conn = Some(handle.clone());
     let max = node.config.max_message_size;

@@ -234,7 +234,7 @@ mod tests {
             None,
             1 << 20,
         );
-        node.hub.add_conn(&handle);
+        assert!(node.hub.add_conn(&handle));
         (handle, outbox)
     }
 

@@ -79,6 +79,8 @@ pub struct Hub {
     channels: Sharded<Arc<Channel>>,
     /// user -> that user's connections (a few: a vector, not a table).
     users: Sharded<Vec<Arc<ConnHandle>>>,
+    /// Connections one user may hold here (`max_connections_per_user`).
+    max_per_user: usize,
     conn_count: AtomicUsize,
     channel_count: AtomicUsize,
     subscription_count: AtomicUsize,
@@ -103,10 +105,17 @@ impl Hub {
             conns: Sharded::new(),
             channels: Sharded::new(),
             users: Sharded::new(),
+            max_per_user: usize::MAX,
             conn_count: AtomicUsize::new(0),
             channel_count: AtomicUsize::new(0),
             subscription_count: AtomicUsize::new(0),
         }
+    }
+
+    /// The same hub, refusing a user's connection past `n` here.
+    pub fn with_user_limit(mut self, n: usize) -> Self {
+        self.max_per_user = n;
+        self
     }
 
     /// Open connections registered here.
@@ -125,23 +134,30 @@ impl Hub {
     }
 
     /// Register a connection (and index it under its user: the user's
-    /// first connection here turns the user topic on).
-    pub fn add_conn(&self, conn: &Arc<ConnHandle>) {
-        self.conns
-            .shard(&conn.id)
-            .lock()
-            .insert(conn.id.clone(), conn.clone());
+    /// first connection here turns the user topic on). False, and nothing
+    /// registered, when its user already holds the per-user limit here:
+    /// the user index is the count, checked and taken under one lock.
+    #[must_use]
+    pub fn add_conn(&self, conn: &Arc<ConnHandle>) -> bool {
         if let Some(user) = &conn.user {
             let mut shard = self.users.shard(user).lock();
             let devices = shard
                 .entry(user.clone())
                 .or_insert_with(|| Vec::with_capacity(1));
+            if devices.len() >= self.max_per_user {
+                return false;
+            }
             devices.push(conn.clone());
             if devices.len() == 1 {
                 self.interest.set(&Topic::User(user.to_string()), true);
             }
         }
+        self.conns
+            .shard(&conn.id)
+            .lock()
+            .insert(conn.id.clone(), conn.clone());
         self.conn_count.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Unregister a connection (idempotent); the user's last connection
@@ -475,10 +491,49 @@ mod tests {
     }
 
     #[test]
+    fn a_user_past_its_limit_is_refused_and_leaves_nothing() {
+        let rec = Arc::new(Recorder::default());
+        let hub = Hub::new("n".into(), rec.clone()).with_user_limit(2);
+        let user = |i: u32| {
+            ConnHandle::new(
+                format!("n.1.{i}").into(),
+                Some(Arc::from("alice")),
+                None,
+                1 << 20,
+            )
+            .0
+        };
+        let (a, b, c) = (user(1), user(2), user(3));
+        assert!(hub.add_conn(&a));
+        assert!(hub.add_conn(&b));
+        assert!(!hub.add_conn(&c), "third connection of alice admitted");
+        assert_eq!(hub.connection_count(), 2);
+        assert!(hub.conn("n.1.3").is_none());
+        assert_eq!(hub.user_conns("alice").len(), 2);
+        // Anonymous connections and other users are not counted.
+        let (anon, _) = ConnHandle::new("n.1.4".into(), None, None, 1 << 20);
+        assert!(hub.add_conn(&anon));
+        hub.remove_conn(&a);
+        assert!(hub.add_conn(&c), "a slot came back");
+        hub.remove_conn(&b);
+        hub.remove_conn(&c);
+        assert!(hub.user_conns("alice").is_empty());
+        let user_topic = Topic::User("alice".into());
+        let flips: Vec<bool> = rec
+            .0
+            .lock()
+            .iter()
+            .filter(|(t, _)| *t == user_topic)
+            .map(|(_, on)| *on)
+            .collect();
+        assert_eq!(flips, [true, false], "user topic on once, off once");
+    }
+
+    #[test]
     fn pending_subscriber_gets_reply_then_unseen_parked_messages() {
         let (hub, _) = hub();
         let (c, mut out) = ConnHandle::new("n.1.1".into(), None, None, 1 << 20);
-        hub.add_conn(&c);
+        assert!(hub.add_conn(&c));
         assert_eq!(hub.add_subscriber("ch", &c), AddOutcome::Added);
         assert_eq!(hub.add_subscriber("ch", &c), AddOutcome::AlreadySubscribed);
         hub.deliver(Envelope::Message(publication("ch", Some(5))));
@@ -513,7 +568,7 @@ mod tests {
     async fn deliveries_held_back_past_3_s_leak_no_duplicate_and_hide_no_gap() {
         let (hub, _) = hub();
         let (c, mut out) = ConnHandle::new("n.1.1".into(), None, None, 1 << 20);
-        hub.add_conn(&c);
+        assert!(hub.add_conn(&c));
         hub.add_subscriber("ch", &c);
         assert!(hub.finish_subscribe("ch", &c, vec![], at(5)));
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
@@ -541,7 +596,7 @@ mod tests {
     fn an_excluded_publication_is_not_a_gap() {
         let (hub, _) = hub();
         let (c, mut out) = ConnHandle::new("n.1.1".into(), None, None, 1 << 20);
-        hub.add_conn(&c);
+        assert!(hub.add_conn(&c));
         hub.add_subscriber("ch", &c);
         let mut own = publication("ch", Some(1));
         own.exclude = Some("n.1.1".into());
@@ -562,7 +617,7 @@ mod tests {
         let (a, _oa) = ConnHandle::new("n.1.1".into(), Some("u".into()), None, 1 << 20);
         let (b, _ob) = ConnHandle::new("n.1.2".into(), Some("u".into()), None, 1 << 20);
         for c in [&a, &b] {
-            hub.add_conn(c);
+            assert!(hub.add_conn(c));
             hub.add_subscriber("ch", c);
         }
         hub.remove_subscriber("ch", &a);
@@ -589,7 +644,7 @@ mod tests {
         let (a, mut out_a) = ConnHandle::new("n.1.1".into(), Some("u".into()), None, 1 << 20);
         let (b, mut out_b) = ConnHandle::new("n.1.2".into(), Some("u".into()), None, 1 << 20);
         for c in [&a, &b] {
-            hub.add_conn(c);
+            assert!(hub.add_conn(c));
             hub.add_subscriber("ch", c);
             hub.finish_subscribe("ch", c, vec![], None);
         }

@@ -105,7 +105,10 @@ impl Node {
         };
         let cluster = matches!(settings, BackendSettings::Redis(_));
         let plan = settings.plan();
-        let hub = Arc::new(Hub::new(config.node_id.clone(), plan.interest()));
+        let hub = Arc::new(
+            Hub::new(config.node_id.clone(), plan.interest())
+                .with_user_limit(config.edge.max_connections_per_user),
+        );
         let (sink, fanout): (Arc<dyn Deliver>, _) = if cluster {
             let fanout = FanOut::start(
                 hub.clone(),

@@ -18,6 +18,15 @@ use crate::outbox::ConnHandle;
 use crate::presence::{Member, UserConn};
 use crate::protocol::{ReplyError, ServerFrame, Since};
 
+/// Why [`Node::admit`] refused a connection.
+#[derive(Debug)]
+pub enum AdmitError {
+    /// Its user already holds `max_connections_per_user` here.
+    UserLimit,
+    /// The user topic could not be subscribed.
+    Backend(ReplyError),
+}
+
 impl Node {
     /// Publish to a channel of namespace `ns`. Returns the offset (None
     /// without history).
@@ -202,18 +211,21 @@ impl Node {
     }
 
     /// Admit a connection before its upgrade: into the hub (a user's first
-    /// connection here turns the user topic on), then wait until the node
-    /// receives the user's traffic. On failure the connection is removed
-    /// again and the caller refuses the upgrade.
-    pub async fn admit(&self, conn: &Arc<ConnHandle>) -> Result<(), ReplyError> {
-        self.hub.add_conn(conn);
+    /// connection here turns the user topic on; one past the per-user
+    /// limit is refused), then wait until the node receives the user's
+    /// traffic. On failure nothing of the connection is left in the hub and
+    /// the caller refuses the upgrade.
+    pub async fn admit(&self, conn: &Arc<ConnHandle>) -> Result<(), AdmitError> {
+        if !self.hub.add_conn(conn) {
+            return Err(AdmitError::UserLimit);
+        }
         let Some(user) = &conn.user else {
             return Ok(());
         };
         let ready = self.backplane.ready(&Topic::User(user.to_string())).await;
         if let Err(e) = ready {
             self.hub.remove_conn(conn);
-            return Err(backend_error("subscribe_user", &e));
+            return Err(AdmitError::Backend(backend_error("subscribe_user", &e)));
         }
         Ok(())
     }
