@@ -19,6 +19,9 @@ pub struct ClientLimits {
     pub join_leave_rate: u32,
     /// Their burst (>= 1).
     pub join_leave_burst: u32,
+    /// How long this node's join/leave events wait, so that a join and a
+    /// leave of one connection cancel out (zero: sent at once).
+    pub join_leave_coalesce: std::time::Duration,
     /// Bytes one replay may queue (1..=queue_bytes).
     pub replay_max_bytes: usize,
     /// Replay bytes per rate-limit token (>= 1).
@@ -64,6 +67,17 @@ impl ClientLimits {
                 "join_leave_rate and join_leave_burst must be greater than 0",
             ));
         }
+        let coalesce_ms = s
+            .join_leave_coalesce_ms
+            .or(f.join_leave_coalesce_ms)
+            .unwrap_or(100);
+        if coalesce_ms > 10_000 {
+            return Err(invalid(
+                "join_leave_coalesce_ms",
+                "must be at most 10000 (0 sends join/leave events at once)",
+            ));
+        }
+        let join_leave_coalesce = std::time::Duration::from_millis(coalesce_ms);
         let replay_max_bytes = range(
             pick_usize(s.replay_max_bytes, f.replay_max_bytes),
             (512 * 1024).min(queue_bytes / 2),
@@ -98,6 +112,7 @@ impl ClientLimits {
             presence_reply_max_members,
             join_leave_rate,
             join_leave_burst,
+            join_leave_coalesce,
             replay_max_bytes,
             replay_token_bytes,
             history_max_channels,

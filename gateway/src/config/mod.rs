@@ -270,6 +270,10 @@ pub struct Settings {
     /// Burst of `join_leave_rate`. Default 128 (max_channels_per_connection).
     #[arg(long, env = "GATEWAY_JOIN_LEAVE_BURST")]
     pub join_leave_burst: Option<u32>,
+    /// Milliseconds this node's join/leave events wait so that a join and
+    /// a leave of one connection cancel out. Default 100; 0 sends at once.
+    #[arg(long, env = "GATEWAY_JOIN_LEAVE_COALESCE_MS")]
+    pub join_leave_coalesce_ms: Option<u64>,
     /// Max bytes of one subscribe's history replay. Default 524288 (or
     /// queue_bytes / 2 when that is smaller).
     #[arg(long, env = "GATEWAY_REPLAY_MAX_BYTES")]
@@ -877,6 +881,11 @@ mod tests {
                 "presence_reply_max_members",
             ),
             ("--join-leave-rate", "0", "join_leave_rate"),
+            (
+                "--join-leave-coalesce-ms",
+                "10001",
+                "join_leave_coalesce_ms",
+            ),
             ("--history-max-bytes", "1000", "history_max_bytes"),
             ("--history-max-channels", "0", "history_max_channels"),
         ] {

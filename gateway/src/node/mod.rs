@@ -5,6 +5,7 @@
 //! - [`admission`]: connection ids, connection slots, draining, readiness;
 //! - [`ops`]: the operations clients and the HTTP API perform (publish,
 //!   subscribe with recovery, presence, directed sends, registration);
+//! - [`joinleave`]: the coalescing window of this node's join/leave events;
 //! - [`maintenance`]: presence refresh and restore, expiry sweep, node
 //!   heartbeat;
 //! - [`pinger`]: the node-wide pinger.
@@ -14,6 +15,7 @@
 //! backend itself logs its state transitions at warn, once).
 
 pub mod admission;
+pub mod joinleave;
 pub mod maintenance;
 pub mod ops;
 pub mod pinger;
@@ -33,6 +35,7 @@ use crate::presence::{NodeInfo, Presence};
 use crate::protocol::ReplyError;
 use crate::redis::RedisSettings;
 use crate::shutdown::Shutdown;
+use joinleave::JoinLeave;
 
 /// Errors building a node.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,8 @@ pub struct Node {
     /// The fan-out workers between the Redis reader and the hub (`None` on
     /// the embedded backends, which deliver in the publisher's task).
     pub fanout: Option<Arc<FanOut>>,
+    /// This node's join/leave events, coalesced.
+    pub join_leave: Arc<JoinLeave>,
     memory_history: Option<Arc<MemoryHistory>>,
     draining: AtomicBool,
     slots: AtomicUsize,
@@ -123,6 +128,11 @@ impl Node {
         };
         let backends = plan.start(sink).await?;
         let edge = crate::edge::Edge::new(&config);
+        let join_leave = JoinLeave::start(
+            backends.backplane.clone(),
+            config.clients.join_leave_coalesce,
+            &shutdown,
+        );
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,
@@ -133,6 +143,7 @@ impl Node {
             auth,
             shutdown,
             fanout,
+            join_leave,
             memory_history: backends.memory_history,
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),

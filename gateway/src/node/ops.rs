@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::joinleave::Change;
 use super::{backend_error, Node};
 use crate::backplane::{Envelope, PresenceEvent, Publication, Topic};
 use crate::config::NamespaceOptions;
@@ -147,9 +148,7 @@ impl Node {
                     user: member.user,
                     conn: member.conn,
                 };
-                if let Err(e) = self.backplane.send(Envelope::Join(event)).await {
-                    backend_error("presence_event", &e);
-                }
+                self.join_leave.push(Change::Join, event).await;
             }
         }
         let mut head = Vec::with_capacity(1 + replay.len());
@@ -190,9 +189,7 @@ impl Node {
                     user: conn.user.as_deref().unwrap_or_default().to_owned(),
                     conn: conn.id.to_string(),
                 };
-                if let Err(e) = self.backplane.send(Envelope::Leave(event)).await {
-                    backend_error("presence_event", &e);
-                }
+                self.join_leave.push(Change::Leave, event).await;
             }
             Ok(_) => {}
             Err(e) => {
