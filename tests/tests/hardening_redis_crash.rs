@@ -117,6 +117,21 @@ async fn a_killed_node_is_purged_with_leave_events_within_the_node_timeout() -> 
             "n{n} still lists members of the killed node: {left:?}"
         );
     }
+    // The user index forgets the killed node's connections with the same
+    // purge (before: listed, and the users online, for the whole TTL).
+    for i in 0..3 {
+        let user = format!("v{i}");
+        let status = cluster.api(1).user(&user).await?;
+        ensure!(
+            status["online"] == false,
+            "{user}, connected only to the killed node, still online after the purge: {status}"
+        );
+    }
+    ensure!(
+        killed.elapsed() <= NODE_TIMEOUT + SLACK,
+        "user index purge took {:?}",
+        killed.elapsed()
+    );
     // Exactly once: one purge cluster-wide, no second leave.
     ensure!(purges(&cluster).await? == 1.0, "purges != 1");
     for w in &mut watchers {

@@ -113,6 +113,12 @@ impl Keys {
     pub fn node_presence(&self, node: &str) -> String {
         format!("{}:node-pres:{{{node}}}", self.prefix)
     }
+
+    /// Index of a node's user index entries: the users with a connection
+    /// there (set), `P:node-users:{<id>}`. Written only by that node.
+    pub fn node_users(&self, node: &str) -> String {
+        format!("{}:node-users:{{{node}}}", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -222,19 +222,37 @@ impl RedisPresence {
         Ok(removed > 0)
     }
 
-    /// Add channels to this node's presence index (`P:node-pres:{id}`),
-    /// in one pipeline per [`REFRESH_CHUNK`] channels.
+    /// Add channels to this node's presence index (`P:node-pres:{id}`).
     async fn index<'a>(
         &self,
         channels: impl Iterator<Item = &'a str>,
     ) -> Result<(), BackplaneError> {
-        let mut unique: Vec<&str> = channels.collect();
-        unique.sort_unstable();
-        unique.dedup();
         let key = self
             .shared
             .keys
             .node_presence(&self.shared.settings.node_id);
+        self.index_in(key, channels).await
+    }
+
+    /// Add users to this node's user index index (`P:node-users:{id}`).
+    async fn index_users<'a>(
+        &self,
+        users: impl Iterator<Item = &'a str>,
+    ) -> Result<(), BackplaneError> {
+        let key = self.shared.keys.node_users(&self.shared.settings.node_id);
+        self.index_in(key, users).await
+    }
+
+    /// Add names to one of this node's index sets, in one pipeline per
+    /// [`REFRESH_CHUNK`] names.
+    async fn index_in<'a>(
+        &self,
+        key: String,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Result<(), BackplaneError> {
+        let mut unique: Vec<&str> = names.collect();
+        unique.sort_unstable();
+        unique.dedup();
         for chunk in unique.chunks(REFRESH_CHUNK) {
             let mut pipe = ::redis::pipe();
             pipe.cmd("SADD").arg(&key).arg(chunk).ignore();
@@ -268,8 +286,9 @@ impl RedisPresence {
         Ok(claimed == 1)
     }
 
-    /// Remove every member of `node` in the channels of its index, then
-    /// drop it from the registry (unless it came back) and its index.
+    /// Remove every member of `node` in the channels of its index and its
+    /// connections from the user index of its users, then drop it from the
+    /// registry (unless it came back) and its indexes.
     async fn purge_node(
         &self,
         node: &str,
@@ -278,54 +297,20 @@ impl RedisPresence {
     ) -> Result<(), BackplaneError> {
         let keys = &self.shared.keys;
         let index = keys.node_presence(node);
+        let users = keys.node_users(node);
         let prefix = format!("{node}.");
-        let mut cursor = 0u64;
-        loop {
-            let index_key = index.clone();
-            let (next, channels): (u64, Vec<String>) = self
-                .shared
-                .call("node_purge", |mut conn| async move {
-                    ::redis::cmd("SSCAN")
-                        .arg(&index_key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(PURGE_SCAN)
-                        .query_async(&mut conn)
-                        .await
-                })
+        for channel in self.scan_index(&index).await? {
+            let values = self
+                .purge_entries(self.members_keys(&channel), &prefix)
                 .await?;
-            for channel in channels {
-                let members = self.members_keys(&channel);
-                let mut hcursor = 0u64;
-                loop {
-                    let mut script = self.shared.scripts.purge_members.prepare_invoke();
-                    script
-                        .key(&members.hash)
-                        .key(&members.expiry)
-                        .arg(&prefix)
-                        .arg(hcursor)
-                        .arg(PURGE_HSCAN);
-                    let (next, values) = self
-                        .shared
-                        .call("node_purge", |mut conn| async move {
-                            script.invoke_async::<(u64, Vec<Vec<u8>>)>(&mut conn).await
-                        })
-                        .await?;
-                    out.extend(
-                        decode_all::<Member>(&values)
-                            .into_iter()
-                            .map(|m| (channel.clone(), m)),
-                    );
-                    hcursor = next;
-                    if hcursor == 0 {
-                        break;
-                    }
-                }
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
+            out.extend(
+                decode_all::<Member>(&values)
+                    .into_iter()
+                    .map(|m| (channel.clone(), m)),
+            );
+        }
+        for user in self.scan_index(&users).await? {
+            self.purge_entries(self.user_keys(&user), &prefix).await?;
         }
         let mut script = self.shared.scripts.finish_purge.prepare_invoke();
         script
@@ -346,12 +331,74 @@ impl RedisPresence {
                 .call("node_purge", |mut conn| async move {
                     ::redis::cmd("DEL")
                         .arg(&index)
+                        .arg(&users)
                         .query_async::<i64>(&mut conn)
                         .await
                 })
                 .await?;
         }
         Ok(())
+    }
+
+    /// Every name of one of a node's index sets (SSCAN, [`PURGE_SCAN`] at
+    /// a time).
+    async fn scan_index(&self, key: &str) -> Result<Vec<String>, BackplaneError> {
+        let mut names = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, mut step): (u64, Vec<String>) = self
+                .shared
+                .call("node_purge", |mut conn| async move {
+                    ::redis::cmd("SSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(PURGE_SCAN)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            names.append(&mut step);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Remove the entries of the connections named `prefix*` from one
+    /// expiring hash, [`PURGE_HSCAN`] fields at a time; their values.
+    async fn purge_entries(
+        &self,
+        keys: Expiring,
+        prefix: &str,
+    ) -> Result<Vec<Vec<u8>>, BackplaneError> {
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut script = self.shared.scripts.purge_members.prepare_invoke();
+            script
+                .key(&keys.hash)
+                .key(&keys.expiry)
+                .arg(prefix)
+                .arg(cursor)
+                .arg(PURGE_HSCAN);
+            let (next, mut values) = self
+                .shared
+                .call("node_purge", |mut conn| async move {
+                    script.invoke_async::<(u64, Vec<Vec<u8>>)>(&mut conn).await
+                })
+                .await?;
+            out.append(&mut values);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Unexpired values, decoded; `prune` deletes expired entries too.
@@ -440,7 +487,8 @@ impl Presence for RedisPresence {
             json,
             now_ms(),
         )
-        .await
+        .await?;
+        self.index_users(std::iter::once(user)).await
     }
 
     async fn remove_user_conn(&self, user: &str, conn: &str) -> Result<(), BackplaneError> {
@@ -477,6 +525,8 @@ impl Presence for RedisPresence {
         // The index of this node's presence channels heals here after a
         // purge or a Redis restart (restored entries are in the batch too).
         self.index(batch.members.iter().map(|(c, _)| c.as_str()))
+            .await?;
+        self.index_users(batch.user_conns.iter().map(|(u, _)| u.as_str()))
             .await?;
         Ok(missing)
     }
