@@ -47,9 +47,14 @@ async fn streams(api: &Api) -> Result<(f64, f64)> {
 }
 
 /// Five times the channel cap of [`capped_gateway`]: enough to show the cap
-/// holds and reads store nothing (the 100k figures of docs/security.md come
-/// from the same calls, run by hand with a larger N).
-const N: usize = 5_000;
+/// holds and reads store nothing. The 100k figures of docs/security.md come
+/// from the same tests with `HARDENING_HISTORY_N=100000`.
+fn n() -> usize {
+    std::env::var("HARDENING_HISTORY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000)
+}
 
 async fn capped_gateway(name: &str) -> Result<Gateway> {
     GatewayBuilder::new()
@@ -68,7 +73,8 @@ async fn history_reads_of_new_channels_create_no_stream() -> Result<()> {
     let gw = capped_gateway("hp_history_reads").await?;
     let api = gw.api();
     let rss0 = rss_kib(&gw);
-    many(N, |i| {
+    let n = n();
+    many(n, |i| {
         let api = api.clone();
         async move {
             api.history(&format!("hist:read{i}"), "since=0&limit=10")
@@ -78,11 +84,11 @@ async fn history_reads_of_new_channels_create_no_stream() -> Result<()> {
     })
     .await?;
     let rss1 = rss_kib(&gw);
-    println!("RSS KiB: start {rss0}, after {N} history reads of new channels {rss1}");
+    println!("RSS KiB: start {rss0}, after {n} history reads of new channels {rss1}");
     let (count, bytes) = streams(&api).await.context("history gauges")?;
     ensure!(
         count == 0.0 && bytes == 0.0,
-        "{N} reads must create no stream: {count} streams, {bytes} bytes"
+        "{n} reads must create no stream: {count} streams, {bytes} bytes"
     );
     Ok(())
 }
@@ -95,7 +101,8 @@ async fn the_history_caps_hold_under_publishes_to_distinct_channels() -> Result<
     let api = gw.api();
     let rss0 = rss_kib(&gw);
     let payload = "x".repeat(200);
-    many(N, |i| {
+    let n = n();
+    many(n, |i| {
         let api = api.clone();
         let payload = payload.clone();
         async move {
@@ -108,7 +115,7 @@ async fn the_history_caps_hold_under_publishes_to_distinct_channels() -> Result<
     let rss1 = rss_kib(&gw);
     let (count, bytes) = streams(&api).await?;
     println!(
-        "RSS KiB: start {rss0}, after {N} publishes to distinct channels {rss1}; \
+        "RSS KiB: start {rss0}, after {n} publishes to distinct channels {rss1}; \
          streams {count}, bytes {bytes}"
     );
     // 1000 split over 32 shards: at most 32 per shard.
@@ -124,7 +131,7 @@ async fn the_history_caps_hold_under_publishes_to_distinct_channels() -> Result<
         &api.metrics().await?,
         "gateway_history_streams_dropped_total",
     );
-    ensure!(evicted >= (N - 1024) as f64, "evictions counted: {evicted}");
+    ensure!(evicted >= (n - 1024) as f64, "evictions counted: {evicted}");
     Ok(())
 }
 
