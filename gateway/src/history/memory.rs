@@ -173,6 +173,19 @@ impl MemoryHistory {
         }
     }
 
+    /// Drop `channel`'s stream from `shard` (held locked) if it expired by
+    /// `now`: a read or an append never sees an expired stream, whether or
+    /// not the sweep has reached it yet.
+    fn drop_if_expired(&self, shard: &mut Shard, channel: &str, now: Instant) {
+        if shard
+            .streams
+            .get(channel)
+            .is_some_and(|s| s.expires_at <= now)
+        {
+            self.drop_stream(shard, channel, "expired");
+        }
+    }
+
     /// Evict the stream of `shard` closest to expiry, other than `keep`.
     /// Returns false when there is none.
     fn evict_one(&self, shard: &mut Shard, keep: &str) -> bool {
@@ -197,13 +210,7 @@ impl MemoryHistory {
         let channel = publication.channel.as_str();
         let mut guard = self.shard(channel).lock();
         let shard = &mut *guard;
-        if shard
-            .streams
-            .get(channel)
-            .is_some_and(|s| s.expires_at <= now)
-        {
-            self.drop_stream(shard, channel, "expired");
-        }
+        self.drop_if_expired(shard, channel, now);
         if !shard.streams.contains_key(channel) {
             while shard.streams.len() >= self.caps.streams && self.evict_one(shard, channel) {}
             let epoch = self.next_epoch(channel);
@@ -320,13 +327,7 @@ impl MemoryHistory {
         let now = Instant::now();
         let mut guard = self.shard(channel).lock();
         let shard = &mut *guard;
-        if shard
-            .streams
-            .get(channel)
-            .is_some_and(|s| s.expires_at <= now)
-        {
-            self.drop_stream(shard, channel, "expired");
-        }
+        self.drop_if_expired(shard, channel, now);
         let Some(stream) = shard.streams.get(channel) else {
             // No stream: store nothing, tell the epoch the first append gets.
             return HistoryRead {
