@@ -259,8 +259,7 @@ impl MemoryHistory {
         shard.bytes = shard.bytes + added - removed;
         self.bytes.fetch_add(added, Ordering::Relaxed);
         self.bytes.fetch_sub(removed, Ordering::Relaxed);
-        let channel = publication.channel.clone();
-        while shard.bytes > self.caps.bytes && self.evict_one(shard, &channel) {}
+        while shard.bytes > self.caps.bytes && self.evict_one(shard, channel) {}
         drop(guard);
         self.publish_gauges();
         position
