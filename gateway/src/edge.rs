@@ -86,8 +86,10 @@ pub struct KeyedLimits<K> {
 
 const SHARDS: usize = 16;
 
-/// Sweep a shard once it holds this many entries more than after its last
-/// sweep.
+/// A shard of at least this many entries is swept of idle ones whenever it
+/// is full (its next insert would grow the table): it grows only when its
+/// live entries need the room, and a sweep is paid for by the inserts that
+/// filled the table since the last one.
 const SWEEP_SLACK: usize = 1024;
 
 impl<K: Hash + Eq + Clone> KeyedLimits<K> {

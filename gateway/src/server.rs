@@ -92,6 +92,9 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
     if let Some(fanout) = &a.node.fanout {
         metrics::gauge!(m::FANOUT_QUEUED).set(fanout.queued() as f64);
     }
+    if let Some(history) = a.node.memory_history() {
+        history.publish_gauges();
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -6,7 +6,9 @@
 //! [`ConfigError`] naming the setting, and `main` exits with code 64.
 
 mod clients;
+mod edge;
 pub use self::clients::ClientLimits;
+pub use self::edge::EdgeLimits;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -375,32 +377,6 @@ pub struct Config {
     pub namespaces: HashMap<String, NamespaceOptions>,
 }
 
-/// The edge's limits: sockets before the upgrade, HTTP, per client address
-/// and per user (docs/security.md, "The edge").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EdgeLimits {
-    /// Time to send complete request headers (and idle time between requests).
-    pub header_timeout: Duration,
-    /// Max request header bytes (>= 8192).
-    pub max_header_bytes: usize,
-    /// Time an /api body may take to arrive.
-    pub body_timeout: Duration,
-    /// Max sockets not yet upgraded.
-    pub max_pending_connections: usize,
-    /// Max sockets per client address.
-    pub max_connections_per_ip: usize,
-    /// New connections per second per client address.
-    pub connect_rate_per_ip: u32,
-    /// Burst of `connect_rate_per_ip`.
-    pub connect_burst_per_ip: u32,
-    /// Whether loopback and private addresses are limited too.
-    pub ip_limits_private: bool,
-    /// Max connections of one user on this node.
-    pub max_connections_per_user: usize,
-    /// /metrics on the client listener requires the API key.
-    pub metrics_require_key: bool,
-}
-
 /// Upper bound of every `*_ms` setting: one day.
 const MAX_MS: u64 = 86_400_000;
 
@@ -408,6 +384,32 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
         message: message.into(),
+    }
+}
+
+/// `v` or `default`, ms, as a duration: greater than 0 and at most a day.
+fn ms(v: Option<u64>, default: u64, setting: &'static str) -> Result<Duration, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v == 0 {
+        return Err(invalid(setting, "must be greater than 0"));
+    }
+    // Bounded so deadline arithmetic can never overflow the clock.
+    if v > MAX_MS {
+        return Err(invalid(
+            setting,
+            format!("must be at most {MAX_MS} (a day)"),
+        ));
+    }
+    Ok(Duration::from_millis(v))
+}
+
+/// `v` or `default`, greater than 0.
+fn positive(v: Option<usize>, default: usize, setting: &'static str) -> Result<usize, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v == 0 {
+        Err(invalid(setting, "must be greater than 0"))
+    } else {
+        Ok(v)
     }
 }
 
@@ -452,23 +454,6 @@ impl Config {
                 cli.$field.clone().or(file.$field.clone())
             };
         }
-        let ms = |v: Option<u64>,
-                  default: u64,
-                  setting: &'static str|
-         -> Result<Duration, ConfigError> {
-            let v = v.unwrap_or(default);
-            if v == 0 {
-                return Err(invalid(setting, "must be greater than 0"));
-            }
-            // Bounded so deadline arithmetic can never overflow the clock.
-            if v > MAX_MS {
-                return Err(invalid(
-                    setting,
-                    format!("must be at most {MAX_MS} (a day)"),
-                ));
-            }
-            Ok(Duration::from_millis(v))
-        };
         let addr =
             |v: Option<String>, setting: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
                 v.map(|s| {
@@ -534,14 +519,6 @@ impl Config {
                 "set either jwt_secret (HS256) or jwt_public_key_file (RS256), not both",
             ));
         }
-        let positive = |v: Option<usize>, default: usize, setting: &'static str| {
-            let v = v.unwrap_or(default);
-            if v == 0 {
-                Err(invalid(setting, "must be greater than 0"))
-            } else {
-                Ok(v)
-            }
-        };
         let auth_required = pick!(auth_required).unwrap_or(false);
         if auth_required && jwt_secret.is_none() && jwt_public_key_pem.is_none() {
             return Err(invalid(
@@ -559,48 +536,7 @@ impl Config {
         });
         let api_key = pick!(api_key).filter(|k| !k.is_empty());
         let pages = pick!(pages).unwrap_or(api_key.is_none() && !auth_required);
-        let edge = EdgeLimits {
-            header_timeout: ms(pick!(header_timeout_ms), 10_000, "header_timeout_ms")?,
-            max_header_bytes: {
-                let v = pick!(max_header_bytes).unwrap_or(16 * 1024);
-                if !(8192..=1 << 20).contains(&v) {
-                    return Err(invalid(
-                        "max_header_bytes",
-                        "must be between 8192 and 1048576",
-                    ));
-                }
-                v
-            },
-            body_timeout: ms(pick!(body_timeout_ms), 10_000, "body_timeout_ms")?,
-            max_pending_connections: positive(
-                pick!(max_pending_connections),
-                1024,
-                "max_pending_connections",
-            )?,
-            max_connections_per_ip: positive(
-                pick!(max_connections_per_ip),
-                1000,
-                "max_connections_per_ip",
-            )?,
-            connect_rate_per_ip: pick!(connect_rate_per_ip).unwrap_or(50),
-            connect_burst_per_ip: pick!(connect_burst_per_ip).unwrap_or(200),
-            ip_limits_private: pick!(ip_limits_private).unwrap_or(false),
-            max_connections_per_user: positive(
-                pick!(max_connections_per_user),
-                100,
-                "max_connections_per_user",
-            )?,
-            metrics_require_key: pick!(metrics_require_key).unwrap_or(false),
-        };
-        if edge.connect_rate_per_ip == 0 || edge.connect_burst_per_ip == 0 {
-            return Err(invalid(
-                "connect_rate_per_ip",
-                "connect_rate_per_ip and connect_burst_per_ip must be greater than 0",
-            ));
-        }
-        if edge.metrics_require_key && api_key.is_none() {
-            return Err(invalid("metrics_require_key", "requires api_key"));
-        }
+        let edge = EdgeLimits::merge(&cli, &file, api_key.is_some())?;
         let trusted_proxies = pick!(trusted_proxies)
             .unwrap_or_default()
             .into_iter()
@@ -894,6 +830,31 @@ mod tests {
                 .to_string();
             assert!(e.contains(setting), "{flag} {value}: {e}");
         }
+    }
+
+    #[test]
+    fn edge_limits_layer_under_cli_and_validate() {
+        let file: Settings =
+            toml::from_str("header_timeout_ms = 5000\nmax_pending_connections = 7\n").unwrap();
+        let cli = Settings::try_parse_from(["gateway", "--header-timeout-ms", "3000"]).unwrap();
+        let e = Config::from_layers(cli, file).unwrap().edge;
+        assert_eq!(e.header_timeout, Duration::from_secs(3), "CLI over file");
+        assert_eq!(e.max_pending_connections, 7, "file over default");
+        assert_eq!((e.connect_rate_per_ip, e.connect_burst_per_ip), (50, 200));
+        for (flag, value, setting) in [
+            ("--connect-burst-per-ip", "0", "connect_rate_per_ip"),
+            (
+                "--max-connections-per-user",
+                "0",
+                "max_connections_per_user",
+            ),
+            ("--body-timeout-ms", "0", "body_timeout_ms"),
+        ] {
+            let e = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(e.contains(setting), "{flag} {value}: {e}");
+        }
+        let c = parse(&["--metrics-require-key", "true", "--api-key", "k"]).unwrap();
+        assert!(c.edge.metrics_require_key);
     }
 
     #[test]

@@ -156,7 +156,10 @@ impl MemoryHistory {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    fn publish_gauges(&self) {
+    /// Set the [`STREAMS`] and [`BYTES`] gauges from the counts; called at
+    /// every scrape (nothing on the append path writes them: a gauge
+    /// lookup per publication is work the publish does not need).
+    pub fn publish_gauges(&self) {
         metrics::gauge!(STREAMS).set(self.stream_count() as f64);
         metrics::gauge!(BYTES).set(self.byte_count() as f64);
     }
@@ -170,6 +173,19 @@ impl MemoryHistory {
             self.streams.fetch_sub(1, Ordering::Relaxed);
             self.generation.fetch_add(1, Ordering::AcqRel);
             metrics::counter!(DROPPED, "reason" => reason).increment(1);
+        }
+    }
+
+    /// Drop `channel`'s stream from `shard` (held locked) if it expired by
+    /// `now`: a read or an append never sees an expired stream, whether or
+    /// not the sweep has reached it yet.
+    fn drop_if_expired(&self, shard: &mut Shard, channel: &str, now: Instant) {
+        if shard
+            .streams
+            .get(channel)
+            .is_some_and(|s| s.expires_at <= now)
+        {
+            self.drop_stream(shard, channel, "expired");
         }
     }
 
@@ -197,13 +213,7 @@ impl MemoryHistory {
         let channel = publication.channel.as_str();
         let mut guard = self.shard(channel).lock();
         let shard = &mut *guard;
-        if shard
-            .streams
-            .get(channel)
-            .is_some_and(|s| s.expires_at <= now)
-        {
-            self.drop_stream(shard, channel, "expired");
-        }
+        self.drop_if_expired(shard, channel, now);
         if !shard.streams.contains_key(channel) {
             while shard.streams.len() >= self.caps.streams && self.evict_one(shard, channel) {}
             let epoch = self.next_epoch(channel);
@@ -252,10 +262,8 @@ impl MemoryHistory {
         shard.bytes = shard.bytes + added - removed;
         self.bytes.fetch_add(added, Ordering::Relaxed);
         self.bytes.fetch_sub(removed, Ordering::Relaxed);
-        let channel = publication.channel.clone();
-        while shard.bytes > self.caps.bytes && self.evict_one(shard, &channel) {}
+        while shard.bytes > self.caps.bytes && self.evict_one(shard, channel) {}
         drop(guard);
-        self.publish_gauges();
         position
     }
 
@@ -279,7 +287,6 @@ impl MemoryHistory {
                 guard.streams.shrink_to_fit();
             }
         }
-        self.publish_gauges();
     }
 }
 
@@ -320,13 +327,7 @@ impl MemoryHistory {
         let now = Instant::now();
         let mut guard = self.shard(channel).lock();
         let shard = &mut *guard;
-        if shard
-            .streams
-            .get(channel)
-            .is_some_and(|s| s.expires_at <= now)
-        {
-            self.drop_stream(shard, channel, "expired");
-        }
+        self.drop_if_expired(shard, channel, now);
         let Some(stream) = shard.streams.get(channel) else {
             // No stream: store nothing, tell the epoch the first append gets.
             return HistoryRead {
@@ -386,6 +387,74 @@ mod tests {
             size: 10,
             ttl: std::time::Duration::from_secs(60),
         }
+    }
+
+    /// Counts the metric handles registered (one per `counter!`/`gauge!`
+    /// call that runs).
+    #[derive(Default)]
+    struct Registrations(AtomicUsize);
+
+    impl metrics::Recorder for Registrations {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn appends_and_reads_touch_no_metric_and_the_scrape_sets_the_gauges() {
+        let h = MemoryHistory::new(1000, 1 << 20);
+        let rec = Registrations::default();
+        metrics::with_local_recorder(&rec, || {
+            for _ in 0..100 {
+                h.append(&mut publication("c", 10), opts());
+            }
+            h.read_bounded("c", 0, 10, usize::MAX);
+        });
+        assert_eq!(
+            rec.0.load(Ordering::Relaxed),
+            0,
+            "metric lookups on the publish path"
+        );
+        metrics::with_local_recorder(&rec, || h.publish_gauges());
+        assert_eq!(rec.0.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use super::{backend_error, Node};
 use crate::backplane::{Envelope, PresenceEvent};
 use crate::config::NamespaceOptions;
 use crate::metrics as m;
-use crate::presence::{RefreshBatch, UserConn};
+use crate::presence::{Member, RefreshBatch, UserConn};
 
 impl Node {
     /// Refresh every presence and user-index entry this node owns (a batch
@@ -100,23 +100,8 @@ impl Node {
             user_conns = created.user_conns.len(),
             "presence entries were gone from the backend; wrote them back"
         );
-        for (channel, member) in created.members {
-            if !self
-                .config
-                .namespace(&channel)
-                .is_some_and(|ns| ns.join_leave)
-            {
-                continue;
-            }
-            let event = PresenceEvent {
-                channel,
-                user: member.user,
-                conn: member.conn,
-            };
-            if let Err(e) = self.backplane.send(Envelope::Join(event)).await {
-                backend_error("presence_event", &e);
-            }
-        }
+        self.send_presence_events(created.members, Envelope::Join)
+            .await;
     }
 
     /// Publish this node's registry entry (counts for GET /api/nodes).
@@ -198,7 +183,18 @@ impl Node {
     }
 
     /// One leave event per removed member of a join/leave channel.
-    async fn send_leaves(&self, members: Vec<(String, crate::presence::Member)>) {
+    async fn send_leaves(&self, members: Vec<(String, Member)>) {
+        self.send_presence_events(members, Envelope::Leave).await;
+    }
+
+    /// One event (`envelope`: [`Envelope::Join`] or [`Envelope::Leave`])
+    /// per member of a join/leave channel; members of other channels are
+    /// skipped. A failed send is counted and the rest still go.
+    async fn send_presence_events(
+        &self,
+        members: Vec<(String, Member)>,
+        envelope: fn(PresenceEvent) -> Envelope,
+    ) {
         for (channel, member) in members {
             if !self
                 .config
@@ -212,7 +208,7 @@ impl Node {
                 user: member.user,
                 conn: member.conn,
             };
-            if let Err(e) = self.backplane.send(Envelope::Leave(event)).await {
+            if let Err(e) = self.backplane.send(envelope(event)).await {
                 backend_error("presence_event", &e);
             }
         }

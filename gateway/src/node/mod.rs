@@ -153,6 +153,11 @@ impl Node {
         }))
     }
 
+    /// The in-process history (`None` on Redis), for its scrape-time gauges.
+    pub fn memory_history(&self) -> Option<&MemoryHistory> {
+        self.memory_history.as_deref()
+    }
+
     /// This node's registry entry.
     pub fn info(&self) -> NodeInfo {
         NodeInfo {

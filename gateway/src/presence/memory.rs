@@ -122,10 +122,9 @@ pub struct MemoryPresence {
     channels: Mutex<HashMap<String, HashMap<Box<str>, Stored>>>,
     /// Node names seen, shared by the stored members.
     node_names: Mutex<Vec<Arc<str>>>,
-    /// A user's connections by connection id: joins, refreshes and leaves
-    /// are lookups, not scans, also for a user with many connections (a
-    /// vector scanned per op made n connections of one user cost O(n^2)
-    /// under this lock).
+    /// A user's connections ([`UserConns`]): scanned while there are at
+    /// most [`UserConns::FEW`], looked up by connection id beyond, so a
+    /// user with many connections does not cost O(n^2) under this lock.
     users: Mutex<HashMap<String, UserConns>>,
     nodes: Mutex<Entries<NodeInfo>>,
 }

@@ -22,7 +22,7 @@ use crate::backplane::{
 };
 use crate::history::new_epoch;
 
-/// Redis [`Backplane`]. Built by [`crate::backends::Backends::start`].
+/// Redis [`Backplane`]. Built by [`crate::backends::Plan::start`].
 pub struct RedisBackplane {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
