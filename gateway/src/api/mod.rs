@@ -230,6 +230,9 @@ async fn publish(
     JsonBody(b): JsonBody<PublishBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_channel(&b.channel)?;
+    if let Some(exclude) = &b.exclude {
+        check_id("connection", exclude)?;
+    }
     let ns = access::publish(&node.config, Actor::Api, &b.channel)?;
     let offset = node
         .publish(&b.channel, ns, b.data, None, b.exclude, "api")

@@ -86,7 +86,8 @@ pub trait History: Send + Sync + 'static {
     /// publications whose frames fit in `max_bytes` (a subscriber's replay
     /// budget): the caller sees fewer than it asked for and must not claim
     /// a full recovery. The in-process history copies nothing beyond the
-    /// budget; the default (Redis) reads `limit` entries, then trims.
+    /// budget; the Redis one stops reading in its script once the budget is
+    /// passed, then trims exactly (the default reads `limit`, then trims).
     async fn read_budget(
         &self,
         channel: &str,

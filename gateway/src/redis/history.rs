@@ -20,7 +20,7 @@ use async_trait::async_trait;
 
 use super::{codec, Shared};
 use crate::backplane::{BackplaneError, Envelope, HistoryOptions, Publication, StreamPosition};
-use crate::history::{History, HistoryRead};
+use crate::history::{keep_newest, History, HistoryRead};
 
 /// Redis [`History`]. Built by [`crate::redis::connect`].
 pub struct RedisHistory {
@@ -33,14 +33,14 @@ impl RedisHistory {
     }
 }
 
-#[async_trait]
-impl History for RedisHistory {
-    async fn read(
+impl RedisHistory {
+    /// One read.lua call: `budget` 0 reads every wanted entry.
+    async fn read_script(
         &self,
         channel: &str,
         since: u64,
         limit: usize,
-        _options: HistoryOptions,
+        budget: usize,
     ) -> Result<HistoryRead, BackplaneError> {
         let keys = &self.shared.keys;
         let mut script = self.shared.scripts.read.prepare_invoke();
@@ -49,7 +49,8 @@ impl History for RedisHistory {
             .key(keys.history(channel))
             .arg(since.saturating_add(1))
             // COUNT must be a Redis integer; nobody reads 4 billion entries.
-            .arg(u32::try_from(limit).unwrap_or(u32::MAX));
+            .arg(u32::try_from(limit).unwrap_or(u32::MAX))
+            .arg(u64::try_from(budget).unwrap_or(u64::MAX));
         let (top, epoch, first_offset, entries) = self
             .shared
             .call("history_read", |mut conn| async move {
@@ -72,5 +73,36 @@ impl History for RedisHistory {
             publications,
             first_offset,
         })
+    }
+}
+
+#[async_trait]
+impl History for RedisHistory {
+    async fn read(
+        &self,
+        channel: &str,
+        since: u64,
+        limit: usize,
+        _options: HistoryOptions,
+    ) -> Result<HistoryRead, BackplaneError> {
+        self.read_script(channel, since, limit, 0).await
+    }
+
+    /// The script stops reading once the newest entries pass the budget
+    /// (by a lower estimate of their frames), so a replay never moves more
+    /// than about the budget out of Redis; the exact trim follows here.
+    async fn read_budget(
+        &self,
+        channel: &str,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+        _options: HistoryOptions,
+    ) -> Result<HistoryRead, BackplaneError> {
+        let mut read = self
+            .read_script(channel, since, limit, max_bytes.max(1))
+            .await?;
+        keep_newest(&mut read.publications, max_bytes);
+        Ok(read)
     }
 }
