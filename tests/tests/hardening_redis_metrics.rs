@@ -29,6 +29,8 @@ const AT_ZERO: &[&str] = &[
     "gateway_messages_received_total{op=\"invalid\"}",
     "gateway_presence_nodes_purged_total",
     "gateway_presence_purged_members_total",
+    "gateway_api_requests_total{route=\"/api/publish\",status=\"503\"}",
+    "gateway_api_requests_total{route=\"/api/nodes\",status=\"401\"}",
 ];
 
 #[tokio::test]

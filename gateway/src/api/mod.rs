@@ -158,6 +158,25 @@ struct HistoryMessage<'a> {
     from: Option<&'a str>,
 }
 
+/// The route templates of [`router`], as `gateway_api_requests_total`
+/// labels them (exported at 0 from the start, see [`ZERO_STATUSES`]).
+pub const ROUTES: [&str; 10] = [
+    "/api/publish",
+    "/api/broadcast",
+    "/api/users/{user}/send",
+    "/api/connections/{conn}/send",
+    "/api/users/{user}/disconnect",
+    "/api/connections/{conn}/disconnect",
+    "/api/channels/{channel}/presence",
+    "/api/channels/{channel}/history",
+    "/api/users/{user}",
+    "/api/nodes",
+];
+
+/// The statuses each route's request counter is exported with at 0, so an
+/// alert on the first 5xx or 401 sees it (`rate()` needs a prior sample).
+pub const ZERO_STATUSES: [&str; 5] = ["200", "400", "401", "429", "503"];
+
 /// The `/api` router.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
