@@ -211,6 +211,9 @@ pub struct Edge {
     pub pending: Arc<Semaphore>,
     /// Its size.
     pub max_pending: usize,
+    /// The most sockets in the handshake phase since the last
+    /// [`Edge::take_pending_peak`] (for `memory.rs`).
+    pending_peak: std::sync::atomic::AtomicUsize,
     /// Connections and connect rate per client address.
     pub ips: Arc<KeyedLimits<IpAddr>>,
     trusted: Vec<IpAddr>,
@@ -240,6 +243,7 @@ impl Edge {
         Self {
             pending: Arc::new(Semaphore::new(max_pending)),
             max_pending,
+            pending_peak: std::sync::atomic::AtomicUsize::new(0),
             ips: KeyedLimits::new(
                 e.max_connections_per_ip,
                 Some((e.connect_rate_per_ip, e.connect_burst_per_ip)),
@@ -273,6 +277,18 @@ impl Edge {
     pub fn pending(&self) -> usize {
         self.max_pending
             .saturating_sub(self.pending.available_permits())
+    }
+
+    /// Record the handshake-phase count after a socket took its permit.
+    pub fn note_pending(&self) {
+        self.pending_peak
+            .fetch_max(self.pending(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The handshake-phase peak since the last call (and reset it).
+    pub fn take_pending_peak(&self) -> usize {
+        self.pending_peak
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 }
 

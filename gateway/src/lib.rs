@@ -16,6 +16,7 @@ pub mod edge;
 pub mod fanout;
 pub mod history;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

@@ -172,6 +172,7 @@ where
         prometheus,
     };
     crate::edge::describe_metrics();
+    crate::memory::describe_metrics();
     // Validated to at most 64 MiB, so this cannot wrap; saturating anyway.
     let body_limit = node.config.max_message_size.saturating_add(4096);
     let mut app = Router::new()
@@ -208,6 +209,7 @@ where
 
     shutdown.tracker.spawn(node.clone().run_maintenance());
     shutdown.tracker.spawn(node.clone().run_pinger());
+    shutdown.tracker.spawn(crate::memory::run(node.clone()));
     signal.await;
     drain(&node).await;
     Ok(())
@@ -355,6 +357,7 @@ fn admit_socket(
     let Ok(permit) = edge.pending.clone().try_acquire_owned() else {
         return Err(("pending_limit", 503, PENDING_BODY));
     };
+    edge.note_pending();
     Ok(Admitted(Arc::new(Mutex::new(AdmittedParts {
         permit: Some(permit),
         ip,
