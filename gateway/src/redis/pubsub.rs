@@ -198,6 +198,15 @@ impl SubscriberTask {
         let mut ever_up = false;
         let mut down_logged = false;
         loop {
+            // Sentinel mode before the first resolution: nothing to try yet
+            // (the watcher logs and counts its own failures).
+            if self.target.borrow_and_update().is_none() {
+                tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    _ = self.target.changed() => {}
+                }
+                continue;
+            }
             match self.establish().await {
                 Ok((sink, stream)) => {
                     backoff.reset();
