@@ -274,3 +274,62 @@ async fn unreachable_sentinels_start_unhealthy_and_refuse_fast() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn compose_sentinel_profile_is_wired() -> Result<()> {
+    let text = std::fs::read_to_string(tests::workspace_root().join("docker-compose.yml"))?;
+    let mut yaml: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    yaml.apply_merge()?;
+    let compose = serde_json::to_value(&yaml)?;
+    let services = &compose["services"];
+    let sentinels = ["sentinel1", "sentinel2", "sentinel3"];
+    for name in ["redis-primary", "redis-replica", "gateway-sentinel"]
+        .iter()
+        .chain(&sentinels)
+    {
+        let svc = &services[*name];
+        ensure!(
+            svc["profiles"] == json!(["sentinel"]),
+            "{name} must be in the sentinel profile only: {}",
+            svc["profiles"]
+        );
+        ensure!(
+            svc["healthcheck"]["test"].is_array(),
+            "{name}: no healthcheck"
+        );
+    }
+    // The default profile is untouched: `redis` and the three gateways have
+    // no profile.
+    for name in ["redis", "gateway1", "gateway2", "gateway3"] {
+        ensure!(services[name]["profiles"].is_null(), "{name} got a profile");
+    }
+    ensure!(
+        services["redis-replica"]["command"]
+            .to_string()
+            .contains("\"--replicaof\",\"redis-primary\",\"6379\""),
+        "replica does not follow redis-primary"
+    );
+    for name in sentinels {
+        let cmd = services[name]["command"].to_string();
+        ensure!(
+            cmd.contains("sentinel monitor gwmaster redis-primary 6379 2")
+                && cmd.contains("--sentinel"),
+            "{name}: {cmd}"
+        );
+    }
+    let env = &services["gateway-sentinel"]["environment"];
+    ensure!(env["GATEWAY_REDIS_TOPOLOGY"] == "sentinel", "{env}");
+    ensure!(
+        env["GATEWAY_REDIS_URL"].is_null(),
+        "redis_url must be unset: {env}"
+    );
+    ensure!(env["GATEWAY_REDIS_SENTINEL_MASTER"] == "gwmaster", "{env}");
+    let listed: Vec<&str> = env["GATEWAY_REDIS_SENTINELS"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    let want: Vec<String> = sentinels.iter().map(|s| format!("{s}:26379")).collect();
+    ensure!(listed == want, "GATEWAY_REDIS_SENTINELS {listed:?}");
+    Ok(())
+}

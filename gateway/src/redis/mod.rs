@@ -11,8 +11,12 @@
 //!   subscriber's own timeouts): it is bounded by `settings.timeout` and
 //!   fails with [`BackplaneError::Unavailable`] on timeout or I/O trouble.
 //! - A node starts even when Redis is down: [`connect`] waits at most one
-//!   timeout for the first connection, then returns unhealthy backends
-//!   whose subscriber keeps reconnecting in the background.
+//!   timeout for the first connection (three in sentinel mode, for the
+//!   first resolution), then returns unhealthy backends whose subscriber
+//!   keeps reconnecting in the background.
+//! - Every connection goes to the shared target's current client: fixed in
+//!   single mode, swapped by the Sentinel watcher ([`sentinel`]) on a
+//!   failover.
 //! - Times stored in Redis are the client's wall clock in milliseconds
 //!   since the Unix epoch (nodes are expected to run NTP).
 
@@ -101,9 +105,10 @@ pub(crate) fn registry(settings: &RedisSettings) -> Arc<Registry> {
 /// Connect the Redis backends of this node. Received envelopes go to
 /// `sink`, in arrival order; what is subscribed follows `registry`.
 ///
-/// Fails only on an unusable URL. When Redis is unreachable it still
-/// returns (after at most `settings.timeout`), with unhealthy backends that
-/// keep reconnecting in the background.
+/// Fails only on an unusable URL. When Redis (or every sentinel) is
+/// unreachable it still returns (after at most `settings.timeout`, three
+/// in sentinel mode), with unhealthy backends that keep reconnecting in
+/// the background.
 pub(crate) async fn connect(
     settings: RedisSettings,
     registry: Arc<Registry>,
