@@ -205,7 +205,7 @@ where
     }
     serve(&node, listener, app, true);
     println!("gateway listening on {local}");
-    tracing::info!(addr = %local, node = %node.config.node_id, redis = node.config.redis_url.is_some(), "listening");
+    tracing::info!(addr = %local, node = %node.config.node_id, redis = node.config.redis_topology.is_some(), "listening");
 
     shutdown.tracker.spawn(node.clone().run_maintenance());
     shutdown.tracker.spawn(node.clone().run_pinger());

@@ -11,6 +11,11 @@
 //! (docs/redis.md), whether a node's process is still alive; and one more fault besides killing a node or
 //! Redis: freezing Redis with SIGSTOP ([`Cluster::freeze_redis`]).
 //!
+//! [`ClusterBuilder::sentinel`] runs the nodes on a [`RedisSentinel`] group
+//! instead (primary, replica, three sentinels; `GATEWAY_REDIS_TOPOLOGY=
+//! sentinel`): [`Cluster::redis`] then talks to the initial primary, and
+//! [`Cluster::sentinel`] holds the group for failover faults.
+//!
 //! Invariant: every process (Redis and gateways) is killed when the
 //! [`Cluster`] drops, because each is owned by its own handle.
 
@@ -19,7 +24,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::{eventually, process, unique_prefix, Api, Gateway, GatewayBuilder, RedisServer};
+use crate::{
+    eventually, process, unique_prefix, Api, Gateway, GatewayBuilder, RedisSentinel, RedisServer,
+};
 
 /// Namespaces of every cluster test: [`crate::STANDARD_CONFIG`] plus
 /// `long` (history of 10,000, for recovery under continuous publishing).
@@ -37,6 +44,7 @@ pub struct ClusterBuilder {
     nodes: usize,
     env: Vec<(String, String)>,
     config: String,
+    sentinel: bool,
 }
 
 impl ClusterBuilder {
@@ -47,6 +55,7 @@ impl ClusterBuilder {
             nodes: 3,
             env: Vec::new(),
             config: cluster_config(),
+            sentinel: false,
         }
     }
 
@@ -69,6 +78,13 @@ impl ClusterBuilder {
             .env("GATEWAY_PRESENCE_REFRESH_MS", refresh_ms)
     }
 
+    /// Run the nodes on a Redis Sentinel group ([`RedisSentinel`]) instead
+    /// of one server.
+    pub fn sentinel(mut self) -> Self {
+        self.sentinel = true;
+        self
+    }
+
     /// Replaces the TOML configuration of every node.
     pub fn config(mut self, toml: &str) -> Self {
         self.config = toml.to_owned();
@@ -77,14 +93,33 @@ impl ClusterBuilder {
 
     /// Starts Redis and the nodes, and waits until the cluster is formed.
     pub async fn start(self) -> Result<Cluster> {
-        let redis = RedisServer::start().await?;
+        let (redis, sentinel, topology) = if self.sentinel {
+            let group = RedisSentinel::start().await?;
+            let primary = RedisServer::attach(group.primary_port().await?);
+            let env = vec![
+                ("GATEWAY_REDIS_TOPOLOGY", "sentinel".to_owned()),
+                ("GATEWAY_REDIS_SENTINELS", group.sentinels_env()),
+                (
+                    "GATEWAY_REDIS_SENTINEL_MASTER",
+                    crate::redis_sentinel::MASTER_NAME.to_owned(),
+                ),
+            ];
+            (primary, Some(group), env)
+        } else {
+            let redis = RedisServer::start().await?;
+            let env = vec![("GATEWAY_REDIS_URL", redis.url())];
+            (redis, None, env)
+        };
         let prefix = unique_prefix(&self.name);
         let builders: Vec<GatewayBuilder> = (1..=self.nodes)
             .map(|n| {
                 let mut b = GatewayBuilder::new()
                     .name(&format!("{}-n{n}", self.name))
-                    .config(&self.config)
-                    .env("GATEWAY_REDIS_URL", redis.url())
+                    .config(&self.config);
+                for (k, v) in &topology {
+                    b = b.env(k, v);
+                }
+                let mut b = b
                     .env("GATEWAY_REDIS_PREFIX", &prefix)
                     .env("GATEWAY_NODE_ID", format!("n{n}"));
                 for (k, v) in &self.env {
@@ -98,6 +133,7 @@ impl ClusterBuilder {
                 .await?;
         let cluster = Cluster {
             redis,
+            sentinel,
             prefix,
             nodes,
             frozen_pid: AtomicU32::new(0),
@@ -110,8 +146,11 @@ impl ClusterBuilder {
 /// One Redis server and N gateway nodes sharing it; all killed on drop.
 #[derive(Debug)]
 pub struct Cluster {
-    /// The Redis server every node uses.
+    /// The Redis server every node uses (with [`ClusterBuilder::sentinel`]:
+    /// the initial primary, not killed by this handle).
     pub redis: RedisServer,
+    /// The Sentinel group, with [`ClusterBuilder::sentinel`].
+    pub sentinel: Option<RedisSentinel>,
     /// The key prefix of this cluster (`GATEWAY_REDIS_PREFIX`).
     pub prefix: String,
     /// The nodes, `n1` first.

@@ -10,7 +10,8 @@
 //!   launcher: [`cluster::Cluster`] and the ops tests' local cluster use it.
 //! - [`RedisServer`] runs a throw-away `redis-server` on a free port for the
 //!   cluster tests; every test takes its own key prefix from
-//!   [`unique_prefix`].
+//!   [`unique_prefix`]. [`RedisSentinel`] runs a primary, a replica and
+//!   three sentinels for failover tests.
 //! - [`Client`] is a WebSocket client speaking protocol v1 (docs/protocol.md);
 //!   [`RawWs`] is a hand-rolled one that never answers pings, for heartbeat
 //!   tests.
@@ -35,6 +36,7 @@ pub mod process;
 mod raw;
 mod redis;
 mod redis_proxy;
+pub mod redis_sentinel;
 mod scrape;
 mod wait;
 
@@ -45,6 +47,7 @@ pub use process::{free_ports, signal};
 pub use raw::{opcode, RawCloseReport, RawFrame, RawWs};
 pub use redis::{unique_prefix, RedisServer, Resp};
 pub use redis_proxy::RedisProxy;
+pub use redis_sentinel::RedisSentinel;
 pub use scrape::{metric, metric_sum, metric_value};
 pub use wait::{eventually, eventually_some};
 

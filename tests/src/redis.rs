@@ -67,11 +67,19 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     log_path: PathBuf,
+    /// Extra `redis-server` arguments (e.g. `--replicaof H P`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port (retrying on a port race).
     pub async fn start() -> Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments
+    /// (kept for [`RedisServer::restart`]).
+    pub async fn start_with(extra: &[&str]) -> Result<Self> {
         let dir = crate::workspace_root().join("target").join("test-logs");
         fs::create_dir_all(&dir)?;
         let n = PREFIX_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -83,6 +91,7 @@ impl RedisServer {
                 port,
                 child: None,
                 log_path: log_path.clone(),
+                extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             };
             match server.launch().await {
                 Ok(()) => return Ok(server),
@@ -105,6 +114,7 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--bind", "127.0.0.1"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -132,6 +142,22 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A handle on a server someone else runs at `127.0.0.1:port` (for
+    /// [`RedisServer::cmd`] and friends); dropping it kills nothing.
+    pub fn attach(port: u16) -> Self {
+        Self {
+            port,
+            child: None,
+            log_path: PathBuf::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The port it listens on.

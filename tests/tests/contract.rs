@@ -30,7 +30,7 @@ use gateway::backplane::{
 };
 use gateway::history::History;
 use gateway::presence::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
-use gateway::redis::{Keys, RedisSettings};
+use gateway::redis::{Keys, RedisAuth, RedisSettings, RedisTopology};
 use serde_json::value::RawValue;
 use tests::{eventually, eventually_some, unique_prefix, RedisServer, EVENTUALLY};
 use tokio::time::Instant;
@@ -170,7 +170,10 @@ impl Backends {
     async fn redis_node(ctx: RedisCtx, node: &str) -> Result<Self> {
         let sink = Arc::new(Sink::default());
         let settings = RedisSettings {
-            url: ctx.server.url(),
+            topology: RedisTopology::Single {
+                url: ctx.server.url(),
+            },
+            auth: RedisAuth::default(),
             prefix: ctx.prefix.clone(),
             node_id: node.into(),
             timeout: Duration::from_secs(3),

@@ -20,7 +20,7 @@ use anyhow::{ensure, Context, Result};
 use gateway::backends::{BackendSettings, Backends};
 use gateway::backplane::{BackplaneError, Deliver, Envelope, HistoryOptions, Publication, Topic};
 use gateway::presence::{Member, RefreshBatch};
-use gateway::redis::{Keys, RedisSettings};
+use gateway::redis::{Keys, RedisAuth, RedisSettings, RedisTopology};
 use serde_json::value::RawValue;
 use tests::{
     eventually, eventually_some, unique_prefix, RedisProxy, RedisServer, Resp, EVENTUALLY,
@@ -64,7 +64,8 @@ impl Node {
     async fn start(url: String, prefix: &str, ttl: Duration) -> Result<Self> {
         let sink = Arc::new(Sink::default());
         let settings = RedisSettings {
-            url,
+            topology: RedisTopology::Single { url },
+            auth: RedisAuth::default(),
             prefix: prefix.to_owned(),
             node_id: "n1".into(),
             timeout: TIMEOUT,

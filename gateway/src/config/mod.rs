@@ -7,8 +7,10 @@
 
 mod clients;
 mod edge;
+mod redis;
 pub use self::clients::ClientLimits;
 pub use self::edge::EdgeLimits;
+pub use self::redis::{RedisAuth, RedisTopology, SentinelTopology};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -134,6 +136,29 @@ pub struct Settings {
     /// Timeout of every Redis call, ms. Default 1000.
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// How Redis is reached: "single" (redis_url) or "sentinel"
+    /// (redis_sentinels + redis_sentinel_master). Default "single" when
+    /// redis_url is set.
+    #[arg(long, env = "GATEWAY_REDIS_TOPOLOGY")]
+    pub redis_topology: Option<String>,
+    /// Sentinel mode: the sentinels, host:port (comma separated in the env).
+    #[arg(long, env = "GATEWAY_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Option<Vec<String>>,
+    /// Sentinel mode: the monitored master's name.
+    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+    /// ACL user of the Redis data nodes (needs redis_password).
+    #[arg(long, env = "GATEWAY_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// Password of the Redis data nodes.
+    #[arg(long, env = "GATEWAY_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// ACL user of the sentinels (needs redis_sentinel_password).
+    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+    /// Password of the sentinels.
+    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
     /// Log filter (tracing EnvFilter syntax). Default "info".
     #[arg(long, env = "GATEWAY_LOG")]
     pub log: Option<String>,
@@ -309,8 +334,13 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// This node's id.
     pub node_id: String,
-    /// Redis URL, `None` for the embedded single node.
+    /// Redis URL in single mode (`None` for the embedded single node and
+    /// in sentinel mode).
     pub redis_url: Option<String>,
+    /// How Redis is reached, `None` for the embedded single node.
+    pub redis_topology: Option<RedisTopology>,
+    /// Redis and sentinel credentials (redacted in `Debug`).
+    pub redis_auth: RedisAuth,
     /// Redis key prefix.
     pub redis_prefix: String,
     /// Timeout of every Redis call.
@@ -485,15 +515,11 @@ impl Config {
                 "must be non-empty without braces or spaces",
             ));
         }
-        let redis_url = pick!(redis_url).filter(|u| !u.is_empty());
-        if let Some(url) = &redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
-                return Err(invalid(
-                    "redis_url",
-                    "must start with redis:// or unix:// (TLS is not built in)",
-                ));
-            }
-        }
+        let (redis_topology, redis_auth) = redis::merge(&cli, &file)?;
+        let redis_url = match &redis_topology {
+            Some(RedisTopology::Single { url }) => Some(url.clone()),
+            _ => None,
+        };
         let jwt_secret = pick!(jwt_secret).filter(|s| !s.is_empty());
         if matches!(&jwt_secret, Some(s) if s.len() < 16) {
             return Err(invalid("jwt_secret", "must be at least 16 bytes"));
@@ -657,6 +683,8 @@ impl Config {
             admin_listen,
             node_id,
             redis_url,
+            redis_topology,
+            redis_auth,
             redis_prefix,
             redis_timeout: ms(pick!(redis_timeout_ms), 1000, "redis_timeout_ms")?,
             log: pick!(log).unwrap_or_else(|| "info".to_owned()),

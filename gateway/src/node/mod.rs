@@ -92,7 +92,7 @@ impl Node {
     pub async fn new(config: Config, shutdown: Shutdown) -> Result<Arc<Node>, NodeError> {
         let config = Arc::new(config);
         let auth = Auth::new(&config)?;
-        let settings = match &config.redis_url {
+        let settings = match &config.redis_topology {
             None => BackendSettings::Memory {
                 presence_ttl: config.presence_ttl,
                 history_caps: (
@@ -100,8 +100,9 @@ impl Node {
                     config.clients.history_max_bytes,
                 ),
             },
-            Some(url) => BackendSettings::Redis(RedisSettings {
-                url: url.clone(),
+            Some(topology) => BackendSettings::Redis(RedisSettings {
+                topology: topology.clone(),
+                auth: config.redis_auth.clone(),
                 prefix: config.redis_prefix.clone(),
                 node_id: config.node_id.clone(),
                 timeout: config.redis_timeout,

@@ -11,8 +11,12 @@
 //!   subscriber's own timeouts): it is bounded by `settings.timeout` and
 //!   fails with [`BackplaneError::Unavailable`] on timeout or I/O trouble.
 //! - A node starts even when Redis is down: [`connect`] waits at most one
-//!   timeout for the first connection, then returns unhealthy backends
-//!   whose subscriber keeps reconnecting in the background.
+//!   timeout for the first connection (three in sentinel mode, for the
+//!   first resolution), then returns unhealthy backends whose subscriber
+//!   keeps reconnecting in the background.
+//! - Every connection goes to the shared target's current client: fixed in
+//!   single mode, swapped by the Sentinel watcher ([`sentinel`]) on a
+//!   failover.
 //! - Times stored in Redis are the client's wall clock in milliseconds
 //!   since the Unix epoch (nodes are expected to run NTP).
 
@@ -24,6 +28,7 @@ pub mod keys;
 mod presence;
 pub(crate) mod pubsub;
 pub(crate) mod scripts;
+mod sentinel;
 mod shared;
 
 use std::fmt;
@@ -33,21 +38,29 @@ use std::time::Duration;
 
 use deadpool::managed::{PoolConfig, Timeouts};
 use deadpool::Runtime;
+use redis::IntoConnectionInfo;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use self::backplane::RedisBackplane;
 pub use self::history::RedisHistory;
 pub(crate) use self::interest::Registry;
 pub use self::keys::Keys;
 pub use self::presence::RedisPresence;
+pub use self::sentinel::SENTINEL_ERROR_OPS;
 pub(crate) use self::shared::{millis, redis_error, Shared};
-use self::shared::{CommandManager, Link, Pool, POOL_SIZE};
+use self::shared::{CommandManager, Link, Pool, Target, POOL_SIZE};
 use crate::backplane::{BackplaneError, Deliver};
+pub use crate::config::{RedisAuth, RedisTopology};
 
 /// Connection settings of the Redis backends.
 #[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]` (may hold a secret: never logged).
-    pub url: String,
+    /// One server by URL, or the primary Sentinel names (the URL may hold
+    /// a secret: never logged).
+    pub topology: RedisTopology,
+    /// ACL credentials of the data nodes and the sentinels (redacted).
+    pub auth: RedisAuth,
     /// Prefix of every key and pub/sub channel (`P` in docs/redis.md).
     pub prefix: String,
     /// This node's id (its `P:node:<id>` channel and registry entry).
@@ -62,7 +75,8 @@ pub struct RedisSettings {
 impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSettings")
-            .field("url", &"<redacted>")
+            .field("topology", &self.topology)
+            .field("auth", &self.auth)
             .field("prefix", &self.prefix)
             .field("node_id", &self.node_id)
             .field("timeout", &self.timeout)
@@ -91,27 +105,44 @@ pub(crate) fn registry(settings: &RedisSettings) -> Arc<Registry> {
 /// Connect the Redis backends of this node. Received envelopes go to
 /// `sink`, in arrival order; what is subscribed follows `registry`.
 ///
-/// Fails only on an unusable URL. When Redis is unreachable it still
-/// returns (after at most `settings.timeout`), with unhealthy backends that
-/// keep reconnecting in the background.
+/// Fails only on an unusable URL. When Redis (or every sentinel) is
+/// unreachable it still returns (after at most `settings.timeout`, three
+/// in sentinel mode), with unhealthy backends that keep reconnecting in
+/// the background.
 pub(crate) async fn connect(
     settings: RedisSettings,
     registry: Arc<Registry>,
     sink: Arc<dyn Deliver>,
 ) -> Result<RedisBackends, BackplaneError> {
-    let client = ::redis::Client::open(settings.url.as_str())
-        .map_err(|e| BackplaneError::Protocol(format!("invalid Redis URL ({:?})", e.kind())))?;
+    let bad_url = |e: ::redis::RedisError| {
+        BackplaneError::Protocol(format!("invalid Redis URL ({:?})", e.kind()))
+    };
+    let (target, watcher) = match &settings.topology {
+        RedisTopology::Single { url } => {
+            let mut info = url.as_str().into_connection_info().map_err(bad_url)?;
+            if settings.auth.password.is_some() {
+                info.redis.username = settings.auth.username.clone();
+                info.redis.password = settings.auth.password.clone();
+            }
+            let client = ::redis::Client::open(info).map_err(bad_url)?;
+            (Arc::new(Target::fixed(client)), None)
+        }
+        RedisTopology::Sentinel(topology) => {
+            let target = Arc::new(Target::unresolved());
+            let watcher =
+                sentinel::Watcher::new(topology, &settings.auth, settings.timeout, target.clone())?;
+            (target, Some(watcher))
+        }
+    };
     let mut pool_config = PoolConfig::new(POOL_SIZE);
     pool_config.timeouts = Timeouts {
         wait: Some(settings.timeout),
         create: Some(settings.timeout),
         recycle: Some(settings.timeout),
     };
-    let manager = deadpool_redis::Manager::new(settings.url.as_str())
-        .map_err(|e| BackplaneError::Protocol(format!("invalid Redis URL ({:?})", e.kind())))?;
     let link = Link::new();
     let manager = CommandManager {
-        inner: manager,
+        target: target.clone(),
         link_ups: link.ups.clone(),
     };
     let pool = Pool::builder(manager)
@@ -125,10 +156,20 @@ pub(crate) async fn connect(
         link,
         failing: AtomicBool::new(false),
         pool,
+        target,
+        cancel: CancellationToken::new(),
+        tasks: TaskTracker::new(),
         settings,
     });
-    let subscriber = pubsub::Subscriber::start(shared.clone(), registry.clone(), client, sink)?;
-    if !shared.link.wait_connected(shared.settings.timeout).await {
+    // Sentinel: the first resolution (sentinel query + ROLE) comes before
+    // the first connection, so allow for it.
+    let mut wait = shared.settings.timeout;
+    if let Some(watcher) = watcher {
+        wait = wait.saturating_mul(3);
+        shared.tasks.spawn(watcher.run(shared.cancel.child_token()));
+    }
+    let subscriber = pubsub::Subscriber::start(shared.clone(), registry.clone(), sink)?;
+    if !shared.link.wait_connected(wait).await {
         tracing::warn!(
             node = %shared.settings.node_id,
             "Redis is not reachable at start; serving unhealthy and reconnecting"
@@ -155,6 +196,10 @@ pub const METRIC_RECONNECTS: &str = "gateway_redis_reconnects_total";
 pub const METRIC_PROBE_FAILURES: &str = "gateway_redis_probe_failures_total";
 /// Metric: envelopes received from Redis pub/sub (counter).
 pub const METRIC_RECEIVED: &str = "gateway_backplane_received_total";
+/// Metric: Sentinel failovers followed: primary address changes (counter).
+pub const METRIC_FAILOVERS: &str = "gateway_redis_failovers_total";
+/// Metric: failed Sentinel resolution steps by `op` (counter).
+pub const METRIC_SENTINEL_ERRORS: &str = "gateway_redis_sentinel_errors_total";
 
 /// Every `op` label value of [`METRIC_ERRORS`] (each call site uses one of
 /// these), registered at 0 from the start.
@@ -182,7 +227,15 @@ pub fn describe_metrics() {
     for op in ERROR_OPS {
         metrics::counter!(METRIC_ERRORS, "op" => op).absolute(0);
     }
-    for counter in [METRIC_RECONNECTS, METRIC_PROBE_FAILURES, METRIC_RECEIVED] {
+    for op in SENTINEL_ERROR_OPS {
+        metrics::counter!(METRIC_SENTINEL_ERRORS, "op" => op).absolute(0);
+    }
+    for counter in [
+        METRIC_RECONNECTS,
+        METRIC_PROBE_FAILURES,
+        METRIC_RECEIVED,
+        METRIC_FAILOVERS,
+    ] {
         metrics::counter!(counter).absolute(0);
     }
     use metrics::{describe_counter, describe_gauge};
@@ -201,6 +254,14 @@ pub fn describe_metrics() {
     describe_counter!(
         METRIC_PROBE_FAILURES,
         "Redis pub/sub liveness probes that did not come back in time."
+    );
+    describe_counter!(
+        METRIC_FAILOVERS,
+        "Redis Sentinel failovers followed (changes of the primary's address)."
+    );
+    describe_counter!(
+        METRIC_SENTINEL_ERRORS,
+        "Failed Redis Sentinel resolution steps, by op (query: a sentinel did not answer; quorum: no majority; role: the named primary is unreachable or not a master)."
     );
     describe_counter!(
         METRIC_RECEIVED,

@@ -22,7 +22,11 @@
 //!   command connection of its own, made on this thread) and rebuilds the connection when a probe does not
 //!   come back in time: a connection can look open yet deliver nothing
 //!   after a failover (centrifugal/centrifugo#1189). Since the reader only
-//!   decodes, the probe measures Redis and the link, not our fan-out.
+//!   decodes, the probe measures Redis and the link, not our fan-out;
+//! - connects to the shared [`super::shared::Target`]'s current client and
+//!   reconnects at once when it changes (a Sentinel failover followed by
+//!   [`super::sentinel`]), so the link's next `up` retires the command
+//!   connections to the old primary.
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -72,10 +76,9 @@ impl Subscriber {
     pub(crate) fn start(
         shared: Arc<Shared>,
         registry: Arc<Registry>,
-        client: ::redis::Client,
         sink: Arc<dyn Deliver>,
     ) -> Result<Self, BackplaneError> {
-        let cancel = CancellationToken::new();
+        let cancel = shared.cancel.clone();
         let node = &shared.settings.node_id;
         let task = SubscriberTask {
             probe_conn: None,
@@ -87,7 +90,7 @@ impl Subscriber {
             probe_channel: shared.keys.probe(node),
             shared: shared.clone(),
             registry,
-            client,
+            target: shared.target.subscribe(),
             sink,
             cancel: cancel.clone(),
             next_op: 0,
@@ -126,6 +129,14 @@ impl Subscriber {
                 tracing::warn!("Redis subscriber did not stop in time");
             }
         }
+        self.shared.tasks.close();
+        let limit = self.shared.settings.timeout.saturating_mul(2);
+        if tokio::time::timeout(limit, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Redis Sentinel watcher did not stop in time");
+        }
     }
 }
 
@@ -153,6 +164,8 @@ enum OpDone {
 enum Exit {
     Cancelled,
     Lost(String),
+    /// The target changed (Sentinel failover): reconnect to the new one.
+    Moved,
 }
 
 /// The liveness probe in flight.
@@ -168,7 +181,8 @@ struct SubscriberTask {
     probe_conn: Option<MultiplexedConnection>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
-    client: ::redis::Client,
+    /// The server to connect to (changes on a Sentinel failover).
+    target: tokio::sync::watch::Receiver<Option<::redis::Client>>,
     sink: Arc<dyn Deliver>,
     cancel: CancellationToken,
     /// Always-on channels: node, all, probe.
@@ -184,6 +198,15 @@ impl SubscriberTask {
         let mut ever_up = false;
         let mut down_logged = false;
         loop {
+            // Sentinel mode before the first resolution: nothing to try yet
+            // (the watcher logs and counts its own failures).
+            if self.target.borrow_and_update().is_none() {
+                tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    _ = self.target.changed() => {}
+                }
+                continue;
+            }
             match self.establish().await {
                 Ok((sink, stream)) => {
                     backoff.reset();
@@ -201,12 +224,19 @@ impl SubscriberTask {
                     match exit {
                         Exit::Cancelled => break,
                         Exit::Lost(reason) => {
+                            self.shared.target.suspect();
                             tracing::warn!(%reason, "Redis pub/sub connection lost; reconnecting");
                             down_logged = true;
+                        }
+                        Exit::Moved => {
+                            tracing::info!("Redis primary changed; pub/sub reconnecting to it");
+                            backoff.reset();
+                            continue;
                         }
                     }
                 }
                 Err(e) => {
+                    self.shared.target.suspect();
                     metrics::counter!(METRIC_ERRORS, "op" => "connect").increment(1);
                     if !down_logged {
                         tracing::warn!(error = %e, "cannot connect Redis pub/sub; retrying");
@@ -218,6 +248,8 @@ impl SubscriberTask {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
+                // A new primary: try it now rather than after the pause.
+                _ = self.target.changed() => {}
             }
         }
         self.shared.link.down();
@@ -227,15 +259,19 @@ impl SubscriberTask {
     /// Connect, subscribe the fixed channels and everything wanted.
     async fn establish(&mut self) -> Result<(PubSubSink, PubSubStream), BackplaneError> {
         let timeout = self.shared.settings.timeout;
-        let pubsub = tokio::time::timeout(timeout, self.client.get_async_pubsub())
+        let client = self
+            .target
+            .borrow_and_update()
+            .clone()
+            .ok_or_else(|| redis_error(super::shared::unresolved()))?;
+        let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
             .await
             .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
             .map_err(redis_error)?;
-        let probe_conn =
-            tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection())
-                .await
-                .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
-                .map_err(redis_error)?;
+        let probe_conn = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
+            .map_err(redis_error)?;
         self.probe_conn = Some(probe_conn);
         let (mut sink, stream) = pubsub.split();
         let wanted = self.registry.wanted();
@@ -277,6 +313,7 @@ impl SubscriberTask {
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return Exit::Cancelled,
+                _ = self.target.changed() => return Exit::Moved,
                 msg = stream.next() => match msg {
                     Some(msg) => self.on_message(&msg, &mut probe),
                     None => return Exit::Lost("connection closed".into()),

@@ -15,7 +15,9 @@ use std::time::Duration;
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{ErrorKind, RedisError};
 use deadpool::managed::{Metrics, Object, PoolError, RecycleError, RecycleResult};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::keys::Keys;
 use super::scripts::Scripts;
@@ -31,11 +33,15 @@ pub(crate) const POOL_SIZE: usize = 16;
 /// measured in the latency benchmark). This one checks a connection without
 /// a round trip: it is handed out unless the pub/sub link came up again
 /// since it was made (Redis restarted or failed over, so it is most likely
-/// dead: the pool makes a fresh one instead of failing a command on it).
+/// dead, or, after a Sentinel failover, a demoted replica: the pool makes a
+/// fresh one instead of failing a command on it). New connections go to the
+/// [`Target`]'s current client, as deadpool-redis's `create` did with its
+/// fixed one.
 /// [`Shared::call`] also drops a connection from the pool when a command on
 /// it fails with a connection error or times out.
 pub(crate) struct CommandManager {
-    pub(crate) inner: deadpool_redis::Manager,
+    /// Where new connections go (swapped on a Sentinel failover).
+    pub(crate) target: Arc<Target>,
     /// The link's up count ([`Link::generation`]).
     pub(crate) link_ups: Arc<AtomicU64>,
 }
@@ -52,7 +58,8 @@ impl deadpool::managed::Manager for CommandManager {
 
     async fn create(&self) -> Result<Pooled, RedisError> {
         let generation = self.link_ups.load(Ordering::Acquire);
-        let conn = deadpool::managed::Manager::create(&self.inner).await?;
+        let client = self.target.client().ok_or_else(unresolved)?;
+        let conn = client.get_multiplexed_async_connection().await?;
         Ok(Pooled { conn, generation })
     }
 
@@ -67,6 +74,80 @@ impl deadpool::managed::Manager for CommandManager {
     }
 }
 
+/// The server that commands and pub/sub go to, as a swappable client: fixed
+/// in single mode; in sentinel mode the primary the sentinels name, set by
+/// the watcher ([`super::sentinel`]) and `None` until it is first resolved.
+///
+/// Readers clone the client out (no lock is held across an await); the
+/// subscriber watches it and reconnects when it changes.
+pub(crate) struct Target {
+    client: watch::Sender<Option<::redis::Client>>,
+    /// Woken when a command suggests the primary moved (READONLY, refused
+    /// connection): the Sentinel watcher re-resolves at once instead of at
+    /// its next poll. Nobody waits on it in single mode.
+    suspect: Notify,
+}
+
+impl Target {
+    /// A target that never changes (single mode).
+    pub(crate) fn fixed(client: ::redis::Client) -> Self {
+        Self {
+            client: watch::Sender::new(Some(client)),
+            suspect: Notify::new(),
+        }
+    }
+
+    /// A target not known yet (sentinel mode, before the first resolution).
+    pub(crate) fn unresolved() -> Self {
+        Self {
+            client: watch::Sender::new(None),
+            suspect: Notify::new(),
+        }
+    }
+
+    /// The current client, `None` while the primary is unknown.
+    pub(crate) fn client(&self) -> Option<::redis::Client> {
+        self.client.borrow().clone()
+    }
+
+    /// Point new connections (and the subscriber) at `client`.
+    pub(crate) fn set(&self, client: ::redis::Client) {
+        self.client.send_replace(Some(client));
+    }
+
+    /// A receiver that sees every later [`Target::set`].
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<::redis::Client>> {
+        self.client.subscribe()
+    }
+
+    /// Tell the watcher the primary may have moved (a no-op in single mode).
+    pub(crate) fn suspect(&self) {
+        self.suspect.notify_one();
+    }
+
+    /// Resolves after the next [`Target::suspect`] (or at once if one came
+    /// since the last wait).
+    pub(crate) async fn suspected(&self) {
+        self.suspect.notified().await;
+    }
+
+    /// Call [`Target::suspect`] when `e` is what talking to a demoted or
+    /// dead primary gives.
+    pub(crate) fn check(&self, e: &RedisError) {
+        if e.kind() == ErrorKind::ReadOnly || e.is_connection_refusal() || e.is_io_error() {
+            self.suspect();
+        }
+    }
+}
+
+/// The error of a connection attempt while the primary is unknown.
+pub(crate) fn unresolved() -> RedisError {
+    RedisError::from((
+        ErrorKind::IoError,
+        "Redis primary not resolved (no sentinel majority yet)",
+    ))
+}
+
 pub(crate) type Pool = deadpool::managed::Pool<CommandManager>;
 
 /// State shared by the Redis backends of one node.
@@ -77,6 +158,14 @@ pub(crate) struct Shared {
     pub(crate) keys: Keys,
     /// Command connections (never used for SUBSCRIBE).
     pub(crate) pool: Pool,
+    /// Where connections go; shared with the pool's manager.
+    pub(crate) target: Arc<Target>,
+    /// Cancelled when the backends shut down: stops the subscriber and the
+    /// Sentinel watcher.
+    pub(crate) cancel: CancellationToken,
+    /// Tasks of the Redis layer on the node's runtime (the Sentinel
+    /// watcher); the subscriber's shutdown waits for them.
+    pub(crate) tasks: TaskTracker,
     /// The Lua scripts (loaded lazily, reloaded after a Redis restart).
     pub(crate) scripts: Scripts,
     /// Pub/sub link state, written only by the subscriber task.
@@ -98,10 +187,16 @@ impl Shared {
     {
         let mut leased: Option<Object<CommandManager>> = None;
         let attempt = async {
-            let conn = self.pool.get().await.map_err(|e| (pool_error(e), false))?;
+            let conn = self.pool.get().await.map_err(|e| {
+                if let PoolError::Backend(e) = &e {
+                    self.target.check(e);
+                }
+                (pool_error(e), false)
+            })?;
             let multiplexed = conn.conn.clone();
             leased = Some(conn);
             f(multiplexed).await.map_err(|e| {
+                self.target.check(&e);
                 let broken =
                     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
                 (redis_error(e), broken)
@@ -110,10 +205,13 @@ impl Shared {
         let (result, broken) = match tokio::time::timeout(self.settings.timeout, attempt).await {
             Ok(Ok(v)) => (Ok(v), false),
             Ok(Err((e, broken))) => (Err(e), broken),
-            Err(_) => (
-                Err(BackplaneError::Unavailable("Redis call timed out".into())),
-                true,
-            ),
+            Err(_) => {
+                self.target.suspect();
+                (
+                    Err(BackplaneError::Unavailable("Redis call timed out".into())),
+                    true,
+                )
+            }
         };
         if broken {
             if let Some(conn) = leased.take() {
