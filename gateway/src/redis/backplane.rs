@@ -7,12 +7,19 @@
 //! also delivers the node's own publications: every delivery of a channel
 //! goes through Redis, so all nodes see one order.
 //!
-//! Invariant: a publish that returns `Ok` was accepted by Redis; one that
-//! could not be handed to Redis within the timeout returns `Unavailable`.
+//! Invariants:
+//! - A publish that returns `Ok` was accepted by Redis; one that could not
+//!   be handed to Redis within the timeout returns `Unavailable`.
+//! - An (epoch, offset) names one publication forever: the publish script
+//!   starts a new epoch when the channel's meta was written under another
+//!   primary (a failover, or a restart that lost data), so offsets the old
+//!   primary gave out and the new one never received are not given again
+//!   under the same epoch (docs/redis.md, "History across failover").
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use super::interest::{unavailable, Registry};
 use super::pubsub::Subscriber;
@@ -27,6 +34,8 @@ pub struct RedisBackplane {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     subscriber: Subscriber,
+    /// The replication id under which a fence was last logged at warn.
+    fence_logged: Mutex<String>,
 }
 
 impl RedisBackplane {
@@ -39,6 +48,40 @@ impl RedisBackplane {
             shared,
             registry,
             subscriber,
+            fence_logged: Mutex::new(String::new()),
+        }
+    }
+
+    /// Count a fenced epoch (publish.lua found the channel's meta written
+    /// under another primary and started a new epoch) and log it: at warn
+    /// for the first fence under each new primary (a failover fences every
+    /// channel that publishes afterwards: one line says it happened), at
+    /// debug for the others.
+    fn fenced(&self, channel: &str, old_epoch: &str, old_top: &str, old_rid: &str, epoch: &str, rid: &str) {
+        metrics::counter!(crate::history::EPOCH_FENCED).increment(1);
+        let first = {
+            let mut logged = self.fence_logged.lock();
+            if *logged == rid {
+                false
+            } else {
+                rid.clone_into(&mut logged);
+                true
+            }
+        };
+        if first {
+            tracing::warn!(
+                channel,
+                old_epoch,
+                old_top,
+                old_rid,
+                epoch,
+                rid,
+                "history written under another primary (failover or data loss): new epoch, \
+                 recovering clients get recovered: false; further fences under this primary \
+                 are logged at debug"
+            );
+        } else {
+            tracing::debug!(channel, old_epoch, old_top, old_rid, epoch, rid, "history epoch fenced");
         }
     }
 
@@ -83,12 +126,17 @@ impl Backplane for RedisBackplane {
             .arg(prefix)
             .arg(suffix)
             .arg(new_epoch());
-        let (offset, epoch) = self
+        let (offset, epoch, fenced_epoch, fenced_top, fenced_rid, rid) = self
             .shared
             .call("publish", |mut conn| async move {
-                script.invoke_async::<(u64, String)>(&mut conn).await
+                script
+                    .invoke_async::<(u64, String, String, String, String, String)>(&mut conn)
+                    .await
             })
             .await?;
+        if !fenced_epoch.is_empty() {
+            self.fenced(&publication.channel, &fenced_epoch, &fenced_top, &fenced_rid, &epoch, &rid);
+        }
         Ok(Some(StreamPosition { offset, epoch }))
     }
 
