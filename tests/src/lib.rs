@@ -35,6 +35,7 @@ pub mod process;
 mod raw;
 mod redis;
 mod redis_proxy;
+pub mod redis_replica;
 mod scrape;
 mod wait;
 

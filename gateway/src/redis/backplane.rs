@@ -57,7 +57,15 @@ impl RedisBackplane {
     /// for the first fence under each new primary (a failover fences every
     /// channel that publishes afterwards: one line says it happened), at
     /// debug for the others.
-    fn fenced(&self, channel: &str, old_epoch: &str, old_top: &str, old_rid: &str, epoch: &str, rid: &str) {
+    fn fenced(
+        &self,
+        channel: &str,
+        old_epoch: &str,
+        old_top: &str,
+        old_rid: &str,
+        epoch: &str,
+        rid: &str,
+    ) {
         metrics::counter!(crate::history::EPOCH_FENCED).increment(1);
         let first = {
             let mut logged = self.fence_logged.lock();
@@ -81,7 +89,15 @@ impl RedisBackplane {
                  are logged at debug"
             );
         } else {
-            tracing::debug!(channel, old_epoch, old_top, old_rid, epoch, rid, "history epoch fenced");
+            tracing::debug!(
+                channel,
+                old_epoch,
+                old_top,
+                old_rid,
+                epoch,
+                rid,
+                "history epoch fenced"
+            );
         }
     }
 
@@ -135,7 +151,14 @@ impl Backplane for RedisBackplane {
             })
             .await?;
         if !fenced_epoch.is_empty() {
-            self.fenced(&publication.channel, &fenced_epoch, &fenced_top, &fenced_rid, &epoch, &rid);
+            self.fenced(
+                &publication.channel,
+                &fenced_epoch,
+                &fenced_top,
+                &fenced_rid,
+                &epoch,
+                &rid,
+            );
         }
         Ok(Some(StreamPosition { offset, epoch }))
     }
