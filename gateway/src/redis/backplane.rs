@@ -16,6 +16,8 @@
 //!   primary gave out and the new one never received are not given again
 //!   under the same epoch (docs/redis.md, "History across failover").
 
+mod durable;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,6 +38,9 @@ pub struct RedisBackplane {
     subscriber: Subscriber,
     /// The replication id under which a fence was last logged at warn.
     fence_logged: Mutex<String>,
+    /// Connections for publishes that WAIT for replicas (`None` only if
+    /// the pool could not be built: such publishes then fail).
+    durable: Option<durable::Durable>,
 }
 
 impl RedisBackplane {
@@ -44,11 +49,15 @@ impl RedisBackplane {
         registry: Arc<Registry>,
         subscriber: Subscriber,
     ) -> Self {
+        let durable = durable::Durable::new(&shared)
+            .inspect_err(|e| tracing::error!(error = %e, "no pool for history_min_replicas"))
+            .ok();
         Self {
             shared,
             registry,
             subscriber,
             fence_logged: Mutex::new(String::new()),
+            durable,
         }
     }
 
@@ -142,14 +151,27 @@ impl Backplane for RedisBackplane {
             .arg(prefix)
             .arg(suffix)
             .arg(new_epoch());
-        let (offset, epoch, fenced_epoch, fenced_top, fenced_rid, rid) = self
-            .shared
-            .call("publish", |mut conn| async move {
-                script
-                    .invoke_async::<(u64, String, String, String, String, String)>(&mut conn)
-                    .await
-            })
-            .await?;
+        let (reply, confirmed) = if history.min_replicas == 0 {
+            let reply = self
+                .shared
+                .call("publish", |mut conn| async move {
+                    script
+                        .invoke_async::<durable::PublishReply>(&mut conn)
+                        .await
+                })
+                .await?;
+            (reply, 0)
+        } else {
+            let Some(durable) = &self.durable else {
+                return Err(BackplaneError::Unavailable(
+                    "no connections for durable publishes".into(),
+                ));
+            };
+            durable
+                .publish(&self.shared, &script, history.min_replicas)
+                .await?
+        };
+        let (offset, epoch, fenced_epoch, fenced_top, fenced_rid, rid) = reply;
         if !fenced_epoch.is_empty() {
             self.fenced(
                 &publication.channel,
@@ -159,6 +181,21 @@ impl Backplane for RedisBackplane {
                 &epoch,
                 &rid,
             );
+        }
+        if confirmed < history.min_replicas {
+            // Live and in the primary's history already: "maybe published".
+            metrics::counter!(crate::history::UNCONFIRMED).increment(1);
+            tracing::debug!(
+                channel = %publication.channel,
+                offset,
+                confirmed,
+                wanted = history.min_replicas,
+                "history publish not confirmed by enough replicas"
+            );
+            return Err(BackplaneError::Unavailable(format!(
+                "publication not confirmed by {} replicas ({confirmed} did)",
+                history.min_replicas
+            )));
         }
         Ok(Some(StreamPosition { offset, epoch }))
     }
