@@ -44,9 +44,15 @@ impl RedisNode {
         let port = free_ports(1)?[0];
         let log_path = dir.join(format!("redis-{name}-{}-{port}.log", std::process::id()));
         let log = File::options().create(true).append(true).open(&log_path)?;
+        // A replica stores the RDB of its full sync in its directory:
+        // one of its own, not the test's working directory.
+        let data_dir = dir.join(format!("redis-{name}-{}-{port}.d", std::process::id()));
+        fs::create_dir_all(&data_dir)?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&data_dir)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
