@@ -44,13 +44,15 @@ if limit > 0 and budget <= 0 then
     out[i] = entries[i][2][2]
   end
 elseif limit > 0 then
-  -- Offsets are contiguous ids <offset>-0: the wanted ones end here.
-  local hi = math.min(top, from + limit - 1)
+  -- Offsets are contiguous ids <offset>-0 from first_offset to top: the
+  -- wanted ones (the first `limit` from `from` on) start at lo, end at hi.
+  local lo = math.max(from, first_offset)
+  local hi = math.min(top, lo + limit - 1)
   local newest_first = {}
   local bytes = 0
   local full = false
-  while not full and hi >= from do
-    local chunk = redis.call('XREVRANGE', KEYS[2], hi, from, 'COUNT', 100)
+  while not full and hi >= lo do
+    local chunk = redis.call('XREVRANGE', KEYS[2], hi, lo, 'COUNT', 100)
     if #chunk == 0 then
       break
     end
