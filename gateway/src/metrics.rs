@@ -137,6 +137,7 @@ pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
     describe();
     crate::redis::describe_metrics();
     crate::history::memory::describe_metrics();
+    crate::history::describe_metrics();
     metrics::gauge!(NODE_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.to_owned())
         .set(1.0);
     hot();

@@ -37,6 +37,7 @@ mod raw;
 mod redis;
 pub mod redis_cluster;
 mod redis_proxy;
+pub mod redis_replica;
 pub mod redis_sentinel;
 mod scrape;
 mod wait;

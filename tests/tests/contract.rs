@@ -43,6 +43,7 @@ const SHORT_TTL: Duration = Duration::from_millis(400);
 const HISTORY: HistoryOptions = HistoryOptions {
     size: 100,
     ttl: Duration::from_secs(60),
+    min_replicas: 0,
 };
 
 // ---------------------------------------------------------------------------
@@ -862,6 +863,7 @@ async fn history_is_trimmed_to_size(kind: Kind) -> Result<()> {
     let small = HistoryOptions {
         size: 5,
         ttl: Duration::from_secs(60),
+        min_replicas: 0,
     };
     let mut epochs = BTreeSet::new();
     for n in 1..=12u64 {
@@ -915,6 +917,7 @@ async fn expired_stream_restarts_with_a_new_epoch(kind: Kind) -> Result<()> {
     let short = HistoryOptions {
         size: 10,
         ttl: Duration::from_millis(300),
+        min_replicas: 0,
     };
     // Each publication extends the stream's life: publishing every 50 ms
     // for several TTLs keeps one epoch and contiguous offsets.

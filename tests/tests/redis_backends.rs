@@ -32,6 +32,7 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 const HISTORY: HistoryOptions = HistoryOptions {
     size: 100,
     ttl: Duration::from_secs(60),
+    min_replicas: 0,
 };
 
 /// Collects what the backplane delivers.
@@ -298,6 +299,7 @@ async fn an_expired_stream_restarts_with_a_new_epoch() -> Result<()> {
     let short = HistoryOptions {
         size: 10,
         ttl: Duration::from_millis(300),
+        min_replicas: 0,
     };
     let old = node
         .b

@@ -219,6 +219,10 @@ pub struct HistoryOptions {
     pub size: usize,
     /// The stream expires this long after its last publication.
     pub ttl: Duration,
+    /// Replicas that must confirm an append before the publish succeeds
+    /// (Redis `WAIT`; 0: none). Only the Redis backplane waits; config
+    /// refuses a value > 0 without Redis.
+    pub min_replicas: usize,
 }
 
 /// A position in a channel's history stream.

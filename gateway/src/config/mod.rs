@@ -73,6 +73,12 @@ pub struct NamespaceOptions {
     pub client_publish: bool,
     /// Connections without a user may subscribe. Default false.
     pub allow_anonymous: bool,
+    /// With history and Redis: a publish is acknowledged only once this
+    /// many replicas confirm it (Redis `WAIT`); fewer within the wait
+    /// answer `unavailable`, although the publication is already live and
+    /// in the primary's history ("maybe published"). 0 (the default) does
+    /// not wait. docs/configuration.md, docs/redis.md.
+    pub history_min_replicas: usize,
 }
 
 impl Default for NamespaceOptions {
@@ -84,6 +90,7 @@ impl Default for NamespaceOptions {
             history_ttl_secs: 300,
             client_publish: false,
             allow_anonymous: false,
+            history_min_replicas: 0,
         }
     }
 }
@@ -99,6 +106,7 @@ impl NamespaceOptions {
         (self.history_size > 0).then(|| crate::backplane::HistoryOptions {
             size: self.history_size,
             ttl: Duration::from_secs(self.history_ttl_secs),
+            min_replicas: self.history_min_replicas,
         })
     }
 }
@@ -675,6 +683,20 @@ impl Config {
                 return Err(invalid(
                     "namespaces",
                     format!("{name:?}: history_size above 1000000"),
+                ));
+            }
+            if opts.history_min_replicas > 0 && (opts.history_size == 0 || redis_url.is_none()) {
+                return Err(invalid(
+                    "namespaces",
+                    format!(
+                        "{name:?}: history_min_replicas needs history (history_size > 0) and Redis (redis_url)"
+                    ),
+                ));
+            }
+            if opts.history_min_replicas > 100 {
+                return Err(invalid(
+                    "namespaces",
+                    format!("{name:?}: history_min_replicas above 100"),
                 ));
             }
         }

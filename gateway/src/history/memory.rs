@@ -386,6 +386,7 @@ mod tests {
         HistoryOptions {
             size: 10,
             ttl: std::time::Duration::from_secs(60),
+            min_replicas: 0,
         }
     }
 

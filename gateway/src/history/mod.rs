@@ -36,6 +36,30 @@ pub struct HistoryRead {
 /// Counter: replays cut to `replay_max_bytes` (answered `recovered: false`).
 pub const REPLAYS_CUT: &str = "gateway_history_replays_cut_total";
 
+/// Counter: history epochs ended because the channel's meta was written
+/// under another Redis primary (after a failover; docs/redis.md).
+pub const EPOCH_FENCED: &str = "gateway_history_epoch_fenced_total";
+
+/// Counter: history publishes that fewer than the namespace's
+/// `history_min_replicas` replicas confirmed in time (answered
+/// `unavailable`, though live and in the primary's history).
+pub const UNCONFIRMED: &str = "gateway_history_unconfirmed_total";
+
+/// Describe the history counters shared by the backends and register them
+/// at 0 (called by [`crate::metrics::install`]).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        EPOCH_FENCED,
+        "History epochs ended because the channel's meta was written under another Redis primary (failover): recovering clients get recovered: false."
+    );
+    metrics::describe_counter!(
+        UNCONFIRMED,
+        "History publishes not confirmed by history_min_replicas replicas in time: answered unavailable, yet live and in the primary's history (maybe published)."
+    );
+    metrics::counter!(EPOCH_FENCED).absolute(0);
+    metrics::counter!(UNCONFIRMED).absolute(0);
+}
+
 /// Bytes the `message` frame of `p` takes in a connection's queue (what a
 /// replay budget counts): the payload, the names and the frame's fixed part.
 pub fn frame_bytes(p: &Publication) -> usize {

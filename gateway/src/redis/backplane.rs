@@ -7,12 +7,21 @@
 //! also delivers the node's own publications: every delivery of a channel
 //! goes through Redis, so all nodes see one order.
 //!
-//! Invariant: a publish that returns `Ok` was accepted by Redis; one that
-//! could not be handed to Redis within the timeout returns `Unavailable`.
+//! Invariants:
+//! - A publish that returns `Ok` was accepted by Redis; one that could not
+//!   be handed to Redis within the timeout returns `Unavailable`.
+//! - An (epoch, offset) names one publication forever: the publish script
+//!   starts a new epoch when the channel's meta was written under another
+//!   primary (a failover, or a restart that lost data), so offsets the old
+//!   primary gave out and the new one never received are not given again
+//!   under the same epoch (docs/redis.md, "History across failover").
+
+mod durable;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use super::interest::{unavailable, Registry};
 use super::pubsub::Subscriber;
@@ -27,6 +36,11 @@ pub struct RedisBackplane {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     subscriber: Subscriber,
+    /// The replication id under which a fence was last logged at warn.
+    fence_logged: Mutex<String>,
+    /// Connections for publishes that WAIT for replicas (`None` only if
+    /// the pool could not be built: such publishes then fail).
+    durable: Option<durable::Durable>,
 }
 
 impl RedisBackplane {
@@ -35,10 +49,64 @@ impl RedisBackplane {
         registry: Arc<Registry>,
         subscriber: Subscriber,
     ) -> Self {
+        let durable = durable::Durable::new(&shared)
+            .inspect_err(|e| tracing::error!(error = %e, "no pool for history_min_replicas"))
+            .ok();
         Self {
             shared,
             registry,
             subscriber,
+            fence_logged: Mutex::new(String::new()),
+            durable,
+        }
+    }
+
+    /// Count a fenced epoch (publish.lua found the channel's meta written
+    /// under another primary and started a new epoch) and log it: at warn
+    /// for the first fence under each new primary (a failover fences every
+    /// channel that publishes afterwards: one line says it happened), at
+    /// debug for the others.
+    fn fenced(
+        &self,
+        channel: &str,
+        old_epoch: &str,
+        old_top: &str,
+        old_rid: &str,
+        epoch: &str,
+        rid: &str,
+    ) {
+        metrics::counter!(crate::history::EPOCH_FENCED).increment(1);
+        let first = {
+            let mut logged = self.fence_logged.lock();
+            if *logged == rid {
+                false
+            } else {
+                rid.clone_into(&mut logged);
+                true
+            }
+        };
+        if first {
+            tracing::warn!(
+                channel,
+                old_epoch,
+                old_top,
+                old_rid,
+                epoch,
+                rid,
+                "history written under another primary (failover or data loss): new epoch, \
+                 recovering clients get recovered: false; further fences under this primary \
+                 are logged at debug"
+            );
+        } else {
+            tracing::debug!(
+                channel,
+                old_epoch,
+                old_top,
+                old_rid,
+                epoch,
+                rid,
+                "history epoch fenced"
+            );
         }
     }
 
@@ -83,12 +151,52 @@ impl Backplane for RedisBackplane {
             .arg(prefix)
             .arg(suffix)
             .arg(new_epoch());
-        let (offset, epoch) = self
-            .shared
-            .call("publish", |mut conn| async move {
-                script.invoke_async::<(u64, String)>(&mut conn).await
-            })
-            .await?;
+        let (reply, confirmed) = if history.min_replicas == 0 {
+            let reply = self
+                .shared
+                .call("publish", |mut conn| async move {
+                    script
+                        .invoke_async::<durable::PublishReply>(&mut conn)
+                        .await
+                })
+                .await?;
+            (reply, 0)
+        } else {
+            let Some(durable) = &self.durable else {
+                return Err(BackplaneError::Unavailable(
+                    "no connections for durable publishes".into(),
+                ));
+            };
+            durable
+                .publish(&self.shared, &script, history.min_replicas)
+                .await?
+        };
+        let (offset, epoch, fenced_epoch, fenced_top, fenced_rid, rid) = reply;
+        if !fenced_epoch.is_empty() {
+            self.fenced(
+                &publication.channel,
+                &fenced_epoch,
+                &fenced_top,
+                &fenced_rid,
+                &epoch,
+                &rid,
+            );
+        }
+        if confirmed < history.min_replicas {
+            // Live and in the primary's history already: "maybe published".
+            metrics::counter!(crate::history::UNCONFIRMED).increment(1);
+            tracing::debug!(
+                channel = %publication.channel,
+                offset,
+                confirmed,
+                wanted = history.min_replicas,
+                "history publish not confirmed by enough replicas"
+            );
+            return Err(BackplaneError::Unavailable(format!(
+                "publication not confirmed by {} replicas ({confirmed} did)",
+                history.min_replicas
+            )));
+        }
         Ok(Some(StreamPosition { offset, epoch }))
     }
 

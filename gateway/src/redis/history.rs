@@ -13,6 +13,18 @@
 //!   epoch on recovery (`since: {offset: 0, epoch: ""}` replays the stream
 //!   the first publication starts). Reads of unknown channels therefore cost
 //!   Redis no memory, however many there are.
+//! - A stream written under another primary is never offered as valid. The
+//!   meta carries the replication id of the primary that wrote it (`rid`,
+//!   see publish.lua); after a failover it differs from the current one,
+//!   and the promoted replica may lack publications that were live before.
+//!   The read script then answers `stale`, and the read reports what a
+//!   channel without a stream reports (offset 0, the empty epoch, nothing
+//!   retained): "no history yet under this primary". A subscriber recovering
+//!   with the old epoch gets `recovered: false`; the next publish starts a
+//!   new epoch (publish.lua fences it), whose offset 1 the subscriber takes.
+//!   The read does not fence the stream itself: reads stay `no-writes` (so
+//!   they run under `maxmemory` and never create or change keys), and a
+//!   client would learn nothing more from a fresh epoch with no entries.
 
 use std::sync::Arc;
 
@@ -51,14 +63,30 @@ impl RedisHistory {
             // COUNT must be a Redis integer; nobody reads 4 billion entries.
             .arg(u32::try_from(limit).unwrap_or(u32::MAX))
             .arg(u64::try_from(budget).unwrap_or(u64::MAX));
-        let (top, epoch, first_offset, entries) = self
+        let (top, epoch, first_offset, entries, stale) = self
             .shared
             .call("history_read", |mut conn| async move {
                 script
-                    .invoke_async::<(u64, String, u64, Vec<Vec<u8>>)>(&mut conn)
+                    .invoke_async::<(u64, String, u64, Vec<Vec<u8>>, u8)>(&mut conn)
                     .await
             })
             .await?;
+        if stale != 0 {
+            tracing::debug!(
+                channel,
+                epoch,
+                top,
+                "history written under another primary: answered as no history yet"
+            );
+            return Ok(HistoryRead {
+                position: StreamPosition {
+                    offset: 0,
+                    epoch: String::new(),
+                },
+                publications: Vec::new(),
+                first_offset: 1,
+            });
+        }
         let publications = entries
             .iter()
             .map(|bytes| match codec::decode(bytes)? {

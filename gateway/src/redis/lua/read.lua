@@ -9,12 +9,24 @@
 -- frames pass it (estimate: the entry's length - 1024, at least 1, never
 -- more than the frame the gateway builds, so the gateway's exact trim
 -- still has every entry it keeps); the rest never leaves Redis.
--- Returns {top, epoch, first_offset, {payload, ...}}; a channel without meta
--- has no stream yet: {0, '', 1, {}} (the empty epoch matches any epoch).
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'top')
+-- Returns {top, epoch, first_offset, {payload, ...}, stale}; a channel
+-- without meta has no stream yet: {0, '', 1, {}, 0} (the empty epoch
+-- matches any epoch). stale is 1 when the meta was written under another
+-- primary (its rid is not this server's replication id, see publish.lua):
+-- the stream may lack publications that were live, so no entry of it is
+-- returned ({top, epoch, top + 1, {}, 1}: the caller must not offer that
+-- epoch as valid), and the next publish starts a new epoch.
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'top', 'rid')
 local epoch = meta[1]
 if not epoch then
-  return {0, '', 1, {}}
+  return {0, '', 1, {}, 0}
+end
+if meta[3] then
+  local info = redis.call('INFO', 'replication')
+  if meta[3] ~= (string.match(info, 'master_replid:(%w+)') or '') then
+    local top = tonumber(meta[2]) or 0
+    return {top, epoch, top + 1, {}, 1}
+  end
 end
 local top = tonumber(meta[2]) or 0
 local first_offset = top + 1
@@ -59,4 +71,4 @@ elseif limit > 0 then
     out[#out + 1] = newest_first[i]
   end
 end
-return {top, epoch, first_offset, out}
+return {top, epoch, first_offset, out, 0}
