@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -201,6 +201,40 @@ impl<K: Hash + Eq + Clone> Drop for KeyGuard<K> {
         if let Some(key) = self.key.take() {
             self.limits.release(&key);
         }
+    }
+}
+
+/// What a request carries from its socket's admission: the handshake-phase
+/// permit and the address guard. `/ws` takes both (the upgrade keeps the
+/// guard, and gives the permit back once upgraded); otherwise they go when
+/// the socket closes.
+#[derive(Clone, Default)]
+pub struct Admitted(Arc<Mutex<AdmittedParts>>);
+
+#[derive(Default)]
+struct AdmittedParts {
+    permit: Option<OwnedSemaphorePermit>,
+    ip: Option<KeyGuard<std::net::IpAddr>>,
+}
+
+impl Admitted {
+    /// A socket's admission: its handshake-phase permit and address guard.
+    pub fn new(permit: OwnedSemaphorePermit, ip: Option<KeyGuard<IpAddr>>) -> Self {
+        Self(Arc::new(Mutex::new(AdmittedParts {
+            permit: Some(permit),
+            ip,
+        })))
+    }
+
+    /// Take the permit and the address guard (once; later calls get `None`s).
+    pub fn take(
+        &self,
+    ) -> (
+        Option<OwnedSemaphorePermit>,
+        Option<KeyGuard<std::net::IpAddr>>,
+    ) {
+        let mut parts = self.0.lock();
+        (parts.permit.take(), parts.ip.take())
     }
 }
 

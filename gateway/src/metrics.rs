@@ -167,11 +167,6 @@ fn register_zeroes() {
         metrics::counter!(FANOUT_OVERFLOW, "kind" => kind).absolute(0);
     }
     metrics::counter!(GAPS).absolute(0);
-    for route in crate::api::ROUTES {
-        for status in crate::api::ZERO_STATUSES {
-            metrics::counter!(API_REQUESTS, "route" => route, "status" => status).absolute(0);
-        }
-    }
     for reason in ["missing", "expired", "invalid", "origin", "api_key"] {
         metrics::counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
     }

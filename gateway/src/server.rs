@@ -31,12 +31,10 @@ use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 
-use crate::edge::{Edge, KeyGuard, RareLog, Refusal};
+use crate::edge::{Admitted, Edge, RareLog, Refusal};
 
 use crate::config::Config;
 use crate::connection::ws_handler;
@@ -173,6 +171,7 @@ where
     };
     crate::edge::describe_metrics();
     crate::memory::describe_metrics();
+    crate::api::describe_metrics();
     // Validated to at most 64 MiB, so this cannot wrap; saturating anyway.
     let body_limit = node.config.max_message_size.saturating_add(4096);
     let mut app = Router::new()
@@ -213,32 +212,6 @@ where
     signal.await;
     drain(&node).await;
     Ok(())
-}
-
-/// What a request carries from its socket's admission: the handshake-phase
-/// permit and the address guard. `/ws` takes both (the upgrade keeps the
-/// guard, and gives the permit back once upgraded); otherwise they go when
-/// the socket closes.
-#[derive(Clone, Default)]
-pub struct Admitted(Arc<Mutex<AdmittedParts>>);
-
-#[derive(Default)]
-struct AdmittedParts {
-    permit: Option<OwnedSemaphorePermit>,
-    ip: Option<KeyGuard<std::net::IpAddr>>,
-}
-
-impl Admitted {
-    /// Take the permit and the address guard (once; later calls get `None`s).
-    pub fn take(
-        &self,
-    ) -> (
-        Option<OwnedSemaphorePermit>,
-        Option<KeyGuard<std::net::IpAddr>>,
-    ) {
-        let mut parts = self.0.lock();
-        (parts.permit.take(), parts.ip.take())
-    }
 }
 
 /// How long a refused socket may take to send its request and read the
@@ -358,10 +331,7 @@ fn admit_socket(
         return Err(("pending_limit", 503, PENDING_BODY));
     };
     edge.note_pending();
-    Ok(Admitted(Arc::new(Mutex::new(AdmittedParts {
-        permit: Some(permit),
-        ip,
-    }))))
+    Ok(Admitted::new(permit, ip))
 }
 
 /// JSON error body of a per-address connection refusal.

@@ -177,6 +177,15 @@ pub const ROUTES: [&str; 10] = [
 /// alert on the first 5xx or 401 sees it (`rate()` needs a prior sample).
 pub const ZERO_STATUSES: [&str; 5] = ["200", "400", "401", "429", "503"];
 
+/// Export every route's request counter at 0 with [`ZERO_STATUSES`].
+pub fn describe_metrics() {
+    for route in ROUTES {
+        for status in ZERO_STATUSES {
+            metrics::counter!(m::API_REQUESTS, "route" => route, "status" => status).absolute(0);
+        }
+    }
+}
+
 /// The `/api` router.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()

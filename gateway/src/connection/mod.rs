@@ -35,14 +35,13 @@ use self::reader::Reader;
 use self::writer::{write_loop, CLOSE_GRACE};
 use crate::api::ApiError;
 use crate::auth::Identity;
-use crate::edge::{KeyGuard, Refusal};
+use crate::edge::{Admitted, KeyGuard, Refusal};
 use crate::hub::frame;
 use crate::metrics as m;
 use crate::node::ops::AdmitError;
 use crate::node::Node;
 use crate::outbox::{ConnHandle, Outbox};
 use crate::protocol::{close, CloseReason, ErrorCode, ReplyError, ServerFrame};
-use crate::server::Admitted;
 
 /// Encode an `error` frame (and count it by code).
 pub fn error_frame(id: Option<&Value>, e: &ReplyError) -> Utf8Bytes {
