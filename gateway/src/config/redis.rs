@@ -23,6 +23,12 @@ pub enum RedisTopology {
     },
     /// The primary of a Sentinel-monitored group, re-resolved on failover.
     Sentinel(SentinelTopology),
+    /// A Redis Cluster (7.0+), discovered from these seed nodes,
+    /// `(host, port)`, distinct, at least one.
+    Cluster {
+        /// Seed nodes; the slot map comes from `CLUSTER SHARDS`.
+        seeds: Vec<(String, u16)>,
+    },
 }
 
 /// Where the sentinels are and which group they monitor.
@@ -42,6 +48,9 @@ impl fmt::Debug for RedisTopology {
                 .field("url", &"<redacted>")
                 .finish(),
             RedisTopology::Sentinel(s) => f.debug_tuple("Sentinel").field(s).finish(),
+            RedisTopology::Cluster { seeds } => {
+                f.debug_struct("Cluster").field("seeds", seeds).finish()
+            }
         }
     }
 }
@@ -86,6 +95,7 @@ pub(super) fn merge(
     }
     let url = pick!(redis_url).filter(|u| !u.is_empty());
     let sentinels = pick!(redis_sentinels);
+    let cluster_nodes = pick!(redis_cluster_nodes);
     let master = pick!(redis_sentinel_master).filter(|m| !m.is_empty());
     let auth = RedisAuth {
         username: pick!(redis_username).filter(|v| !v.is_empty()),
@@ -100,6 +110,12 @@ pub(super) fn merge(
             "redis_topology",
             "redis_sentinels / redis_sentinel_master are set: set redis_topology = \"sentinel\"",
         )),
+        None if cluster_nodes.is_some() => {
+            return Err(invalid(
+                "redis_topology",
+                "redis_cluster_nodes is set: set redis_topology = \"cluster\"",
+            ))
+        }
         None => {
             if auth != RedisAuth::default() {
                 return Err(invalid(
@@ -134,9 +150,19 @@ pub(super) fn merge(
             "needs redis_sentinel_password",
         ));
     }
+    let cluster_only = || {
+        if cluster_nodes.is_some() {
+            return Err(invalid(
+                "redis_cluster_nodes",
+                "needs redis_topology = \"cluster\"",
+            ));
+        }
+        Ok(())
+    };
     let topology = match kind.as_str() {
         "single" => {
             sentinel_only()?;
+            cluster_only()?;
             let Some(url) = url else {
                 return Err(invalid(
                     "redis_url",
@@ -158,6 +184,7 @@ pub(super) fn merge(
             RedisTopology::Single { url }
         }
         "sentinel" => {
+            cluster_only()?;
             if url.is_some() {
                 return Err(invalid(
                     "redis_url",
@@ -203,15 +230,35 @@ pub(super) fn merge(
             })
         }
         "cluster" => {
-            return Err(invalid(
-                "redis_topology",
-                "\"cluster\" is not supported yet (use \"single\" or \"sentinel\")",
-            ))
+            sentinel_only()?;
+            if url.is_some() {
+                return Err(invalid(
+                    "redis_url",
+                    "is for redis_topology = \"single\"; cluster mode discovers the nodes from redis_cluster_nodes",
+                ));
+            }
+            let Some(list) = cluster_nodes else {
+                return Err(invalid(
+                    "redis_cluster_nodes",
+                    "redis_topology = \"cluster\" needs redis_cluster_nodes (host:port, ...)",
+                ));
+            };
+            let mut seeds: Vec<(String, u16)> = Vec::new();
+            for entry in list.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+                let addr = host_port(entry).map_err(|m| invalid("redis_cluster_nodes", m))?;
+                if !seeds.contains(&addr) {
+                    seeds.push(addr);
+                }
+            }
+            if seeds.is_empty() {
+                return Err(invalid("redis_cluster_nodes", "is empty"));
+            }
+            RedisTopology::Cluster { seeds }
         }
         other => {
             return Err(invalid(
                 "redis_topology",
-                format!("{other:?}: must be \"single\" or \"sentinel\""),
+                format!("{other:?}: must be \"single\", \"cluster\" or \"sentinel\""),
             ))
         }
     };
@@ -325,12 +372,45 @@ mod tests {
     }
 
     #[test]
+    fn cluster_seeds_parse_and_duplicates_collapse() {
+        let (t, auth) = merge_args(&[
+            "--redis-topology",
+            "cluster",
+            "--redis-cluster-nodes",
+            "10.0.0.1:7000, n2:7001,10.0.0.1:7000",
+            "--redis-username",
+            "gw",
+            "--redis-password",
+            "pw",
+        ])
+        .unwrap();
+        let Some(RedisTopology::Cluster { seeds }) = t else {
+            panic!("not cluster: {t:?}")
+        };
+        assert_eq!(
+            seeds,
+            vec![("10.0.0.1".to_owned(), 7000), ("n2".to_owned(), 7001)]
+        );
+        assert_eq!(auth.username.as_deref(), Some("gw"));
+    }
+
+    #[test]
     fn bad_combinations_name_the_setting() {
         let sentinel = ["--redis-topology", "sentinel"];
         for (args, want) in [
             (
                 vec!["--redis-topology", "cluster", "--redis-url", "redis://h"],
-                "not supported yet",
+                "cluster mode discovers",
+            ),
+            (vec!["--redis-topology", "cluster"], "needs redis_cluster_nodes"),
+            (
+                vec!["--redis-topology", "cluster", "--redis-cluster-nodes", "a:1,b"],
+                "not host:port",
+            ),
+            (vec!["--redis-cluster-nodes", "a:1"], "set redis_topology = \"cluster\""),
+            (
+                vec!["--redis-url", "redis://h", "--redis-cluster-nodes", "a:1"],
+                "needs redis_topology = \"cluster\"",
             ),
             (vec!["--redis-topology", "ring"], "must be \"single\""),
             (vec!["--redis-topology", "single"], "needs redis_url"),

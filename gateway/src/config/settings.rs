@@ -43,11 +43,15 @@ pub struct Settings {
     /// Timeout of every Redis call, ms. Default 1000.
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
-    /// How Redis is reached: "single" (redis_url) or "sentinel"
-    /// (redis_sentinels + redis_sentinel_master). Default "single" when
-    /// redis_url is set.
+    /// How Redis is reached: "single" (redis_url), "cluster"
+    /// (redis_cluster_nodes) or "sentinel" (redis_sentinels +
+    /// redis_sentinel_master). Default "single" when redis_url is set.
     #[arg(long, env = "GATEWAY_REDIS_TOPOLOGY")]
     pub redis_topology: Option<String>,
+    /// Cluster mode: seed nodes of the Redis Cluster, host:port (comma
+    /// separated in the env); the rest of the cluster is discovered.
+    #[arg(long, env = "GATEWAY_REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Option<Vec<String>>,
     /// Sentinel mode: the sentinels, host:port (comma separated in the env).
     #[arg(long, env = "GATEWAY_REDIS_SENTINELS", value_delimiter = ',')]
     pub redis_sentinels: Option<Vec<String>>,

@@ -110,11 +110,14 @@ impl RedisBackplane {
         }
     }
 
-    /// PUBLISH an encoded envelope on a pub/sub channel.
+    /// PUBLISH (SPUBLISH in cluster mode) an encoded envelope on a
+    /// pub/sub channel.
     async fn publish_raw(&self, channel: String, payload: String) -> Result<(), BackplaneError> {
+        self.shared.check_shard(&channel).inspect_err(count_refused)?;
+        let command = self.shared.publish_command();
         self.shared
             .call("publish", |mut conn| async move {
-                ::redis::cmd("PUBLISH")
+                ::redis::cmd(command)
                     .arg(channel)
                     .arg(payload)
                     .query_async::<i64>(&mut conn)
@@ -123,6 +126,11 @@ impl RedisBackplane {
             .await
             .map(|_receivers| ())
     }
+}
+
+/// Count a publish refused without a round trip (its shard is down).
+fn count_refused(_: &BackplaneError) {
+    metrics::counter!(super::METRIC_ERRORS, "op" => "publish").increment(1);
 }
 
 #[async_trait]
@@ -140,6 +148,7 @@ impl Backplane for RedisBackplane {
             self.publish_raw(channel, payload).await?;
             return Ok(None);
         };
+        self.shared.check_shard(&channel).inspect_err(count_refused)?;
         let (prefix, suffix) = codec::offset_template(&publication)?;
         let mut script = self.shared.scripts.publish.prepare_invoke();
         script
@@ -150,7 +159,8 @@ impl Backplane for RedisBackplane {
             .arg(millis(history.ttl))
             .arg(prefix)
             .arg(suffix)
-            .arg(new_epoch());
+            .arg(new_epoch())
+            .arg(self.shared.publish_command());
         let (reply, confirmed) = if history.min_replicas == 0 {
             let reply = self
                 .shared
@@ -207,7 +217,10 @@ impl Backplane for RedisBackplane {
     }
 
     async fn ready(&self, topic: &Topic) -> Result<(), BackplaneError> {
-        let result = if self.shared.link.is_connected() {
+        let shard = self.shared.check_shard(&self.shared.keys.topic(topic));
+        let result = if let Err(e) = shard {
+            Err(e)
+        } else if self.shared.link.is_connected() {
             self.registry
                 .ready(topic, self.shared.settings.timeout)
                 .await

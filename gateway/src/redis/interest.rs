@@ -30,6 +30,9 @@ pub(crate) struct Entry {
     pub(crate) wanted: bool,
     pub(crate) active: bool,
     pub(crate) pending: Option<u64>,
+    /// The SUBSCRIBE op that made it active (sharded mode: which shard
+    /// connection holds it; `None` after a single-mode resubscription).
+    pub(crate) active_op: Option<u64>,
     pub(crate) waiters: Vec<Waiter>,
     dirty: bool,
 }
@@ -44,8 +47,9 @@ pub(crate) struct Table {
 pub(crate) enum Change {
     /// SUBSCRIBE, tagged with the op id its confirmation must carry.
     Subscribe(String, u64),
-    /// UNSUBSCRIBE.
-    Unsubscribe(String),
+    /// UNSUBSCRIBE, with the op of the SUBSCRIBE it undoes (active or in
+    /// flight; sharded mode finds the shard connection by it).
+    Unsubscribe(String, Option<u64>),
 }
 
 /// The wanted/confirmed table of one node (see the module docs).
@@ -91,6 +95,7 @@ impl Registry {
             match table.entries.get_mut(&name) {
                 Some(e) if e.wanted => {
                     e.active = true;
+                    e.active_op = None;
                     for w in e.waiters.drain(..) {
                         let _ = w.send(Ok(()));
                     }
@@ -108,6 +113,7 @@ impl Registry {
         for e in table.entries.values_mut() {
             e.active = false;
             e.pending = None;
+            e.active_op = None;
             for w in e.waiters.drain(..) {
                 let _ = w.send(Err(unavailable()));
             }
@@ -134,7 +140,7 @@ impl Registry {
                 }
             } else {
                 if e.active || e.pending.is_some() {
-                    out.push(Change::Unsubscribe(name.clone()));
+                    out.push(Change::Unsubscribe(name.clone(), e.active_op.or(e.pending)));
                 }
                 for w in e.waiters.drain(..) {
                     let _ = w.send(Err(unavailable()));
@@ -143,6 +149,60 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// Sharded mode: the SUBSCRIBE `op` of `name` is gone (its shard
+    /// connection was lost, the slot moved, or Redis refused it). Unless a
+    /// later op already holds the name, it is inactive again, its waiters
+    /// fail and, while wanted, it is queued to be subscribed anew (where
+    /// its slot now lives). Returns whether it was queued.
+    pub(crate) fn lost_op(&self, name: &str, op: u64) -> bool {
+        let mut table = self.table.lock();
+        let table = &mut *table;
+        let Some(e) = table.entries.get_mut(name) else {
+            return false;
+        };
+        if e.pending != Some(op) && e.active_op != Some(op) {
+            return false;
+        }
+        e.active = false;
+        e.pending = None;
+        e.active_op = None;
+        for w in e.waiters.drain(..) {
+            let _ = w.send(Err(unavailable()));
+        }
+        if !e.wanted {
+            if !e.dirty {
+                table.entries.remove(name);
+            }
+            return false;
+        }
+        if !e.dirty {
+            e.dirty = true;
+            table.changed.push(name.to_owned());
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    /// Want (or stop wanting) a pub/sub name directly: sharded mode keeps
+    /// the node's own topics here, always wanted.
+    pub(crate) fn set_name(&self, name: String, on: bool) {
+        let mut table = self.table.lock();
+        let table = &mut *table;
+        let e = table.entries.entry(name.clone()).or_default();
+        e.wanted = on;
+        if !e.dirty {
+            e.dirty = true;
+            table.changed.push(name);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Whether `name` is wanted and confirmed.
+    pub(crate) fn is_active(&self, name: &str) -> bool {
+        let table = self.table.lock();
+        table.entries.get(name).is_some_and(|e| e.wanted && e.active)
     }
 
     /// Redis confirmed SUBSCRIBE `op` of `name`.
@@ -156,6 +216,7 @@ impl Registry {
         }
         e.pending = None;
         e.active = true;
+        e.active_op = Some(op);
         // Not wanted any more: the reconcile queued for it unsubscribes.
         if e.wanted {
             for w in e.waiters.drain(..) {
@@ -209,18 +270,9 @@ impl Registry {
 
 impl Interest for Registry {
     fn set(&self, topic: &Topic, on: bool) {
-        let Some(name) = self.name(topic) else {
-            return;
-        };
-        let mut table = self.table.lock();
-        let table = &mut *table;
-        let e = table.entries.entry(name.clone()).or_default();
-        e.wanted = on;
-        if !e.dirty {
-            e.dirty = true;
-            table.changed.push(name);
+        if let Some(name) = self.name(topic) {
+            self.set_name(name, on);
         }
-        self.wake.notify_one();
     }
 }
 
@@ -241,7 +293,7 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 Change::Subscribe(n, op) => Some((n.as_str(), *op)),
-                Change::Unsubscribe(_) => None,
+                Change::Unsubscribe(..) => None,
             })
             .collect()
     }
@@ -263,9 +315,30 @@ mod tests {
         // Off for real: UNSUBSCRIBE, and the entry is gone.
         r.set(&topic, false);
         let off = r.reconcile(&mut op);
-        assert!(matches!(off.as_slice(), [Change::Unsubscribe(n)] if n == "t:ch:{a}"));
+        assert!(matches!(off.as_slice(), [Change::Unsubscribe(n, Some(1))] if n == "t:ch:{a}"));
         assert_eq!(r.len(), 0);
         assert!(r.ready(&topic, Duration::from_millis(10)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_lost_op_requeues_only_its_own_name() {
+        let r = registry();
+        let topic = Topic::Channel("a".into());
+        let mut op = 0;
+        r.set(&topic, true);
+        let _ = r.reconcile(&mut op);
+        r.confirmed("t:ch:{a}", 1);
+        // An older op (another shard connection) does not touch it.
+        assert!(!r.lost_op("t:ch:{a}", 7));
+        assert!(r.is_active("t:ch:{a}"));
+        assert!(r.lost_op("t:ch:{a}", 1));
+        assert!(!r.is_active("t:ch:{a}"));
+        assert_eq!(subscribes(&r.reconcile(&mut op)), vec![("t:ch:{a}", 2)]);
+        // Not wanted any more when lost: the entry goes.
+        r.set(&topic, false);
+        assert!(!r.lost_op("t:ch:{a}", 2));
+        let _ = r.reconcile(&mut op);
+        assert_eq!(r.len(), 0);
     }
 
     #[tokio::test]

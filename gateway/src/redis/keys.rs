@@ -26,9 +26,28 @@ impl Keys {
         format!("{}:ch:{{{channel}}}", self.prefix)
     }
 
+    /// A name of user `user`'s family `kind`: `P:kind:{u}`. An id whose
+    /// hash tag would be empty (it is empty or starts with `}`) is spelled
+    /// `P:kind~:{<hex of u>}` instead: with an empty tag Redis Cluster would
+    /// hash each whole name, scattering the user's keys over slots (the
+    /// scripts touch two at once), and the `~` keeps those names apart
+    /// from every ordinary id's.
+    fn user_name(&self, kind: &str, user: &str) -> String {
+        if user.is_empty() || user.starts_with('}') {
+            let mut hex = String::with_capacity(user.len() * 2 + 1);
+            hex.push('x');
+            for b in user.bytes() {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            format!("{}:{kind}~:{{{hex}}}", self.prefix)
+        } else {
+            format!("{}:{kind}:{{{user}}}", self.prefix)
+        }
+    }
+
     /// Pub/sub channel of a user: `P:user:{u}`.
     pub fn user(&self, user: &str) -> String {
-        format!("{}:user:{{{user}}}", self.prefix)
+        self.user_name("user", user)
     }
 
     /// Pub/sub channel of a node: `P:node:<id>`.
@@ -44,6 +63,12 @@ impl Keys {
     /// Pub/sub channel of a node's liveness probe: `P:probe:<id>`.
     pub fn probe(&self, node: &str) -> String {
         format!("{}:probe:{node}", self.prefix)
+    }
+
+    /// Cluster mode: the probe of one shard connection, in a slot of that
+    /// shard: `P:probe:<id>:{tag}`.
+    pub fn shard_probe(&self, node: &str, tag: &str) -> String {
+        format!("{}:probe:{node}:{{{tag}}}", self.prefix)
     }
 
     /// Pub/sub channel an envelope with this topic travels on.
@@ -78,12 +103,12 @@ impl Keys {
 
     /// User index hash (conn -> node): `P:user-conns:{u}`.
     pub fn user_conns(&self, user: &str) -> String {
-        format!("{}:user-conns:{{{user}}}", self.prefix)
+        self.user_name("user-conns", user)
     }
 
     /// User index expiry sorted set: `P:user-conns-exp:{u}`.
     pub fn user_conns_expiry(&self, user: &str) -> String {
-        format!("{}:user-conns-exp:{{{user}}}", self.prefix)
+        self.user_name("user-conns-exp", user)
     }
 
     /// Node registry hash (id -> NodeInfo JSON): `P:{nodes}` (tagged so
@@ -136,5 +161,28 @@ mod tests {
         assert_eq!(k.node("n1"), "gw:node:n1");
         assert_eq!(k.topic(&Topic::All), "gw:all");
         assert_eq!(k.topic(&Topic::Node("n2".into())), "gw:node:n2");
+    }
+
+    #[test]
+    fn every_key_family_of_a_channel_or_user_shares_one_slot() {
+        use crate::redis::slots::slot;
+        let k = Keys::new("gw");
+        for c in ["a", "chat:lobby", "x}y", "很"] {
+            let s = slot(&k.channel(c));
+            for key in [k.history(c), k.meta(c), k.presence(c), k.presence_expiry(c)] {
+                assert_eq!(slot(&key), s, "{key}");
+            }
+        }
+        for u in ["u1", "", "}", "}x", "a}b", "{a}"] {
+            let s = slot(&k.user(u));
+            for key in [k.user_conns(u), k.user_conns_expiry(u)] {
+                assert_eq!(slot(&key), s, "{key} vs {}", k.user(u));
+            }
+        }
+        // Escaped ids never meet an ordinary one's names.
+        assert_ne!(k.user("}x"), k.user("x7d78"));
+        assert_eq!(k.user(""), "gw:user~:{x}");
+        assert_eq!(k.user("}x"), "gw:user~:{x7d78}");
+        assert_eq!(k.user_conns("u"), "gw:user-conns:{u}");
     }
 }

@@ -21,6 +21,7 @@
 //!   since the Unix epoch (nodes are expected to run NTP).
 
 mod backplane;
+mod cluster;
 pub mod codec;
 mod history;
 pub(crate) mod interest;
@@ -29,7 +30,9 @@ mod presence;
 pub(crate) mod pubsub;
 pub(crate) mod scripts;
 mod sentinel;
+mod sharded;
 mod shared;
+pub(crate) mod slots;
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
@@ -48,6 +51,7 @@ pub(crate) use self::interest::Registry;
 pub use self::keys::Keys;
 pub use self::presence::RedisPresence;
 pub use self::sentinel::SENTINEL_ERROR_OPS;
+pub use self::sharded::{METRIC_RESUBSCRIBES, METRIC_SHARD_UP, RESUBSCRIBE_REASONS};
 pub(crate) use self::shared::{millis, redis_error, Shared};
 use self::shared::{CommandManager, Link, Pool, Target, POOL_SIZE};
 use crate::backplane::{BackplaneError, Deliver};
@@ -117,6 +121,7 @@ pub(crate) async fn connect(
     let bad_url = |e: ::redis::RedisError| {
         BackplaneError::Protocol(format!("invalid Redis URL ({:?})", e.kind()))
     };
+    let mut cluster = None;
     let (target, watcher) = match &settings.topology {
         RedisTopology::Single { url } => {
             let mut info = url.as_str().into_connection_info().map_err(bad_url)?;
@@ -132,6 +137,14 @@ pub(crate) async fn connect(
             let watcher =
                 sentinel::Watcher::new(topology, &settings.auth, settings.timeout, target.clone())?;
             (target, Some(watcher))
+        }
+        RedisTopology::Cluster { seeds } => {
+            cluster = Some(Arc::new(cluster::Cluster::new(
+                seeds,
+                &settings.auth,
+                settings.timeout,
+            )?));
+            (Arc::new(Target::unresolved()), None)
         }
     };
     let mut pool_config = PoolConfig::new(POOL_SIZE);
@@ -159,6 +172,7 @@ pub(crate) async fn connect(
         target,
         cancel: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        cluster,
         settings,
     });
     // Sentinel: the first resolution (sentinel query + ROLE) comes before
@@ -167,6 +181,15 @@ pub(crate) async fn connect(
     if let Some(watcher) = watcher {
         wait = wait.saturating_mul(3);
         shared.tasks.spawn(watcher.run(shared.cancel.child_token()));
+    }
+    // Cluster: the slot map comes first, then one connection per shard.
+    if let Some(cluster) = &shared.cluster {
+        wait = wait.saturating_mul(3);
+        shared.tasks.spawn(
+            cluster
+                .clone()
+                .run_topology(shared.target.clone(), shared.cancel.child_token()),
+        );
     }
     let subscriber = pubsub::Subscriber::start(shared.clone(), registry.clone(), sink)?;
     if !shared.link.wait_connected(wait).await {
@@ -203,7 +226,7 @@ pub const METRIC_SENTINEL_ERRORS: &str = "gateway_redis_sentinel_errors_total";
 
 /// Every `op` label value of [`METRIC_ERRORS`] (each call site uses one of
 /// these), registered at 0 from the start.
-pub const ERROR_OPS: [&str; 13] = [
+pub const ERROR_OPS: [&str; 14] = [
     "publish",
     "subscribe",
     "history_read",
@@ -217,6 +240,7 @@ pub const ERROR_OPS: [&str; 13] = [
     "probe",
     "connect",
     "decode",
+    "topology",
 ];
 
 /// Register descriptions of the Redis metrics with the installed recorder,
@@ -229,6 +253,9 @@ pub fn describe_metrics() {
     }
     for op in SENTINEL_ERROR_OPS {
         metrics::counter!(METRIC_SENTINEL_ERRORS, "op" => op).absolute(0);
+    }
+    for reason in RESUBSCRIBE_REASONS {
+        metrics::counter!(METRIC_RESUBSCRIBES, "reason" => reason).absolute(0);
     }
     for counter in [
         METRIC_RECONNECTS,
@@ -245,7 +272,15 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         METRIC_ERRORS,
-        "Failed Redis calls, by op (publish, subscribe, history_read, presence, presence_refresh, presence_restore, presence_sweep, user_index, nodes, node_purge, probe, connect, decode)."
+        "Failed Redis calls, by op (publish, subscribe, history_read, presence, presence_refresh, presence_restore, presence_sweep, user_index, nodes, node_purge, probe, connect, decode, topology)."
+    );
+    describe_counter!(
+        METRIC_RESUBSCRIBES,
+        "Redis Cluster pub/sub names resubscribed, by reason (sunsubscribe: the slot moved; moved: a MOVED reply or a new slot map; connection_lost, probe, desync: the shard connection was rebuilt)."
+    );
+    describe_gauge!(
+        METRIC_SHARD_UP,
+        "Redis Cluster: whether this node's pub/sub connection to a shard (primary host:port) is up and its probe passes (1) or not (0)."
     );
     describe_counter!(
         METRIC_RECONNECTS,
@@ -257,7 +292,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         METRIC_FAILOVERS,
-        "Redis Sentinel failovers followed (changes of the primary's address)."
+        "Redis failovers followed: Sentinel primary address changes, and Redis Cluster shards with a new primary."
     );
     describe_counter!(
         METRIC_SENTINEL_ERRORS,

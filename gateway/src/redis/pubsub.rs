@@ -43,6 +43,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::interest::{Change, Registry};
+use super::sharded::ShardedTask;
 use super::{
     codec, redis_error, Shared, METRIC_ERRORS, METRIC_PROBE_FAILURES, METRIC_RECEIVED,
     METRIC_RECONNECTS,
@@ -78,7 +79,10 @@ impl Subscriber {
         registry: Arc<Registry>,
         sink: Arc<dyn Deliver>,
     ) -> Result<Self, BackplaneError> {
-        let cancel = shared.cancel.clone();
+        if let Some(cluster) = shared.cluster.clone() {
+            let task = ShardedTask::new(shared.clone(), cluster, registry, sink);
+            return Self::spawn(shared, move || task.run());
+        }
         let node = &shared.settings.node_id;
         let task = SubscriberTask {
             probe_conn: None,
@@ -92,10 +96,20 @@ impl Subscriber {
             registry,
             target: shared.target.subscribe(),
             sink,
-            cancel: cancel.clone(),
+            cancel: shared.cancel.clone(),
             next_op: 0,
             decode_warned: false,
         };
+        Self::spawn(shared, move || task.run())
+    }
+
+    /// Run `task` on the reader thread.
+    fn spawn<F, Fut>(shared: Arc<Shared>, task: F) -> Result<Self, BackplaneError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let cancel = shared.cancel.clone();
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("redis-pubsub".into())
@@ -104,7 +118,7 @@ impl Subscriber {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(task.run()),
+                    Ok(runtime) => runtime.block_on(task()),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot build the Redis reader's runtime")
                     }
@@ -345,7 +359,7 @@ impl SubscriberTask {
         for change in self.registry.reconcile(&mut self.next_op) {
             let op = match change {
                 Change::Subscribe(channel, op) => subscribe_op(sink, channel, op),
-                Change::Unsubscribe(channel) => unsubscribe_op(sink, channel),
+                Change::Unsubscribe(channel, _) => unsubscribe_op(sink, channel),
             };
             enqueue(ops, op).await;
         }
@@ -464,7 +478,7 @@ async fn enqueue(ops: &mut FuturesUnordered<Op>, mut op: Op) {
 
 /// Exponential backoff with jitter between reconnection attempts.
 #[derive(Default)]
-struct Backoff {
+pub(crate) struct Backoff {
     attempt: u32,
 }
 
@@ -474,7 +488,7 @@ impl Backoff {
     }
 
     /// The next pause: uniform in [d/2, d] with d doubling up to the cap.
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let full = BACKOFF_MIN
             .saturating_mul(1u32 << self.attempt.min(10))
             .min(BACKOFF_MAX);

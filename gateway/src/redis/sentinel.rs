@@ -104,6 +104,7 @@ impl Watcher {
                         *port,
                         auth.sentinel_username.clone(),
                         auth.sentinel_password.clone(),
+                        ProtocolVersion::RESP2,
                     )
                     .map_err(|e| {
                         BackplaneError::Protocol(format!("sentinel {host}:{port}: {:?}", e.kind()))
@@ -297,6 +298,7 @@ impl Watcher {
             addr.1,
             self.username.clone(),
             self.password.clone(),
+            ProtocolVersion::RESP2,
         )
         .map_err(|e| e.to_string())?;
         let call = async {
@@ -338,13 +340,14 @@ impl Watcher {
     }
 }
 
-/// A RESP2 client for `host:port` with optional ACL credentials (opening
-/// one from a `ConnectionInfo` parses nothing; it fails only in theory).
-fn client_for(
+/// A client for `host:port` with optional ACL credentials (opening one
+/// from a `ConnectionInfo` parses nothing; it fails only in theory).
+pub(super) fn client_for(
     host: &str,
     port: u16,
     username: Option<String>,
     password: Option<String>,
+    protocol: ProtocolVersion,
 ) -> RedisResult<Client> {
     Client::open(ConnectionInfo {
         addr: ConnectionAddr::Tcp(host.to_owned(), port),
@@ -352,7 +355,7 @@ fn client_for(
             db: 0,
             username,
             password,
-            protocol: ProtocolVersion::RESP2,
+            protocol,
         },
     })
 }

@@ -12,13 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{ErrorKind, RedisError};
+use ::redis::aio::{ConnectionLike, MultiplexedConnection};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
 use deadpool::managed::{Metrics, Object, PoolError, RecycleError, RecycleResult};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cluster::{Cluster, PUB_COMMAND, SPUB_COMMAND};
 use super::keys::Keys;
 use super::scripts::Scripts;
 use super::{RedisSettings, METRIC_ERRORS, METRIC_UP};
@@ -26,6 +28,45 @@ use crate::backplane::BackplaneError;
 
 /// Command connections; they are multiplexed, so a few carry a lot.
 pub(crate) const POOL_SIZE: usize = 16;
+
+/// A command connection as [`Shared::call`] hands it out: a pooled one to
+/// the one server (single and sentinel mode), or a Redis Cluster
+/// connection that routes each command to the shard owning its key.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// Single or sentinel mode.
+    Single(MultiplexedConnection),
+    /// Cluster mode.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// The command pool's manager. deadpool-redis's own manager makes the
 /// connections, but it also sends `UNWATCH` + `PING` on every checkout: one
@@ -82,9 +123,10 @@ impl deadpool::managed::Manager for CommandManager {
 /// subscriber watches it and reconnects when it changes.
 pub(crate) struct Target {
     client: watch::Sender<Option<::redis::Client>>,
-    /// Woken when a command suggests the primary moved (READONLY, refused
-    /// connection): the Sentinel watcher re-resolves at once instead of at
-    /// its next poll. Nobody waits on it in single mode.
+    /// Woken when a command suggests the primary moved (READONLY, MOVED,
+    /// refused connection): the Sentinel watcher re-resolves (the cluster
+    /// topology task re-reads the slot map) at once instead of at its next
+    /// poll. Nobody waits on it in single mode.
     suspect: Notify,
 }
 
@@ -134,7 +176,12 @@ impl Target {
     /// Call [`Target::suspect`] when `e` is what talking to a demoted or
     /// dead primary gives.
     pub(crate) fn check(&self, e: &RedisError) {
-        if e.kind() == ErrorKind::ReadOnly || e.is_connection_refusal() || e.is_io_error() {
+        if matches!(
+            e.kind(),
+            ErrorKind::ReadOnly | ErrorKind::Moved | ErrorKind::Ask | ErrorKind::ClusterDown
+        ) || e.is_connection_refusal()
+            || e.is_io_error()
+        {
             self.suspect();
         }
     }
@@ -172,6 +219,9 @@ pub(crate) struct Shared {
     pub(crate) link: Link,
     /// Whether the last command failed (to log transitions, not every error).
     pub(crate) failing: AtomicBool,
+    /// Cluster mode: the slot map, the per-shard health and the cluster
+    /// command connections (`None` in single and sentinel mode).
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
@@ -182,20 +232,29 @@ impl Shared {
     /// needed), so a dead or stuck connection is not handed out again.
     pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, BackplaneError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let mut leased: Option<Object<CommandManager>> = None;
         let attempt = async {
-            let conn = self.pool.get().await.map_err(|e| {
-                if let PoolError::Backend(e) = &e {
-                    self.target.check(e);
+            let conn = match &self.cluster {
+                Some(cluster) => Conn::Cluster(cluster.connection().await.map_err(|e| {
+                    self.target.check(&e);
+                    (redis_error(e), false)
+                })?),
+                None => {
+                    let conn = self.pool.get().await.map_err(|e| {
+                        if let PoolError::Backend(e) = &e {
+                            self.target.check(e);
+                        }
+                        (pool_error(e), false)
+                    })?;
+                    let multiplexed = conn.conn.clone();
+                    leased = Some(conn);
+                    Conn::Single(multiplexed)
                 }
-                (pool_error(e), false)
-            })?;
-            let multiplexed = conn.conn.clone();
-            leased = Some(conn);
-            f(multiplexed).await.map_err(|e| {
+            };
+            f(conn).await.map_err(|e| {
                 self.target.check(&e);
                 let broken =
                     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
@@ -232,6 +291,27 @@ impl Shared {
             }
         }
         result
+    }
+
+    /// The command that publishes on pub/sub channels: `SPUBLISH` in
+    /// cluster mode (sharded pub/sub: only the owning shard carries it;
+    /// a plain `PUBLISH` would cross the whole cluster bus), else `PUBLISH`.
+    pub(crate) fn publish_command(&self) -> &'static str {
+        if self.cluster.is_some() {
+            SPUB_COMMAND
+        } else {
+            PUB_COMMAND
+        }
+    }
+
+    /// Refuse at once what would go to a shard known to be down (cluster
+    /// mode: the owner of `name`'s slot is unknown, failed, or its pub/sub
+    /// connection fails its probe); `Ok` in the other modes.
+    pub(crate) fn check_shard(&self, name: &str) -> Result<(), BackplaneError> {
+        match &self.cluster {
+            Some(cluster) => cluster.check(name),
+            None => Ok(()),
+        }
     }
 }
 
@@ -280,6 +360,24 @@ impl Link {
         self.connected.send_replace(true);
     }
 
+    /// Count one more connection coming up without changing the state
+    /// (cluster mode: a shard connection other than the node's own
+    /// topics' came up, so that shard may have lost its entries).
+    pub(crate) fn bump(&self) {
+        self.ups.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Cluster mode: the node's own topics are served (connected and
+    /// healthy) or not, without counting an up.
+    pub(crate) fn set_served(&self, served: bool) {
+        if served {
+            self.set_healthy(true);
+            self.connected.send_replace(true);
+        } else {
+            self.down();
+        }
+    }
+
     /// Record the loss of the pub/sub connection.
     pub(crate) fn down(&self) {
         self.connected.send_replace(false);
@@ -318,6 +416,9 @@ pub(crate) fn redis_error(e: RedisError) -> BackplaneError {
                 | ErrorKind::MasterDown
                 | ErrorKind::ReadOnly
                 | ErrorKind::AuthenticationFailed
+                | ErrorKind::Moved
+                | ErrorKind::Ask
+                | ErrorKind::ClusterConnectionNotFound
         );
     if unavailable {
         BackplaneError::Unavailable(format!("Redis: {e}"))

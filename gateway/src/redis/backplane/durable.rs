@@ -27,7 +27,7 @@ use ::redis::{ErrorKind, RedisError, RedisResult, ScriptInvocation};
 use deadpool::managed::{Metrics, Object, PoolConfig, RecycleError, RecycleResult, Timeouts};
 use deadpool::Runtime;
 
-use super::super::shared::{pool_error, Shared, Target};
+use super::super::shared::{pool_error, Conn as CommandConn, Shared, Target};
 use super::super::{millis, redis_error, METRIC_ERRORS};
 use crate::backplane::BackplaneError;
 
@@ -92,6 +92,8 @@ impl deadpool::managed::Manager for DurableManager {
 /// The durable pool of one node.
 pub(crate) struct Durable {
     pool: deadpool::managed::Pool<DurableManager>,
+    /// Cluster mode: which dedicated cluster connection goes next.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Durable {
@@ -115,7 +117,10 @@ impl Durable {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| BackplaneError::Protocol(format!("cannot create Redis pool: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
     /// Run the publish script and `WAIT min_replicas`; returns the script's
@@ -129,10 +134,24 @@ impl Durable {
         let wait_ms = millis(wait_timeout(shared.settings.timeout));
         let mut leased: Option<Object<DurableManager>> = None;
         let attempt = async {
-            let conn = self.pool.get().await.map_err(|e| (pool_error(e), false))?;
-            let mut multiplexed = conn.conn.clone();
-            leased = Some(conn);
-            publish_and_wait(&mut multiplexed, script, min_replicas, wait_ms)
+            let mut conn = match &shared.cluster {
+                // Cluster mode: dedicated cluster connections (the
+                // pipeline goes to the shard of the script's keys).
+                Some(cluster) => {
+                    let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    CommandConn::Cluster(cluster.durable_connection(i).await.map_err(|e| {
+                        shared.target.check(&e);
+                        (redis_error(e), false)
+                    })?)
+                }
+                None => {
+                    let conn = self.pool.get().await.map_err(|e| (pool_error(e), false))?;
+                    let multiplexed = conn.conn.clone();
+                    leased = Some(conn);
+                    CommandConn::Single(multiplexed)
+                }
+            };
+            publish_and_wait(&mut conn, script, min_replicas, wait_ms)
                 .await
                 .map_err(|e| {
                     shared.target.check(&e);

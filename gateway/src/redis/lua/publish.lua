@@ -4,6 +4,8 @@
 -- ARGV[1] pub/sub channel          ARGV[2] history size (MAXLEN)
 -- ARGV[3] history ttl (ms)         ARGV[4] envelope prefix
 -- ARGV[5] envelope suffix          ARGV[6] epoch to use if the stream is new
+-- ARGV[7] PUBLISH, or SPUBLISH in cluster mode (the channel shares the
+--         keys' hash tag, so it lives in the script's slot)
 -- Returns {offset, epoch, fenced epoch, fenced top, fenced rid, rid}: the
 -- three fenced fields are '' unless this call started a new epoch because
 -- the meta was written under another primary (see below).
@@ -44,5 +46,5 @@ local payload = ARGV[4] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[5]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'e', payload)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[1], payload)
+redis.call(ARGV[7], ARGV[1], payload)
 return {offset, epoch, fenced_epoch, fenced_top, fenced_rid, rid}

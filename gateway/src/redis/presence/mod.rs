@@ -33,6 +33,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::stream::StreamExt;
 use serde::de::DeserializeOwned;
 
 mod purge;
@@ -50,6 +51,9 @@ const TAKE_CHUNK: usize = 1000;
 const TAKE_ROUNDS: usize = 100;
 /// Channels per sweep pipeline (one `EVALSHA take_expired` each).
 const SWEEP_PIPELINE: usize = 100;
+/// Pipelines of one batch in flight at once (cluster mode splits a batch
+/// by slot).
+const PIPELINES_IN_FLIGHT: usize = 32;
 
 /// Redis [`Presence`]. Built by [`crate::redis::connect`].
 pub struct RedisPresence {
@@ -141,32 +145,62 @@ impl RedisPresence {
     ) -> Result<RefreshBatch, BackplaneError> {
         let key_ttl = self.key_ttl();
         let entries = self.entries(batch)?;
-        let mut picked = Vec::new();
+        // Groups of entry indexes, one pipeline each: chunks of the batch,
+        // and in cluster mode one per slot as well (a pipeline there goes
+        // to one shard, and each command to the slot of its keys; small
+        // pipelines share the multiplexed connections, so they still
+        // travel together).
+        let mut groups: Vec<Vec<usize>> = Vec::new();
         for (at, chunk) in entries.chunks(REFRESH_CHUNK).enumerate() {
+            let base = at * REFRESH_CHUNK;
+            if self.shared.cluster.is_some() {
+                let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+                for (i, (keys, _, _)) in chunk.iter().enumerate() {
+                    by_slot
+                        .entry(crate::redis::slots::slot(&keys.hash))
+                        .or_default()
+                        .push(base + i);
+                }
+                groups.extend(by_slot.into_values());
+            } else {
+                groups.push((base..base + chunk.len()).collect());
+            }
+        }
+        let runs = groups.into_iter().map(|group| {
             let mut pipe = ::redis::pipe();
             let mut touched = HashSet::new();
-            for (keys, id, json) in chunk {
+            for &i in &group {
+                let (keys, id, json) = &entries[i];
                 write(&mut pipe, keys, id, json);
                 if touched.insert(keys.hash.as_str()) {
                     pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
                     pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
                 }
             }
-            let replies: Vec<R> = self
-                .shared
-                .call(
-                    op,
-                    |mut conn| async move { pipe.query_async(&mut conn).await },
-                )
-                .await?;
+            async move {
+                let replies: Vec<R> = self
+                    .shared
+                    .call(
+                        op,
+                        |mut conn| async move { pipe.query_async(&mut conn).await },
+                    )
+                    .await?;
+                Ok::<_, BackplaneError>((group, replies))
+            }
+        });
+        let mut picked = Vec::new();
+        let mut done = futures_util::stream::iter(runs).buffer_unordered(PIPELINES_IN_FLIGHT);
+        while let Some(result) = done.next().await {
+            let (group, replies) = result?;
             picked.extend(
-                replies
+                group
                     .iter()
-                    .enumerate()
+                    .zip(replies.iter())
                     .filter(|(_, r)| pick(r))
-                    .map(|(i, _)| at * REFRESH_CHUNK + i),
+                    .map(|(&i, _)| i),
             );
         }
+        picked.sort_unstable();
         Ok(batch.select(picked))
     }
 
@@ -213,6 +247,14 @@ impl RedisPresence {
             )
             .await?;
         Ok(removed > 0)
+    }
+
+    /// [`Presence::take_expired`], with the channel's name.
+    async fn take_named<'a>(
+        &self,
+        channel: &'a String,
+    ) -> Result<(&'a String, Vec<Member>), BackplaneError> {
+        Ok((channel, self.take_expired(channel).await?))
     }
 
     /// Unexpired values, decoded; `prune` deletes expired entries too.
@@ -396,6 +438,17 @@ impl Presence for RedisPresence {
         channels: &[String],
     ) -> Result<Vec<(String, Member)>, BackplaneError> {
         let mut out = Vec::new();
+        if self.shared.cluster.is_some() {
+            // Cluster mode: the channels live in different slots, so one
+            // script call each, several in flight.
+            let runs: Vec<_> = channels.iter().map(|c| self.take_named(c)).collect();
+            let mut runs = futures_util::stream::iter(runs).buffer_unordered(PIPELINES_IN_FLIGHT);
+            while let Some(result) = runs.next().await {
+                let (channel, members) = result?;
+                out.extend(members.into_iter().map(|m| (channel.clone(), m)));
+            }
+            return Ok(out);
+        }
         for chunk in channels.chunks(SWEEP_PIPELINE) {
             let now = now_ms();
             let mut pipe = ::redis::pipe();
