@@ -16,6 +16,14 @@
 //! sentinel`): [`Cluster::redis`] then talks to the initial primary, and
 //! [`Cluster::sentinel`] holds the group for failover faults.
 //!
+//! [`ClusterBuilder::topology`]`(`[`Topology::Cluster`]`)` runs the nodes
+//! on a 3-primary [`RedisCluster`] instead (`GATEWAY_REDIS_TOPOLOGY=
+//! cluster`): [`Cluster::redis`] then talks to the first primary, and the
+//! topology-aware helpers ([`Cluster::numsub_raw`], [`Cluster::stop_redis`],
+//! [`Cluster::restart_redis`], [`Cluster::freeze_redis`]) act on every
+//! cluster node. [`topologies!`](crate::topologies) runs one test body on
+//! each topology.
+//!
 //! Invariant: every process (Redis and gateways) is killed when the
 //! [`Cluster`] drops, because each is owned by its own handle.
 
@@ -25,8 +33,44 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::{
-    eventually, process, unique_prefix, Api, Gateway, GatewayBuilder, RedisSentinel, RedisServer,
+    eventually, process, unique_prefix, Api, Gateway, GatewayBuilder, RedisCluster, RedisSentinel,
+    RedisServer, Resp,
 };
+
+/// Which Redis the gateway nodes of a [`Cluster`] use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One redis-server (`GATEWAY_REDIS_URL`).
+    Single,
+    /// A Redis Cluster of 3 primaries and 3 replicas
+    /// (`GATEWAY_REDIS_TOPOLOGY=cluster`).
+    Cluster,
+}
+
+/// Generates `single::<name>` and `cluster::<name>` for each test
+/// `async fn <name>(topology: Topology) -> anyhow::Result<()>` named: one
+/// body run against one Redis and against a Redis Cluster.
+#[macro_export]
+macro_rules! topologies {
+    ($($name:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::cluster::Topology::Single).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::cluster::Topology::Cluster).await
+                }
+            )*
+        }
+    };
+}
 
 /// Namespaces of every cluster test: [`crate::STANDARD_CONFIG`] plus
 /// `long` (history of 10,000, for recovery under continuous publishing).
@@ -45,6 +89,7 @@ pub struct ClusterBuilder {
     env: Vec<(String, String)>,
     config: String,
     sentinel: bool,
+    topology: Topology,
 }
 
 impl ClusterBuilder {
@@ -56,6 +101,7 @@ impl ClusterBuilder {
             env: Vec::new(),
             config: cluster_config(),
             sentinel: false,
+            topology: Topology::Single,
         }
     }
 
@@ -85,6 +131,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Run the nodes on this Redis topology.
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology = topology;
+        self
+    }
+
     /// Replaces the TOML configuration of every node.
     pub fn config(mut self, toml: &str) -> Self {
         self.config = toml.to_owned();
@@ -93,6 +145,7 @@ impl ClusterBuilder {
 
     /// Starts Redis and the nodes, and waits until the cluster is formed.
     pub async fn start(self) -> Result<Cluster> {
+        let mut redis_cluster = None;
         let (redis, sentinel, topology) = if self.sentinel {
             let group = RedisSentinel::start().await?;
             let primary = RedisServer::attach(group.primary_port().await?);
@@ -105,6 +158,15 @@ impl ClusterBuilder {
                 ),
             ];
             (primary, Some(group), env)
+        } else if self.topology == Topology::Cluster {
+            let group = RedisCluster::start().await?;
+            let first = RedisServer::attach(group.nodes[0].port());
+            let env = vec![
+                ("GATEWAY_REDIS_TOPOLOGY", "cluster".to_owned()),
+                ("GATEWAY_REDIS_CLUSTER_NODES", group.seeds().join(",")),
+            ];
+            redis_cluster = Some(group);
+            (first, None, env)
         } else {
             let redis = RedisServer::start().await?;
             let env = vec![("GATEWAY_REDIS_URL", redis.url())];
@@ -134,6 +196,7 @@ impl ClusterBuilder {
         let cluster = Cluster {
             redis,
             sentinel,
+            redis_cluster,
             prefix,
             nodes,
             frozen_pid: AtomicU32::new(0),
@@ -151,6 +214,8 @@ pub struct Cluster {
     pub redis: RedisServer,
     /// The Sentinel group, with [`ClusterBuilder::sentinel`].
     pub sentinel: Option<RedisSentinel>,
+    /// The Redis Cluster, with [`Topology::Cluster`].
+    pub redis_cluster: Option<RedisCluster>,
     /// The key prefix of this cluster (`GATEWAY_REDIS_PREFIX`).
     pub prefix: String,
     /// The nodes, `n1` first.
@@ -238,9 +303,56 @@ impl Cluster {
     }
 
     /// `PUBSUB NUMSUB` of a Redis pub/sub name: how many connections (one
-    /// per subscribed node) are subscribed to it.
+    /// per subscribed node) are subscribed to it. On a Redis Cluster:
+    /// `PUBSUB SHARDNUMSUB` summed over the live primaries.
     pub async fn numsub_raw(&self, name: &str) -> Result<i64> {
-        self.redis.numsub(name).await
+        match &self.redis_cluster {
+            None => self.redis.numsub(name).await,
+            Some(_) => Ok(self.shard_numsub(name).await?.iter().map(|(_, n)| n).sum()),
+        }
+    }
+
+    /// Redis Cluster: `PUBSUB SHARDNUMSUB name` on every live primary, by
+    /// data port.
+    pub async fn shard_numsub(&self, name: &str) -> Result<Vec<(u16, i64)>> {
+        let group = self.redis_cluster.as_ref().context("not a Redis Cluster")?;
+        let mut out = Vec::new();
+        for port in group.primaries().await? {
+            let reply = RedisServer::attach(port)
+                .cmd(&["PUBSUB", "SHARDNUMSUB", name])
+                .await?;
+            let n = match reply {
+                Resp::Array(Some(items)) => match items.get(1) {
+                    Some(Resp::Int(n)) => *n,
+                    other => anyhow::bail!("unexpected SHARDNUMSUB item: {other:?}"),
+                },
+                other => anyhow::bail!("unexpected SHARDNUMSUB reply: {other:?}"),
+            };
+            out.push((port, n));
+        }
+        Ok(out)
+    }
+
+    /// Kill Redis (every node of a Redis Cluster) with SIGKILL.
+    pub fn stop_redis(&mut self) {
+        match &mut self.redis_cluster {
+            None => self.redis.stop(),
+            Some(group) => {
+                for node in &mut group.nodes {
+                    node.stop();
+                }
+            }
+        }
+    }
+
+    /// Start Redis again after [`Cluster::stop_redis`], empty; a Redis
+    /// Cluster re-forms from its nodes.conf files (the same slots), and
+    /// this waits until it serves every slot again.
+    pub async fn restart_redis(&mut self) -> Result<()> {
+        match &mut self.redis_cluster {
+            None => self.redis.restart().await,
+            Some(group) => group.restart_all().await,
+        }
     }
 
     /// `PUBSUB NUMSUB` of application channel `channel`.
@@ -291,6 +403,14 @@ impl Cluster {
     /// (Dropping the cluster kills a frozen server too: SIGKILL works on
     /// stopped processes.)
     pub async fn freeze_redis(&self, freeze: bool) -> Result<()> {
+        if let Some(group) = &self.redis_cluster {
+            for node in &group.nodes {
+                if let Some(pid) = node.pid() {
+                    process::freeze(pid, freeze, "redis-server").await?;
+                }
+            }
+            return Ok(());
+        }
         let pid = if freeze {
             let pid = self.redis_pid().await?;
             self.frozen_pid.store(pid, Ordering::Relaxed);

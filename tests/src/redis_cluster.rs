@@ -177,6 +177,17 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// Start every stopped node again on its port with its nodes.conf
+    /// (empty: no persistence), and wait until the cluster is ready again.
+    pub async fn restart_all(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            if !node.is_running() {
+                node.restart().await?;
+            }
+        }
+        self.wait_ready().await
+    }
+
     /// The data ports of all six nodes ("127.0.0.1:port" seeds).
     pub fn seeds(&self) -> Vec<String> {
         self.nodes

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, Topology};
 use tests::{Client, RECV_TIMEOUT};
 
 const N: u64 = 1000;
@@ -83,9 +83,8 @@ async fn subscribers(cluster: &Cluster) -> Result<Vec<(String, Client)>> {
     Ok(subs)
 }
 
-#[tokio::test]
-async fn api_publications_reach_every_node_once_in_order() -> Result<()> {
-    let cluster = Cluster::start("fanout_api").await?;
+async fn api_publications_reach_every_node_once_in_order(topology: Topology) -> Result<()> {
+    let cluster = Cluster::builder("fanout_api").topology(topology).start().await?;
     let mut subs = subscribers(&cluster).await?;
     let api = cluster.api(1);
     let started = tokio::time::Instant::now();
@@ -109,9 +108,8 @@ async fn api_publications_reach_every_node_once_in_order() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn client_publications_reach_every_node_once_in_order() -> Result<()> {
-    let cluster = Cluster::builder("fanout_client")
+async fn client_publications_reach_every_node_once_in_order(topology: Topology) -> Result<()> {
+    let cluster = Cluster::builder("fanout_client").topology(topology)
         // 2,000 publishes from one connection: lift the per-connection limit.
         .env("GATEWAY_RATE_LIMIT", 1_000_000)
         .env("GATEWAY_RATE_BURST", 1_000_000)
@@ -150,3 +148,8 @@ async fn client_publications_reach_every_node_once_in_order() -> Result<()> {
     );
     Ok(())
 }
+
+tests::topologies!(
+    api_publications_reach_every_node_once_in_order,
+    client_publications_reach_every_node_once_in_order,
+);
