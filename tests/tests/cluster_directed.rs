@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::json;
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, Topology};
 use tests::{eventually, Client, EVENTUALLY, RECV_TIMEOUT};
 
 /// A short window in which a frame that must not come would show up.
@@ -22,9 +22,11 @@ async fn expect_direct(c: &mut Client, who: &str, data: &serde_json::Value) -> R
     Ok(())
 }
 
-#[tokio::test]
-async fn user_message_reaches_devices_on_two_nodes() -> Result<()> {
-    let cluster = Cluster::start("directed_user").await?;
+async fn user_message_reaches_devices_on_two_nodes(topology: Topology) -> Result<()> {
+    let cluster = Cluster::builder("directed_user")
+        .topology(topology)
+        .start()
+        .await?;
     let mut phone = cluster.node(1).connect_user("alice").await?;
     let mut laptop = cluster.node(3).connect_user("alice").await?;
     let mut bob = cluster.node(2).connect_user("bob").await?;
@@ -55,9 +57,11 @@ async fn user_message_reaches_devices_on_two_nodes() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn connection_message_and_disconnect_reach_another_node() -> Result<()> {
-    let cluster = Cluster::start("directed_conn").await?;
+async fn connection_message_and_disconnect_reach_another_node(topology: Topology) -> Result<()> {
+    let cluster = Cluster::builder("directed_conn")
+        .topology(topology)
+        .start()
+        .await?;
     let mut target = cluster.node(3).connect_user("carol").await?;
     let mut sibling = cluster.node(3).connect_user("carol").await?;
     let mut elsewhere = cluster.node(1).connect_user("carol").await?;
@@ -99,9 +103,13 @@ async fn connection_message_and_disconnect_reach_another_node() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn disconnect_user_through_node_2_closes_devices_on_nodes_1_and_3() -> Result<()> {
-    let cluster = Cluster::start("directed_disconnect").await?;
+async fn disconnect_user_through_node_2_closes_devices_on_nodes_1_and_3(
+    topology: Topology,
+) -> Result<()> {
+    let cluster = Cluster::builder("directed_disconnect")
+        .topology(topology)
+        .start()
+        .await?;
     let mut phone = cluster.node(1).connect_user("dave").await?;
     let mut laptop = cluster.node(3).connect_user("dave").await?;
     let mut other = cluster.node(1).connect_user("erin").await?;
@@ -137,9 +145,11 @@ async fn disconnect_user_through_node_2_closes_devices_on_nodes_1_and_3() -> Res
     Ok(())
 }
 
-#[tokio::test]
-async fn broadcast_reaches_every_connection_on_every_node() -> Result<()> {
-    let cluster = Cluster::start("directed_broadcast").await?;
+async fn broadcast_reaches_every_connection_on_every_node(topology: Topology) -> Result<()> {
+    let cluster = Cluster::builder("directed_broadcast")
+        .topology(topology)
+        .start()
+        .await?;
     let mut clients = Vec::new();
     for n in 1..=3 {
         clients.push((
@@ -164,3 +174,10 @@ async fn broadcast_reaches_every_connection_on_every_node() -> Result<()> {
     }
     Ok(())
 }
+
+tests::topologies!(
+    user_message_reaches_devices_on_two_nodes,
+    connection_message_and_disconnect_reach_another_node,
+    disconnect_user_through_node_2_closes_devices_on_nodes_1_and_3,
+    broadcast_reaches_every_connection_on_every_node,
+);

@@ -84,7 +84,10 @@ async fn subscribers(cluster: &Cluster) -> Result<Vec<(String, Client)>> {
 }
 
 async fn api_publications_reach_every_node_once_in_order(topology: Topology) -> Result<()> {
-    let cluster = Cluster::builder("fanout_api").topology(topology).start().await?;
+    let cluster = Cluster::builder("fanout_api")
+        .topology(topology)
+        .start()
+        .await?;
     let mut subs = subscribers(&cluster).await?;
     let api = cluster.api(1);
     let started = tokio::time::Instant::now();
@@ -109,7 +112,8 @@ async fn api_publications_reach_every_node_once_in_order(topology: Topology) -> 
 }
 
 async fn client_publications_reach_every_node_once_in_order(topology: Topology) -> Result<()> {
-    let cluster = Cluster::builder("fanout_client").topology(topology)
+    let cluster = Cluster::builder("fanout_client")
+        .topology(topology)
         // 2,000 publishes from one connection: lift the per-connection limit.
         .env("GATEWAY_RATE_LIMIT", 1_000_000)
         .env("GATEWAY_RATE_BURST", 1_000_000)

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, Topology};
 use tests::{check_error, eventually, Api, ApiResponse, Client, EVENTUALLY, RECV_TIMEOUT};
 use tokio::time::Instant;
 
@@ -138,9 +138,13 @@ async fn drain(c: &mut Client) {
     while c.recv_json(Duration::from_millis(300)).await.is_ok() {}
 }
 
-#[tokio::test]
-async fn redis_restart_fails_fast_then_resumes_without_restarting_nodes() -> Result<()> {
-    let mut cluster = Cluster::start("faults_restart").await?;
+async fn redis_restart_fails_fast_then_resumes_without_restarting_nodes(
+    topology: Topology,
+) -> Result<()> {
+    let mut cluster = Cluster::builder("faults_restart")
+        .topology(topology)
+        .start()
+        .await?;
     let pids: Vec<Option<u32>> = cluster.nodes.iter().map(|g| g.pid()).collect();
     let mut sub2 = cluster.node(2).connect_anon().await?;
     let mut sub3 = cluster.node(3).connect_anon().await?;
@@ -171,7 +175,7 @@ async fn redis_restart_fails_fast_then_resumes_without_restarting_nodes() -> Res
     ensure!(!old_epoch.is_empty(), "history without epoch: {h}");
 
     // ---- Outage: Redis killed; it comes back empty on the same port.
-    cluster.redis.stop();
+    cluster.stop_redis();
     let stopped = Instant::now();
     for n in 1..=3 {
         let api = cluster.api(n);
@@ -266,7 +270,7 @@ async fn redis_restart_fails_fast_then_resumes_without_restarting_nodes() -> Res
     let outage = stopped.elapsed();
 
     // ---- Redis returns (empty).
-    cluster.redis.restart().await?;
+    cluster.restart_redis().await?;
     let restarted = Instant::now();
     eprintln!("[timing] faults_restart: Redis was down for {outage:?}");
     let (resumed, others) = wait_resumed(
@@ -376,14 +380,18 @@ async fn redis_restart_fails_fast_then_resumes_without_restarting_nodes() -> Res
     Ok(())
 }
 
-#[tokio::test]
-async fn cluster_views_are_restored_soon_after_redis_loses_its_data() -> Result<()> {
+async fn cluster_views_are_restored_soon_after_redis_loses_its_data(
+    topology: Topology,
+) -> Result<()> {
     // Default presence settings (TTL 60 s, refresh every 25 s): a node that
     // finds Redis healthy again after an outage must re-write its entries
     // then, "rather than at the next refresh tick" (gateway/src/node.rs),
     // so the cluster-wide views do not lie for up to a refresh interval.
     const RESTORE: Duration = Duration::from_secs(8);
-    let mut cluster = Cluster::start("faults_views").await?;
+    let mut cluster = Cluster::builder("faults_views")
+        .topology(topology)
+        .start()
+        .await?;
     let mut alice = cluster.node(2).connect_user("alice").await?;
     alice.subscribe(ROOM).await?;
     let _bob = cluster.node(3).connect_user("bob").await?;
@@ -394,7 +402,7 @@ async fn cluster_views_are_restored_soon_after_redis_loses_its_data() -> Result<
     );
 
     // A short outage: Redis crashes and is restarted at once, empty.
-    cluster.redis.stop();
+    cluster.stop_redis();
     for n in 1..=3 {
         let api = cluster.api(n);
         eventually(EVENTUALLY, &format!("n{n} notices the outage"), || {
@@ -403,7 +411,7 @@ async fn cluster_views_are_restored_soon_after_redis_loses_its_data() -> Result<
         })
         .await?;
     }
-    cluster.redis.restart().await?;
+    cluster.restart_redis().await?;
     let restarted = Instant::now();
     for n in 1..=3 {
         let api = cluster.api(n);
@@ -498,6 +506,9 @@ async fn frozen_redis_fails_within_the_timeout_and_acknowledged_messages_stay_re
     // A frozen Redis (SIGSTOP) answers nothing but keeps its sockets and
     // its data: every call must give up within GATEWAY_REDIS_TIMEOUT_MS.
     const TIMEOUT_MS: u64 = 500;
+    // One Redis only: freezing all six nodes of a Redis Cluster at once
+    // makes their failure detectors fire on resume, a different fault
+    // (the cluster failover tests cover a stalled shard).
     let cluster = Cluster::builder("faults_frozen")
         .env("GATEWAY_REDIS_TIMEOUT_MS", TIMEOUT_MS)
         .start()
@@ -644,12 +655,16 @@ async fn frozen_redis_fails_within_the_timeout_and_acknowledged_messages_stay_re
     Ok(())
 }
 
-#[tokio::test]
-async fn subscriber_that_joined_just_before_a_data_losing_restart_misses_nothing() -> Result<()> {
+async fn subscriber_that_joined_just_before_a_data_losing_restart_misses_nothing(
+    topology: Topology,
+) -> Result<()> {
     // A live subscriber must get every publication its node receives.
     // Here one subscribed (top offset 5) just before Redis restarted empty;
     // the new epoch's offsets start again at 1.
-    let mut cluster = Cluster::start("faults_fresh_sub").await?;
+    let mut cluster = Cluster::builder("faults_fresh_sub")
+        .topology(topology)
+        .start()
+        .await?;
     let api1 = cluster.api(1);
     let mut old = cluster.node(2).connect_anon().await?;
     old.subscribe(HIST).await?;
@@ -665,14 +680,14 @@ async fn subscriber_that_joined_just_before_a_data_losing_restart_misses_nothing
     ensure!(s["offset"] == 5, "{s}");
     let subscribed = Instant::now();
 
-    cluster.redis.stop();
+    cluster.stop_redis();
     let api2 = cluster.api(2);
     eventually(EVENTUALLY, "n2 notices the outage", || {
         let api = api2.clone();
         async move { matches!(api.readyz().await, Ok(503)) }
     })
     .await?;
-    cluster.redis.restart().await?;
+    cluster.restart_redis().await?;
     for n in 1..=3 {
         let api = cluster.api(n);
         eventually(EVENTUALLY, &format!("n{n} ready again"), || {
@@ -738,3 +753,9 @@ async fn subscriber_that_joined_just_before_a_data_losing_restart_misses_nothing
     );
     Ok(())
 }
+
+tests::topologies!(
+    redis_restart_fails_fast_then_resumes_without_restarting_nodes,
+    cluster_views_are_restored_soon_after_redis_loses_its_data,
+    subscriber_that_joined_just_before_a_data_losing_restart_misses_nothing,
+);

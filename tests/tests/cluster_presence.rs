@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
-use tests::cluster::{node_ids, Cluster};
+use tests::cluster::{node_ids, Cluster, Topology};
 use tests::{eventually, Api, Client, EVENTUALLY, RECV_TIMEOUT};
 
 const ROOM: &str = "chat:cluster";
@@ -51,9 +51,11 @@ async fn expect_event(c: &mut Client, who: &str, ty: &str, user: &str, conn: &st
     Ok(())
 }
 
-#[tokio::test]
-async fn presence_and_join_leave_are_consistent_across_nodes() -> Result<()> {
-    let cluster = Cluster::start("presence_joinleave").await?;
+async fn presence_and_join_leave_are_consistent_across_nodes(topology: Topology) -> Result<()> {
+    let cluster = Cluster::builder("presence_joinleave")
+        .topology(topology)
+        .start()
+        .await?;
     let mut alice = cluster.node(1).connect_user("alice").await?;
     let mut bob = cluster.node(2).connect_user("bob").await?;
     let mut carol = cluster.node(3).connect_user("carol").await?;
@@ -104,9 +106,9 @@ async fn presence_and_join_leave_are_consistent_across_nodes() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn user_status_and_nodes_are_cluster_wide() -> Result<()> {
+async fn user_status_and_nodes_are_cluster_wide(topology: Topology) -> Result<()> {
     let cluster = Cluster::builder("presence_views")
+        .topology(topology)
         .presence_ttl(10_000, 500)
         .start()
         .await?;
@@ -231,13 +233,15 @@ async fn leaves(
     Ok(since.elapsed())
 }
 
-#[tokio::test]
-async fn killed_node_members_vanish_within_the_ttl_with_leave_events() -> Result<()> {
+async fn killed_node_members_vanish_within_the_ttl_with_leave_events(
+    topology: Topology,
+) -> Result<()> {
     const TTL_MS: u64 = 3000;
     const REFRESH_MS: u64 = 1000;
     /// Slack on top of the TTL: sweep interval (TTL/4), a loaded machine.
     const SLACK: Duration = Duration::from_secs(5);
     let mut cluster = Cluster::builder("presence_kill")
+        .topology(topology)
         .presence_ttl(TTL_MS, REFRESH_MS)
         .start()
         .await?;
@@ -322,13 +326,13 @@ async fn killed_node_members_vanish_within_the_ttl_with_leave_events() -> Result
 /// leave events. When it resumes, its next refresh finds them gone, writes
 /// the ones still connected back and announces them with a join again, so
 /// every subscriber's view is right once more (docs/redis.md, refresh).
-#[tokio::test]
-async fn a_stalled_node_writes_its_members_back_with_a_join() -> Result<()> {
+async fn a_stalled_node_writes_its_members_back_with_a_join(topology: Topology) -> Result<()> {
     const TTL_MS: u64 = 2000;
     const REFRESH_MS: u64 = 500;
     /// Slack on top of the TTL: sweep interval (TTL/4), a loaded machine.
     const SLACK: Duration = Duration::from_secs(8);
     let cluster = Cluster::builder("presence_stall")
+        .topology(topology)
         .nodes(2)
         .presence_ttl(TTL_MS, REFRESH_MS)
         .start()
@@ -382,3 +386,10 @@ async fn a_stalled_node_writes_its_members_back_with_a_join() -> Result<()> {
     alice.expect_nothing(Duration::from_millis(TTL_MS)).await?;
     Ok(())
 }
+
+tests::topologies!(
+    presence_and_join_leave_are_consistent_across_nodes,
+    user_status_and_nodes_are_cluster_wide,
+    killed_node_members_vanish_within_the_ttl_with_leave_events,
+    a_stalled_node_writes_its_members_back_with_a_join,
+);

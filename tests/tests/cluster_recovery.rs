@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, Topology};
 use tests::{eventually, Client, EVENTUALLY, RECV_TIMEOUT};
 use tokio::task::JoinSet;
 
@@ -34,10 +34,14 @@ fn epoch_of(v: &Value) -> Result<String> {
     }
 }
 
-#[tokio::test]
-async fn reconnect_to_another_node_with_since_gets_exactly_the_missed_messages() -> Result<()> {
+async fn reconnect_to_another_node_with_since_gets_exactly_the_missed_messages(
+    topology: Topology,
+) -> Result<()> {
     const CH: &str = "hist:recover";
-    let cluster = Cluster::start("recovery_hop").await?;
+    let cluster = Cluster::builder("recovery_hop")
+        .topology(topology)
+        .start()
+        .await?;
     let api3 = cluster.api(3);
     let mut first = cluster.node(1).connect_user("alice").await?;
     first.subscribe(CH).await?;
@@ -112,13 +116,16 @@ async fn reconnect_to_another_node_with_since_gets_exactly_the_missed_messages()
     Ok(())
 }
 
-#[tokio::test]
-async fn hopping_between_nodes_while_publishing_continues_loses_and_repeats_nothing() -> Result<()>
-{
+async fn hopping_between_nodes_while_publishing_continues_loses_and_repeats_nothing(
+    topology: Topology,
+) -> Result<()> {
     // `long` keeps 10,000 publications: nothing is trimmed during the test.
     const CH: &str = "long:stream";
     const TOTAL: u64 = 1500;
-    let cluster = Cluster::start("recovery_stream").await?;
+    let cluster = Cluster::builder("recovery_stream")
+        .topology(topology)
+        .start()
+        .await?;
     let mut client = cluster.node(1).connect_user("hopper").await?;
     client.subscribe(CH).await?;
     // Set once the first publication started the stream (the subscribe of
@@ -201,3 +208,8 @@ async fn hopping_between_nodes_while_publishing_continues_loses_and_repeats_noth
     );
     Ok(())
 }
+
+tests::topologies!(
+    reconnect_to_another_node_with_since_gets_exactly_the_missed_messages,
+    hopping_between_nodes_while_publishing_continues_loses_and_repeats_nothing,
+);

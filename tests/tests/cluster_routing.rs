@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::json;
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, Topology};
 use tests::metric;
 use tests::{Api, Client, RECV_TIMEOUT};
 
@@ -37,9 +37,13 @@ async fn expect_seqs(
     Ok(())
 }
 
-#[tokio::test]
-async fn node_without_subscribers_receives_none_of_the_channel_traffic() -> Result<()> {
-    let cluster = Cluster::start("routing").await?;
+async fn node_without_subscribers_receives_none_of_the_channel_traffic(
+    topology: Topology,
+) -> Result<()> {
+    let cluster = Cluster::builder("routing")
+        .topology(topology)
+        .start()
+        .await?;
     // Anonymous connections: no user topics, so no directed traffic either.
     let mut a1 = cluster.node(1).connect_anon().await?;
     let mut b1 = cluster.node(1).connect_anon().await?;
@@ -130,9 +134,13 @@ async fn node_without_subscribers_receives_none_of_the_channel_traffic() -> Resu
     Ok(())
 }
 
-#[tokio::test]
-async fn user_topic_is_subscribed_only_where_the_user_is_connected() -> Result<()> {
-    let cluster = Cluster::start("routing_user").await?;
+async fn user_topic_is_subscribed_only_where_the_user_is_connected(
+    topology: Topology,
+) -> Result<()> {
+    let cluster = Cluster::builder("routing_user")
+        .topology(topology)
+        .start()
+        .await?;
     let user = cluster.user_name("ursula");
     ensure!(
         cluster.numsub_raw(&user).await? == 0,
@@ -158,3 +166,8 @@ async fn user_topic_is_subscribed_only_where_the_user_is_connected() -> Result<(
     .await?;
     Ok(())
 }
+
+tests::topologies!(
+    node_without_subscribers_receives_none_of_the_channel_traffic,
+    user_topic_is_subscribed_only_where_the_user_is_connected,
+);

@@ -402,12 +402,23 @@ mod tests {
                 vec!["--redis-topology", "cluster", "--redis-url", "redis://h"],
                 "cluster mode discovers",
             ),
-            (vec!["--redis-topology", "cluster"], "needs redis_cluster_nodes"),
             (
-                vec!["--redis-topology", "cluster", "--redis-cluster-nodes", "a:1,b"],
+                vec!["--redis-topology", "cluster"],
+                "needs redis_cluster_nodes",
+            ),
+            (
+                vec![
+                    "--redis-topology",
+                    "cluster",
+                    "--redis-cluster-nodes",
+                    "a:1,b",
+                ],
                 "not host:port",
             ),
-            (vec!["--redis-cluster-nodes", "a:1"], "set redis_topology = \"cluster\""),
+            (
+                vec!["--redis-cluster-nodes", "a:1"],
+                "set redis_topology = \"cluster\"",
+            ),
             (
                 vec!["--redis-url", "redis://h", "--redis-cluster-nodes", "a:1"],
                 "needs redis_topology = \"cluster\"",

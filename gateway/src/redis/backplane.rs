@@ -113,7 +113,9 @@ impl RedisBackplane {
     /// PUBLISH (SPUBLISH in cluster mode) an encoded envelope on a
     /// pub/sub channel.
     async fn publish_raw(&self, channel: String, payload: String) -> Result<(), BackplaneError> {
-        self.shared.check_shard(&channel).inspect_err(count_refused)?;
+        self.shared
+            .check_shard(&channel)
+            .inspect_err(count_refused)?;
         let command = self.shared.publish_command();
         self.shared
             .call("publish", |mut conn| async move {
@@ -148,7 +150,9 @@ impl Backplane for RedisBackplane {
             self.publish_raw(channel, payload).await?;
             return Ok(None);
         };
-        self.shared.check_shard(&channel).inspect_err(count_refused)?;
+        self.shared
+            .check_shard(&channel)
+            .inspect_err(count_refused)?;
         let (prefix, suffix) = codec::offset_template(&publication)?;
         let mut script = self.shared.scripts.publish.prepare_invoke();
         script

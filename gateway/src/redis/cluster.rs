@@ -128,7 +128,10 @@ impl Cluster {
         self.slot_conn(&self.durable[i % self.durable.len()]).await
     }
 
-    async fn slot_conn(&self, slot: &Mutex<Option<ClusterConnection>>) -> RedisResult<ClusterConnection> {
+    async fn slot_conn(
+        &self,
+        slot: &Mutex<Option<ClusterConnection>>,
+    ) -> RedisResult<ClusterConnection> {
         if let Some(conn) = slot.lock().clone() {
             return Ok(conn);
         }
@@ -227,7 +230,11 @@ impl Cluster {
     /// Keep the slot map current until cancelled: read it every
     /// [`REFRESH`], and soon after a command suggests it changed
     /// ([`Target::suspect`]).
-    pub(crate) async fn run_topology(self: Arc<Self>, target: Arc<Target>, cancel: CancellationToken) {
+    pub(crate) async fn run_topology(
+        self: Arc<Self>,
+        target: Arc<Target>,
+        cancel: CancellationToken,
+    ) {
         let mut conn: Option<((String, u16), MultiplexedConnection)> = None;
         loop {
             match self.read_map(&mut conn).await {
@@ -357,7 +364,11 @@ impl Cluster {
             }
         }
         if old.shards.is_empty() {
-            tracing::info!(shards = new.shards.len(), complete = new.is_complete(), "Redis Cluster slot map read");
+            tracing::info!(
+                shards = new.shards.len(),
+                complete = new.is_complete(),
+                "Redis Cluster slot map read"
+            );
         } else if moved {
             tracing::info!(shards = new.shards.len(), "Redis Cluster slot map changed");
         }

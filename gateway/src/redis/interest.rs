@@ -202,7 +202,10 @@ impl Registry {
     /// Whether `name` is wanted and confirmed.
     pub(crate) fn is_active(&self, name: &str) -> bool {
         let table = self.table.lock();
-        table.entries.get(name).is_some_and(|e| e.wanted && e.active)
+        table
+            .entries
+            .get(name)
+            .is_some_and(|e| e.wanted && e.active)
     }
 
     /// Redis confirmed SUBSCRIBE `op` of `name`.

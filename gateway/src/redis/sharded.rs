@@ -64,8 +64,13 @@ pub const METRIC_RESUBSCRIBES: &str = "gateway_redis_resubscribes_total";
 /// its probe passes, by `shard` (`host:port`; gauge 0/1).
 pub const METRIC_SHARD_UP: &str = "gateway_redis_shard_up";
 /// Every `reason` of [`METRIC_RESUBSCRIBES`].
-pub const RESUBSCRIBE_REASONS: [&str; 5] =
-    ["sunsubscribe", "moved", "connection_lost", "probe", "desync"];
+pub const RESUBSCRIBE_REASONS: [&str; 5] = [
+    "sunsubscribe",
+    "moved",
+    "connection_lost",
+    "probe",
+    "desync",
+];
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Events from the push handlers (probe answers, server unsubscribes,
@@ -168,9 +173,9 @@ impl ShardedTask {
         let node = &shared.settings.node_id;
         let fixed = vec![shared.keys.node(node), shared.keys.all()];
         let (events_tx, events) = mpsc::channel(EVENTS);
-        let seed = node
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let seed = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         Self {
             cancel: shared.cancel.clone(),
             map: cluster.watch(),
@@ -281,13 +286,21 @@ impl ShardedTask {
     }
 
     /// A new shard connection (connecting in the background).
-    fn open(&mut self, addr: (String, u16), label: String, ops: &mut FuturesUnordered<Op>) -> ShardConn {
+    fn open(
+        &mut self,
+        addr: (String, u16),
+        label: String,
+        ops: &mut FuturesUnordered<Op>,
+    ) -> ShardConn {
         self.next_conn += 1;
         let id = self.next_conn;
         let map = self.map.borrow().clone();
         let owner = map.shards.iter().find(|s| s.addr == addr);
         let tag = tag_for(self.seed, |s| owner.is_none_or(|o| o.owns(s))).unwrap_or_default();
-        let probe_channel = self.shared.keys.shard_probe(&self.shared.settings.node_id, &tag);
+        let probe_channel = self
+            .shared
+            .keys
+            .shard_probe(&self.shared.settings.node_id, &tag);
         ops.push(self.connect_op(id, addr.clone(), probe_channel.clone()));
         ShardConn {
             id,
@@ -325,7 +338,13 @@ impl ShardedTask {
     /// Drop shard connection `label` after a failure: its names go back to
     /// the registry to be routed anew (counted under `reason`), the shard
     /// is marked down until a new connection to it passes its probe.
-    async fn fail(&mut self, label: &str, reason: &'static str, why: String, ops: &mut FuturesUnordered<Op>) {
+    async fn fail(
+        &mut self,
+        label: &str,
+        reason: &'static str,
+        why: String,
+        ops: &mut FuturesUnordered<Op>,
+    ) {
         let Some(shard) = self.shards.remove(label) else {
             return;
         };
@@ -427,7 +446,9 @@ impl ShardedTask {
     async fn on_event(&mut self, event: Event, ops: &mut FuturesUnordered<Op>) {
         match event {
             Event::Probe { conn, seq } => {
-                let Some(shard) = self.by_id(conn) else { return };
+                let Some(shard) = self.by_id(conn) else {
+                    return;
+                };
                 if shard.probe_sent.is_some() && shard.probe_seq == seq {
                     shard.probe_sent = None;
                     if !shard.healthy {
@@ -442,7 +463,9 @@ impl ShardedTask {
                 }
             }
             Event::SUnsubscribe { conn, name } => {
-                let Some(shard) = self.by_id(conn) else { return };
+                let Some(shard) = self.by_id(conn) else {
+                    return;
+                };
                 if let Some(n) = shard.unsub_expected.get_mut(&name) {
                     *n -= 1;
                     if *n == 0 {
@@ -453,19 +476,27 @@ impl ShardedTask {
                 // Redis dropped it: its slot moved away from this shard.
                 if name == shard.probe_channel {
                     let label = shard.label.clone();
-                    self.fail(&label, "sunsubscribe", "probe channel unsubscribed by Redis".into(), ops).await;
+                    self.fail(
+                        &label,
+                        "sunsubscribe",
+                        "probe channel unsubscribed by Redis".into(),
+                        ops,
+                    )
+                    .await;
                     return;
                 }
                 if let Some(op) = shard.names.remove(&name) {
                     self.shared.target.suspect();
                     if self.registry.lost_op(&name, op) {
-                        metrics::counter!(METRIC_RESUBSCRIBES, "reason" => "sunsubscribe").increment(1);
+                        metrics::counter!(METRIC_RESUBSCRIBES, "reason" => "sunsubscribe")
+                            .increment(1);
                     }
                 }
             }
             Event::Disconnected { conn } => {
                 if let Some(label) = self.by_id(conn).map(|s| s.label.clone()) {
-                    self.fail(&label, "connection_lost", "connection closed".into(), ops).await;
+                    self.fail(&label, "connection_lost", "connection closed".into(), ops)
+                        .await;
                 }
             }
         }
@@ -478,10 +509,19 @@ impl ShardedTask {
                     return;
                 };
                 match result {
-                    Err(e) => self.fail(&label, "connection_lost", e.to_string(), ops).await,
+                    Err(e) => {
+                        self.fail(&label, "connection_lost", e.to_string(), ops)
+                            .await
+                    }
                     Ok((sub, probe)) => {
-                        let Some(shard) = self.shards.get_mut(&label) else { return };
-                        enqueue(ops, probe_subscribe_op(&sub, shard.id, shard.probe_channel.clone())).await;
+                        let Some(shard) = self.shards.get_mut(&label) else {
+                            return;
+                        };
+                        enqueue(
+                            ops,
+                            probe_subscribe_op(&sub, shard.id, shard.probe_channel.clone()),
+                        )
+                        .await;
                         let names: Vec<(String, u64)> =
                             shard.names.iter().map(|(n, o)| (n.clone(), *o)).collect();
                         for (name, op) in names {
@@ -495,14 +535,20 @@ impl ShardedTask {
                     }
                 }
             }
-            Done::Subscribed { conn, name, op, result } => {
+            Done::Subscribed {
+                conn,
+                name,
+                op,
+                result,
+            } => {
                 let Some(label) = self.by_id(conn).map(|s| s.label.clone()) else {
                     return;
                 };
                 match result {
-                    Ok(Value::Push { kind: PushKind::SSubscribe, data })
-                        if data.first().is_some_and(|v| is_name(v, &name)) =>
-                    {
+                    Ok(Value::Push {
+                        kind: PushKind::SSubscribe,
+                        data,
+                    }) if data.first().is_some_and(|v| is_name(v, &name)) => {
                         if self.shards.get(&label).and_then(|s| s.names.get(&name)) == Some(&op) {
                             self.registry.confirmed(&name, op);
                         }
@@ -514,18 +560,23 @@ impl ShardedTask {
                         if let Some((host, _slot)) = e.redirect_node() {
                             if let Some((h, p)) = host.rsplit_once(':') {
                                 if let Ok(p) = p.parse::<u16>() {
-                                    self.redirects.insert(name.clone(), (h.trim_matches(['[', ']']).to_owned(), p));
+                                    self.redirects.insert(
+                                        name.clone(),
+                                        (h.trim_matches(['[', ']']).to_owned(), p),
+                                    );
                                 }
                             }
                         }
                         self.shared.target.suspect();
                         if self.registry.lost_op(&name, op) {
-                            metrics::counter!(METRIC_RESUBSCRIBES, "reason" => "moved").increment(1);
+                            metrics::counter!(METRIC_RESUBSCRIBES, "reason" => "moved")
+                                .increment(1);
                         }
                         self.reconcile(ops).await;
                     }
                     Err(e) if is_connection_error(&e) => {
-                        self.fail(&label, "connection_lost", e.to_string(), ops).await;
+                        self.fail(&label, "connection_lost", e.to_string(), ops)
+                            .await;
                     }
                     other => {
                         let why = format!("SSUBSCRIBE {name}: unexpected reply {other:?}");
@@ -535,10 +586,16 @@ impl ShardedTask {
             }
             Done::ProbeSubscribed { conn, result } => {
                 let timeout = self.shared.settings.timeout;
-                let Some(shard) = self.by_id(conn) else { return };
+                let Some(shard) = self.by_id(conn) else {
+                    return;
+                };
                 match result {
-                    Ok(Value::Push { kind: PushKind::SSubscribe, data })
-                        if data.first().is_some_and(|v| is_name(v, &shard.probe_channel)) =>
+                    Ok(Value::Push {
+                        kind: PushKind::SSubscribe,
+                        data,
+                    }) if data
+                        .first()
+                        .is_some_and(|v| is_name(v, &shard.probe_channel)) =>
                     {
                         shard.probe_subscribed = true;
                         // Probe at once: the shard turns healthy on its answer.
@@ -550,16 +607,22 @@ impl ShardedTask {
                     other => {
                         let label = shard.label.clone();
                         let reason = match &other {
-                            Err(e) if matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask) => "moved",
+                            Err(e) if matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask) => {
+                                "moved"
+                            }
                             Err(e) if is_connection_error(e) => "connection_lost",
                             _ => "desync",
                         };
-                        self.fail(&label, reason, format!("probe SSUBSCRIBE: {other:?}"), ops).await;
+                        self.fail(&label, reason, format!("probe SSUBSCRIBE: {other:?}"), ops)
+                            .await;
                     }
                 }
             }
             Done::Unsubscribed { conn, result } => match result {
-                Ok(Value::Push { kind: PushKind::SUnsubscribe, .. }) => {}
+                Ok(Value::Push {
+                    kind: PushKind::SUnsubscribe,
+                    ..
+                }) => {}
                 Err(e) if matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask) => {}
                 other => {
                     if let Some(label) = self.by_id(conn).map(|s| s.label.clone()) {
@@ -567,13 +630,16 @@ impl ShardedTask {
                             Err(e) if is_connection_error(e) => "connection_lost",
                             _ => "desync",
                         };
-                        self.fail(&label, reason, format!("SUNSUBSCRIBE: {other:?}"), ops).await;
+                        self.fail(&label, reason, format!("SUNSUBSCRIBE: {other:?}"), ops)
+                            .await;
                     }
                 }
             },
             Done::Probed { conn, result } => {
                 if let Err(e) = result {
-                    let Some(shard) = self.by_id(conn) else { return };
+                    let Some(shard) = self.by_id(conn) else {
+                        return;
+                    };
                     if shard.healthy {
                         shard.healthy = false;
                         let label = shard.label.clone();
@@ -623,7 +689,13 @@ impl ShardedTask {
         }
         for label in overdue {
             metrics::counter!(METRIC_PROBE_FAILURES).increment(1);
-            self.fail(&label, "probe", "liveness probe did not come back".into(), ops).await;
+            self.fail(
+                &label,
+                "probe",
+                "liveness probe did not come back".into(),
+                ops,
+            )
+            .await;
         }
     }
 
@@ -643,7 +715,10 @@ impl ShardedTask {
             if self.ever_up {
                 tracing::info!("Redis Cluster pub/sub serves this node's topics again");
             } else {
-                tracing::info!(shards = self.shards.len(), "Redis Cluster pub/sub connected");
+                tracing::info!(
+                    shards = self.shards.len(),
+                    "Redis Cluster pub/sub connected"
+                );
             }
             self.ever_up = true;
         } else if !served && link.is_connected() {
@@ -687,7 +762,8 @@ impl ShardedTask {
                     .map_err(redis_error)?;
                 let probe = tokio::time::timeout(
                     timeout,
-                    probe_client.get_multiplexed_async_connection_with_config(&cluster.conn_config()),
+                    probe_client
+                        .get_multiplexed_async_connection_with_config(&cluster.conn_config()),
                 )
                 .await
                 .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
@@ -721,8 +797,14 @@ impl PushHandler {
                     return Ok(());
                 };
                 if channel == self.probe_channel.as_bytes() {
-                    if let Some(seq) = std::str::from_utf8(payload).ok().and_then(|s| s.parse().ok()) {
-                        let _ = self.events.try_send(Event::Probe { conn: self.conn, seq });
+                    if let Some(seq) = std::str::from_utf8(payload)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                    {
+                        let _ = self.events.try_send(Event::Probe {
+                            conn: self.conn,
+                            seq,
+                        });
                     }
                     return Ok(());
                 }
@@ -745,11 +827,16 @@ impl PushHandler {
             PushKind::SUnsubscribe => {
                 if let Some(name) = info.data.first().and_then(bytes) {
                     let name = String::from_utf8_lossy(name).into_owned();
-                    let _ = self.events.try_send(Event::SUnsubscribe { conn: self.conn, name });
+                    let _ = self.events.try_send(Event::SUnsubscribe {
+                        conn: self.conn,
+                        name,
+                    });
                 }
             }
             PushKind::Disconnection => {
-                let _ = self.events.try_send(Event::Disconnected { conn: self.conn });
+                let _ = self
+                    .events
+                    .try_send(Event::Disconnected { conn: self.conn });
             }
             _ => {}
         }
@@ -779,7 +866,12 @@ fn subscribe_op(conn: &MultiplexedConnection, id: u64, name: String, op: u64) ->
         let mut cmd = ::redis::cmd("SSUBSCRIBE");
         cmd.arg(&name);
         let result = conn.send_packed_command(&cmd).await;
-        Done::Subscribed { conn: id, name, op, result }
+        Done::Subscribed {
+            conn: id,
+            name,
+            op,
+            result,
+        }
     })
 }
 

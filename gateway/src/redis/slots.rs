@@ -339,7 +339,10 @@ mod tests {
         let map = SlotMap::parse(&reply, &("10.1.1.1".into(), 7000)).unwrap();
         assert!(map.is_complete());
         let a = map.owner(0).unwrap();
-        assert_eq!((a.id.as_str(), a.addr.0.as_str(), a.online), ("a", "10.1.1.1", true));
+        assert_eq!(
+            (a.id.as_str(), a.addr.0.as_str(), a.online),
+            ("a", "10.1.1.1", true)
+        );
         let b = map.owner(16383).unwrap();
         assert_eq!((b.id.as_str(), b.addr.1, b.online), ("b", 7001, false));
         assert_eq!(map.nodes.len(), 3);
