@@ -114,6 +114,8 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--bind", "127.0.0.1"])
+            // Replicas sync at once (the default waits 5 s for more).
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))

@@ -465,11 +465,12 @@ impl Config {
                     format!("{name:?}: history_size above 1000000"),
                 ));
             }
-            if opts.history_min_replicas > 0 && (opts.history_size == 0 || redis_url.is_none()) {
+            if opts.history_min_replicas > 0 && (opts.history_size == 0 || redis_topology.is_none())
+            {
                 return Err(invalid(
                     "namespaces",
                     format!(
-                        "{name:?}: history_min_replicas needs history (history_size > 0) and Redis (redis_url)"
+                        "{name:?}: history_min_replicas needs history (history_size > 0) and Redis (redis_url, a cluster or sentinel)"
                     ),
                 ));
             }

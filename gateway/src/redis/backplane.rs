@@ -85,7 +85,19 @@ impl RedisBackplane {
                 true
             }
         };
-        if first {
+        let jumped = old_epoch == epoch;
+        if first && jumped {
+            tracing::warn!(
+                channel,
+                epoch,
+                old_top,
+                old_rid,
+                rid,
+                "durable history written under another primary (failover): epoch kept, offsets \
+                 jumped by 1000000 so none is reused; further fences under this primary are \
+                 logged at debug"
+            );
+        } else if first {
             tracing::warn!(
                 channel,
                 old_epoch,
@@ -164,7 +176,8 @@ impl Backplane for RedisBackplane {
             .arg(prefix)
             .arg(suffix)
             .arg(new_epoch())
-            .arg(self.shared.publish_command());
+            .arg(self.shared.publish_command())
+            .arg(if history.min_replicas > 0 { "1" } else { "0" });
         let (reply, confirmed) = if history.min_replicas == 0 {
             let reply = self
                 .shared

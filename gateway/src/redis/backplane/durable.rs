@@ -94,6 +94,8 @@ pub(crate) struct Durable {
     pool: deadpool::managed::Pool<DurableManager>,
     /// Cluster mode: which dedicated cluster connection goes next.
     next: std::sync::atomic::AtomicUsize,
+    /// Whether the last durable publish failed (to log transitions).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Durable {
@@ -120,6 +122,7 @@ impl Durable {
         Ok(Self {
             pool,
             next: std::sync::atomic::AtomicUsize::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -173,8 +176,24 @@ impl Durable {
                 drop(Object::take(conn));
             }
         }
-        if result.is_err() {
-            metrics::counter!(METRIC_ERRORS, "op" => "publish").increment(1);
+        match &result {
+            Err(e) => {
+                metrics::counter!(METRIC_ERRORS, "op" => "publish").increment(1);
+                if !self
+                    .failing
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(error = %e, "durable history publish failed");
+                }
+            }
+            Ok(_) => {
+                if self
+                    .failing
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::info!("durable history publishes succeed again");
+                }
+            }
         }
         result
     }

@@ -6,6 +6,9 @@
 -- ARGV[5] envelope suffix          ARGV[6] epoch to use if the stream is new
 -- ARGV[7] PUBLISH, or SPUBLISH in cluster mode (the channel shares the
 --         keys' hash tag, so it lives in the script's slot)
+-- ARGV[8] '1' for a durable namespace (history_min_replicas > 0): a meta
+--         written under another primary keeps its epoch and jumps the
+--         offset instead (see below)
 -- Returns {offset, epoch, fenced epoch, fenced top, fenced rid, rid}: the
 -- three fenced fields are '' unless this call started a new epoch because
 -- the meta was written under another primary (see below).
@@ -22,11 +25,23 @@ local rid = string.match(info, 'master_replid:(%w+)') or ''
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'top', 'rid')
 local epoch = meta[1]
 local fenced_epoch, fenced_top, fenced_rid = '', '', ''
+local jumped = false
 if epoch and meta[3] and meta[3] ~= rid then
   -- Written under another primary: what it holds may be a prefix of what
-  -- was published. Start a new epoch; the old offsets are never reused.
+  -- was published. Start a new epoch (durable: jump), so the old offsets
+  -- are never reused.
   fenced_epoch, fenced_top, fenced_rid = epoch, meta[2] or '0', meta[3]
-  epoch = false
+  if ARGV[8] == '1' then
+    -- Durable: every acknowledged publication reached the replicas, so
+    -- this stream holds all of them; keep it and its epoch, and skip a
+    -- million offsets so that none the old primary gave to
+    -- unacknowledged publications is given again.
+    redis.call('HINCRBY', KEYS[1], 'top', 1000000)
+    redis.call('HSET', KEYS[1], 'rid', rid)
+    jumped = true
+  else
+    epoch = false
+  end
 end
 if not epoch then
   -- No meta (or fenced above): the stream is new, was lost, or belongs to
@@ -34,7 +49,7 @@ if not epoch then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0, 'rid', rid)
-elseif not meta[3] then
+elseif not meta[3] and not jumped then
   -- Meta written by a gateway version without rids: adopt this primary's.
   redis.call('HSET', KEYS[1], 'rid', rid)
 end
