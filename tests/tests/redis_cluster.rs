@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use futures_util::stream::{self, StreamExt};
+use parking_lot::Mutex;
 use serde_json::json;
-use std::sync::Mutex as StdMutex;
 use tests::cluster::{cluster_config, Cluster, Topology};
 use tests::{metric, Api, Client, ClientBuilder, RECV_TIMEOUT};
 use tokio::time::Instant;
@@ -270,7 +270,7 @@ fn read_loop(
     user: String,
     channels: Vec<String>,
     mut client: Client,
-    seen: Arc<StdMutex<Seen>>,
+    seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Result<()>> {
     tokio::spawn(async move {
@@ -291,7 +291,7 @@ fn read_loop(
                         at: Instant::now(),
                     };
                     last.insert(got.channel.clone(), (got.epoch.clone(), got.offset));
-                    seen.lock().unwrap().got.push(got);
+                    seen.lock().got.push(got);
                 }
                 Ok(_) => {}
                 Err(_) if client.close_frame().is_none() => {} // quiet for 200 ms
@@ -313,10 +313,7 @@ fn read_loop(
                         };
                         if last.contains_key(ch) {
                             let recovered = reply["recovered"].as_bool().unwrap_or(false);
-                            seen.lock()
-                                .unwrap()
-                                .recoveries
-                                .push((ch.clone(), recovered));
+                            seen.lock().recoveries.push((ch.clone(), recovered));
                         }
                     }
                 }
@@ -385,7 +382,7 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
         for ch in &channels {
             c.subscribe(ch).await?;
         }
-        let seen = Arc::new(StdMutex::new(Seen::default()));
+        let seen = Arc::new(Mutex::new(Seen::default()));
         seens.push(seen.clone());
         readers.push(read_loop(
             cluster.node(n).ws_url(),
@@ -417,14 +414,10 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
     // The durable channel's count of acknowledged publishes.
     let durable_acked = acked[1].clone();
     // Traffic flows before the fault.
-    let flowing = |seens: &[Arc<StdMutex<Seen>>], ch: &str, after: Instant| {
-        seens.iter().all(|s| {
-            s.lock()
-                .unwrap()
-                .got
-                .iter()
-                .any(|g| g.channel == ch && g.at > after)
-        })
+    let flowing = |seens: &[Arc<Mutex<Seen>>], ch: &str, after: Instant| {
+        seens
+            .iter()
+            .all(|s| s.lock().got.iter().any(|g| g.channel == ch && g.at > after))
     };
     let t0 = Instant::now();
     tests::eventually(
@@ -471,7 +464,6 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
         let at = tests::eventually_some(Duration::from_secs(20), "busy channel resumes", || {
             let first = seen
                 .lock()
-                .unwrap()
                 .got
                 .iter()
                 .find(|g| g.channel == BUSY && g.at > promoted_at)
@@ -523,7 +515,6 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
                 || {
                     let ok = seen
                         .lock()
-                        .unwrap()
                         .got
                         .iter()
                         .any(|g| g.channel == *ch && g.seq >= last_ok);
@@ -540,7 +531,7 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
     // 1. No (channel, epoch, offset) names two publications, anywhere.
     let mut names: HashMap<(String, String, u64), u64> = HashMap::new();
     for seen in &seens {
-        for g in &seen.lock().unwrap().got {
+        for g in &seen.lock().got {
             if g.offset == 0 {
                 continue;
             }
@@ -557,7 +548,7 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
     // 2. Per subscriber, per channel and epoch, offsets only grow.
     for (i, seen) in seens.iter().enumerate() {
         let mut top: HashMap<(String, String), u64> = HashMap::new();
-        for g in &seen.lock().unwrap().got {
+        for g in &seen.lock().got {
             let t = top.entry((g.channel.clone(), g.epoch.clone())).or_default();
             ensure!(
                 g.offset > *t,
@@ -611,7 +602,6 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
         for ch in &others {
             let times: Vec<Instant> = seen
                 .lock()
-                .unwrap()
                 .got
                 .iter()
                 .filter(|g| g.channel == *ch)
@@ -636,7 +626,7 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
         eprintln!(
             "[{name}] s{} recoveries: {:?}",
             i + 1,
-            seen.lock().unwrap().recoveries
+            seen.lock().recoveries
         );
     }
     // 6. The durable channel keeps every acknowledged publication.
@@ -669,7 +659,6 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
             .iter()
             .flat_map(|s| {
                 s.lock()
-                    .unwrap()
                     .got
                     .iter()
                     .filter(|g| g.channel == durable)
