@@ -32,7 +32,7 @@ use gateway::history::History;
 use gateway::presence::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
 use gateway::redis::{Keys, RedisAuth, RedisSettings, RedisTopology};
 use serde_json::value::RawValue;
-use tests::{eventually, eventually_some, unique_prefix, RedisServer, EVENTUALLY};
+use tests::{eventually, eventually_some, unique_prefix, RedisCluster, RedisServer, EVENTUALLY};
 use tokio::time::Instant;
 
 /// Presence TTL of tests that do not wait for expiry.
@@ -55,6 +55,8 @@ const HISTORY: HistoryOptions = HistoryOptions {
 enum Kind {
     Memory,
     Redis,
+    /// A 3-primary Redis Cluster (sharded pub/sub, slot-routed commands).
+    RedisCluster,
 }
 
 /// Collects every delivered envelope, in delivery order.
@@ -116,6 +118,9 @@ impl Sink {
 /// a second node can join the same "cluster".
 struct RedisCtx {
     server: Arc<RedisServer>,
+    /// With [`Kind::RedisCluster`]: the cluster (`server` is its first
+    /// node, for direct inspection).
+    cluster: Option<Arc<RedisCluster>>,
     prefix: String,
     ttl: Duration,
 }
@@ -156,9 +161,20 @@ impl Backends {
                     redis: None,
                 })
             }
+            Kind::RedisCluster => {
+                let cluster = RedisCluster::start().await?;
+                let ctx = RedisCtx {
+                    server: Arc::new(RedisServer::attach(cluster.nodes[0].port())),
+                    cluster: Some(Arc::new(cluster)),
+                    prefix: unique_prefix(test),
+                    ttl,
+                };
+                Self::redis_node(ctx, "n1").await
+            }
             Kind::Redis => {
                 let server = Arc::new(RedisServer::start().await?);
                 let ctx = RedisCtx {
+                    cluster: None,
                     server,
                     prefix: unique_prefix(test),
                     ttl,
@@ -170,10 +186,20 @@ impl Backends {
 
     async fn redis_node(ctx: RedisCtx, node: &str) -> Result<Self> {
         let sink = Arc::new(Sink::default());
-        let settings = RedisSettings {
-            topology: RedisTopology::Single {
+        let topology = match &ctx.cluster {
+            Some(cluster) => RedisTopology::Cluster {
+                seeds: cluster
+                    .nodes
+                    .iter()
+                    .map(|n| ("127.0.0.1".to_owned(), n.port()))
+                    .collect(),
+            },
+            None => RedisTopology::Single {
                 url: ctx.server.url(),
             },
+        };
+        let settings = RedisSettings {
+            topology,
             auth: RedisAuth::default(),
             prefix: ctx.prefix.clone(),
             node_id: node.into(),
@@ -188,8 +214,13 @@ impl Backends {
             b.backplane.is_healthy(),
             "Redis backplane not healthy after connect"
         );
+        let kind = if ctx.cluster.is_some() {
+            Kind::RedisCluster
+        } else {
+            Kind::Redis
+        };
         Ok(Self {
-            kind: Kind::Redis,
+            kind,
             node: node.into(),
             interest: b.interest,
             backplane: b.backplane,
@@ -217,6 +248,7 @@ impl Backends {
             Some(ctx) => {
                 let ctx = RedisCtx {
                     server: ctx.server.clone(),
+                    cluster: ctx.cluster.clone(),
                     prefix: ctx.prefix.clone(),
                     ttl: ctx.ttl,
                 };
@@ -1354,6 +1386,14 @@ macro_rules! contracts {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() -> anyhow::Result<()> {
                     super::$name(super::Kind::Redis).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Kind::RedisCluster).await
                 }
             )*
         }
