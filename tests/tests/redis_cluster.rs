@@ -713,3 +713,115 @@ async fn cluster_primary_killed_under_load_moves_only_its_shard() -> Result<()> 
 async fn sentinel_primary_killed_under_load_keeps_positions_honest() -> Result<()> {
     primary_killed_under_load(None).await
 }
+
+/// A channel's slot moved to another primary (the steps of `redis-cli
+/// --cluster reshard` for one empty slot): Redis unsubscribes the nodes on
+/// the old owner (`sunsubscribe`), they subscribe on the new one, and
+/// publications reach every subscriber again; the move is counted.
+#[tokio::test]
+async fn a_moved_slot_is_resubscribed_on_its_new_owner() -> Result<()> {
+    const CH: &str = "room-moving";
+    let cluster = Cluster::builder("rc_reshard")
+        .topology(Topology::Cluster)
+        .start()
+        .await?;
+    let mut subs = Vec::new();
+    for n in 1..=3 {
+        let mut c = cluster.node(n).connect_user(&format!("m{n}")).await?;
+        c.subscribe(CH).await?;
+        subs.push(c);
+    }
+    let group = cluster.redis_cluster.as_ref().context("no Redis Cluster")?;
+    let name = cluster.channel_name(CH);
+    cluster.wait_numsub(CH, 3).await?;
+    let from = group.primary_for(&name).await?;
+    let nodes = group.topology().await?;
+    let to = nodes
+        .iter()
+        .find(|n| n.primary && n.port != from)
+        .context("no other primary")?;
+    let from_id = nodes
+        .iter()
+        .find(|n| n.port == from)
+        .map(|n| n.id.clone())
+        .context("no source id")?;
+    let slot = match tests::RedisServer::attach(from)
+        .cmd(&["CLUSTER", "KEYSLOT", &name])
+        .await?
+    {
+        tests::Resp::Int(s) => s.to_string(),
+        other => anyhow::bail!("KEYSLOT: {other:?}"),
+    };
+    let src = tests::RedisServer::attach(from);
+    let dst = tests::RedisServer::attach(to.port);
+    dst.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])
+        .await?;
+    src.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to.id])
+        .await?;
+    // The slot holds no key (a channel without history): nothing to MIGRATE.
+    dst.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to.id])
+        .await?;
+    src.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to.id])
+        .await?;
+    eprintln!(
+        "[rc_reshard] slot {slot} of {name} moved from {from} to {}",
+        to.port
+    );
+    // Every node resubscribes on the new owner.
+    tests::eventually(
+        tests::EVENTUALLY,
+        "the name on the new owner only",
+        || async {
+            cluster.shard_numsub(&name).await.is_ok_and(|c| {
+                c.iter()
+                    .all(|&(p, n)| n == if p == to.port { 3 } else { 0 })
+            })
+        },
+    )
+    .await?;
+    // Publications reach everyone again (the first may meet the move: it
+    // is refused, not retried).
+    let api = cluster.api(2);
+    tests::eventually(
+        tests::EVENTUALLY,
+        "a publish accepted after the move",
+        || {
+            let api = api.clone();
+            async move {
+                api.post(
+                    "/api/publish",
+                    &json!({"channel": CH, "data": {"after": 1}}),
+                )
+                .await
+                .is_ok_and(|r| r.status == 200)
+            }
+        },
+    )
+    .await?;
+    for (i, c) in subs.iter_mut().enumerate() {
+        let m = c
+            .wait_for(RECV_TIMEOUT, "the publication after the move", |m| {
+                m["type"] == "message" && m["data"]["after"] == 1
+            })
+            .await
+            .with_context(|| format!("m{} after the move", i + 1))?;
+        ensure!(m["channel"] == CH, "unexpected {m}");
+    }
+    let mut moved = 0.0;
+    for n in 1..=3 {
+        let text = cluster.api(n).metrics().await?;
+        moved += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("gateway_redis_resubscribes_total{")
+                    && (l.contains("sunsubscribe") || l.contains("moved"))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    ensure!(
+        moved >= 3.0,
+        "resubscriptions counted over 3 nodes: {moved}"
+    );
+    Ok(())
+}
