@@ -29,9 +29,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::sentinel::client_for;
-use super::shared::Target;
 use super::slots::{slot, SlotMap};
+use super::target::{client_for, Target};
 use super::{RedisAuth, METRIC_ERRORS, METRIC_FAILOVERS};
 use crate::backplane::BackplaneError;
 

@@ -20,6 +20,7 @@
 //! - Times stored in Redis are the client's wall clock in milliseconds
 //!   since the Unix epoch (nodes are expected to run NTP).
 
+mod backoff;
 mod backplane;
 mod cluster;
 pub mod codec;
@@ -33,6 +34,7 @@ mod sentinel;
 mod sharded;
 mod shared;
 pub(crate) mod slots;
+mod target;
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
@@ -53,7 +55,8 @@ pub use self::presence::RedisPresence;
 pub use self::sentinel::SENTINEL_ERROR_OPS;
 pub use self::sharded::{METRIC_RESUBSCRIBES, METRIC_SHARD_UP, RESUBSCRIBE_REASONS};
 pub(crate) use self::shared::{millis, redis_error, Shared};
-use self::shared::{CommandManager, Link, Pool, Target, POOL_SIZE};
+use self::shared::{CommandManager, Link, Pool, POOL_SIZE};
+use self::target::Target;
 use crate::backplane::{BackplaneError, Deliver};
 pub use crate::config::{RedisAuth, RedisTopology};
 

@@ -37,11 +37,11 @@ use ::redis::{Msg, RedisResult};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
-use rand::Rng;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::interest::{Change, Registry};
 use super::sharded::ShardedTask;
 use super::{
@@ -52,9 +52,6 @@ use crate::backplane::{BackplaneError, Deliver};
 
 /// How often the liveness probe is published.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// Shortest and longest pause between reconnection attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// SUBSCRIBEs in flight while resubscribing after a reconnect.
 const RESUBSCRIBE_CONCURRENCY: usize = 256;
 
@@ -277,7 +274,7 @@ impl SubscriberTask {
             .target
             .borrow_and_update()
             .clone()
-            .ok_or_else(|| redis_error(super::shared::unresolved()))?;
+            .ok_or_else(|| redis_error(super::target::unresolved()))?;
         let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
             .await
             .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
@@ -473,47 +470,5 @@ async fn enqueue(ops: &mut FuturesUnordered<Op>, mut op: Op) {
     match futures_util::poll!(op.as_mut()) {
         Poll::Ready(done) => ops.push(Box::pin(std::future::ready(done))),
         Poll::Pending => ops.push(op),
-    }
-}
-
-/// Exponential backoff with jitter between reconnection attempts.
-#[derive(Default)]
-pub(crate) struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// The next pause: uniform in [d/2, d] with d doubling up to the cap.
-    pub(crate) fn next(&mut self) -> Duration {
-        let full = BACKOFF_MIN
-            .saturating_mul(1u32 << self.attempt.min(10))
-            .min(BACKOFF_MAX);
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = u64::try_from(full.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_cap_with_jitter() {
-        let mut b = Backoff::default();
-        let first = b.next();
-        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
-        let mut last = Duration::ZERO;
-        for _ in 0..20 {
-            last = b.next();
-            assert!(last <= BACKOFF_MAX);
-        }
-        assert!(last >= BACKOFF_MAX / 2);
-        b.reset();
-        assert!(b.next() <= BACKOFF_MIN);
     }
 }

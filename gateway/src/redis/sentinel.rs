@@ -25,15 +25,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ProtocolVersion,
-    RedisConnectionInfo, RedisResult, Value,
-};
+use ::redis::{AsyncConnectionConfig, Client, ProtocolVersion, Value};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::shared::Target;
+use super::target::{client_for, Target};
 use super::{METRIC_FAILOVERS, METRIC_SENTINEL_ERRORS};
 use crate::backplane::BackplaneError;
 use crate::config::{RedisAuth, SentinelTopology};
@@ -338,24 +335,4 @@ impl Watcher {
             .collect::<Vec<_>>()
             .join(",")
     }
-}
-
-/// A client for `host:port` with optional ACL credentials (opening one
-/// from a `ConnectionInfo` parses nothing; it fails only in theory).
-pub(super) fn client_for(
-    host: &str,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    protocol: ProtocolVersion,
-) -> RedisResult<Client> {
-    Client::open(ConnectionInfo {
-        addr: ConnectionAddr::Tcp(host.to_owned(), port),
-        redis: RedisConnectionInfo {
-            db: 0,
-            username,
-            password,
-            protocol,
-        },
-    })
 }

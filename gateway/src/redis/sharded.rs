@@ -47,9 +47,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::cluster::{Cluster, SPUB_COMMAND};
 use super::interest::{Change, Registry};
-use super::pubsub::Backoff;
 use super::slots::{slot, tag_for, SlotMap};
 use super::{
     codec, redis_error, Shared, METRIC_ERRORS, METRIC_PROBE_FAILURES, METRIC_RECEIVED,

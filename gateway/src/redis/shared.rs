@@ -16,13 +16,14 @@ use ::redis::aio::{ConnectionLike, MultiplexedConnection};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
 use deadpool::managed::{Metrics, Object, PoolError, RecycleError, RecycleResult};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::cluster::{Cluster, PUB_COMMAND, SPUB_COMMAND};
 use super::keys::Keys;
 use super::scripts::Scripts;
+use super::target::{unresolved, Target};
 use super::{RedisSettings, METRIC_ERRORS, METRIC_UP};
 use crate::backplane::BackplaneError;
 
@@ -113,86 +114,6 @@ impl deadpool::managed::Manager for CommandManager {
             ))
         }
     }
-}
-
-/// The server that commands and pub/sub go to, as a swappable client: fixed
-/// in single mode; in sentinel mode the primary the sentinels name, set by
-/// the watcher ([`super::sentinel`]) and `None` until it is first resolved.
-///
-/// Readers clone the client out (no lock is held across an await); the
-/// subscriber watches it and reconnects when it changes.
-pub(crate) struct Target {
-    client: watch::Sender<Option<::redis::Client>>,
-    /// Woken when a command suggests the primary moved (READONLY, MOVED,
-    /// refused connection): the Sentinel watcher re-resolves (the cluster
-    /// topology task re-reads the slot map) at once instead of at its next
-    /// poll. Nobody waits on it in single mode.
-    suspect: Notify,
-}
-
-impl Target {
-    /// A target that never changes (single mode).
-    pub(crate) fn fixed(client: ::redis::Client) -> Self {
-        Self {
-            client: watch::Sender::new(Some(client)),
-            suspect: Notify::new(),
-        }
-    }
-
-    /// A target not known yet (sentinel mode, before the first resolution).
-    pub(crate) fn unresolved() -> Self {
-        Self {
-            client: watch::Sender::new(None),
-            suspect: Notify::new(),
-        }
-    }
-
-    /// The current client, `None` while the primary is unknown.
-    pub(crate) fn client(&self) -> Option<::redis::Client> {
-        self.client.borrow().clone()
-    }
-
-    /// Point new connections (and the subscriber) at `client`.
-    pub(crate) fn set(&self, client: ::redis::Client) {
-        self.client.send_replace(Some(client));
-    }
-
-    /// A receiver that sees every later [`Target::set`].
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<::redis::Client>> {
-        self.client.subscribe()
-    }
-
-    /// Tell the watcher the primary may have moved (a no-op in single mode).
-    pub(crate) fn suspect(&self) {
-        self.suspect.notify_one();
-    }
-
-    /// Resolves after the next [`Target::suspect`] (or at once if one came
-    /// since the last wait).
-    pub(crate) async fn suspected(&self) {
-        self.suspect.notified().await;
-    }
-
-    /// Call [`Target::suspect`] when `e` is what talking to a demoted or
-    /// dead primary gives.
-    pub(crate) fn check(&self, e: &RedisError) {
-        if matches!(
-            e.kind(),
-            ErrorKind::ReadOnly | ErrorKind::Moved | ErrorKind::Ask | ErrorKind::ClusterDown
-        ) || e.is_connection_refusal()
-            || e.is_io_error()
-        {
-            self.suspect();
-        }
-    }
-}
-
-/// The error of a connection attempt while the primary is unknown.
-pub(crate) fn unresolved() -> RedisError {
-    RedisError::from((
-        ErrorKind::IoError,
-        "Redis primary not resolved (no sentinel majority yet)",
-    ))
 }
 
 pub(crate) type Pool = deadpool::managed::Pool<CommandManager>;

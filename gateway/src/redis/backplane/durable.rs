@@ -27,7 +27,8 @@ use ::redis::{ErrorKind, RedisError, RedisResult, ScriptInvocation};
 use deadpool::managed::{Metrics, Object, PoolConfig, RecycleError, RecycleResult, Timeouts};
 use deadpool::Runtime;
 
-use super::super::shared::{pool_error, Conn as CommandConn, Shared, Target};
+use super::super::shared::{pool_error, Conn as CommandConn, Shared};
+use super::super::target::Target;
 use super::super::{millis, redis_error, METRIC_ERRORS};
 use crate::backplane::BackplaneError;
 
