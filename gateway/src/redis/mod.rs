@@ -11,12 +11,14 @@
 //!   subscriber's own timeouts): it is bounded by `settings.timeout` and
 //!   fails with [`BackplaneError::Unavailable`] on timeout or I/O trouble.
 //! - A node starts even when Redis is down: [`connect`] waits at most one
-//!   timeout for the first connection (three in sentinel mode, for the
-//!   first resolution), then returns unhealthy backends whose subscriber
-//!   keeps reconnecting in the background.
+//!   timeout for the first connection (three in sentinel and cluster mode,
+//!   for the first resolution or slot map), then returns unhealthy backends
+//!   whose subscriber keeps reconnecting in the background.
 //! - Every connection goes to the shared target's current client: fixed in
 //!   single mode, swapped by the Sentinel watcher ([`sentinel`]) on a
-//!   failover.
+//!   failover. In cluster mode commands go through redis-rs cluster
+//!   connections and pub/sub through one connection per shard
+//!   ([`cluster`], [`sharded`]), both following the slot map.
 //! - Times stored in Redis are the client's wall clock in milliseconds
 //!   since the Unix epoch (nodes are expected to run NTP).
 
