@@ -25,7 +25,7 @@
 //! report (exit code 1), never an abort of the others.
 
 mod ceiling;
-mod env;
+pub(crate) mod env;
 pub(crate) mod nodes;
 mod report;
 mod scenarios;
@@ -80,7 +80,9 @@ pub struct SuiteArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only these scenarios (comma separated): ceiling, idle, fanout,
-    /// fanout-ws, churn, rtt, cluster-fanout, latency.
+    /// fanout-ws, churn, rtt, cluster-fanout, latency; and shard-spread,
+    /// which runs only when named here (one Redis, then a 3-primary Redis
+    /// Cluster, ~1 min).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// No progress bars.
@@ -176,6 +178,11 @@ pub async fn run(args: &SuiteArgs) -> Result<ExitCode> {
             let r = run_scenario(&mut ctx, &plan, s).await;
             record(&mut results, &mut failures, s.key, r);
         }
+    }
+    if args.only.iter().any(|o| o == "shard-spread") {
+        step("shard-spread: 3 nodes on one Redis, then on a 3-primary Redis Cluster");
+        let r = crate::spread::run_in_suite(args, logs.clone()).await;
+        record(&mut results, &mut failures, "shard_spread", r);
     }
 
     let table = table(&results);
