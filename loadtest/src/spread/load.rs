@@ -471,7 +471,14 @@ pub(super) async fn ws_publish(
                 return fail_all(&stats, &mut in_flight, "ws_write");
             }
         }
-        let next = due(t0, rate, sent).filter(|&d| d < deadline && in_flight.len() < window);
+        // The next publication's due time, while there is room for it and
+        // it is due before the deadline (a publisher behind its pace at the
+        // deadline stops there).
+        let next = if Instant::now() < deadline && in_flight.len() < window {
+            due(t0, rate, sent).filter(|&d| d < deadline)
+        } else {
+            None
+        };
         if in_flight.is_empty() {
             match next {
                 Some(d) => {

@@ -123,6 +123,10 @@ pub struct SpreadArgs {
     /// The topologies to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Topo::Single, Topo::Cluster])]
     pub topologies: Vec<Topo>,
+    /// Replicas per primary in the Redis Cluster (0 shows what the
+    /// replication stream costs the primaries).
+    #[arg(long, default_value_t = 1)]
+    pub cluster_replicas: usize,
     /// Gateway binary.
     #[arg(long, default_value = "target/release/gateway")]
     pub gateway_bin: PathBuf,
@@ -174,6 +178,7 @@ impl SpreadArgs {
             payload: 64,
             history: false,
             topologies: vec![Topo::Single, Topo::Cluster],
+            cluster_replicas: 1,
             gateway_bin: s.gateway_bin.clone(),
             redis_server: s.redis_server.clone(),
             redis_cli: "redis-cli".into(),
@@ -193,6 +198,9 @@ impl SpreadArgs {
         }
         if !(self.duration_secs > 0.0 && self.duration_secs <= 3600.0) {
             bail!("--duration-secs must be in (0, 3600]");
+        }
+        if self.cluster_replicas > 2 {
+            bail!("--cluster-replicas must be 0..=2");
         }
         if self.max_spread < 1.0 {
             bail!("--max-spread must be >= 1");
@@ -290,7 +298,7 @@ async fn start(
             RedisSide::Single { proc, port }
         }
         Topo::Cluster => {
-            let c = RedisCluster::start(ctx, &args.redis_cli).await?;
+            let c = RedisCluster::start(ctx, &args.redis_cli, args.cluster_replicas).await?;
             env.push(("GATEWAY_REDIS_TOPOLOGY".into(), "cluster".into()));
             env.push(("GATEWAY_REDIS_CLUSTER_NODES".into(), c.seeds().join(",")));
             RedisSide::Cluster(c)

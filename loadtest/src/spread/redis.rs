@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::suite::nodes::{free_port, run_cmd, Ctx, Proc};
 
-/// Nodes of the cluster: 3 primaries, each with one replica.
-pub(super) const CLUSTER_NODES: usize = 6;
+/// Primaries of the cluster.
+pub(super) const PRIMARIES: usize = 3;
 /// How long the cluster may take to form (the create, then gossip).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -181,9 +181,15 @@ pub(super) struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts six nodes, creates the cluster with `redis-cli --cluster
-    /// create ... --cluster-replicas 1` and waits until it is ready.
-    pub(super) async fn start(ctx: &mut Ctx, cli_bin: &str) -> Result<RedisCluster> {
+    /// Starts 3 x (1 + `replicas`) nodes, creates the cluster with
+    /// `redis-cli --cluster create ... --cluster-replicas <replicas>` and
+    /// waits until it is ready.
+    pub(super) async fn start(
+        ctx: &mut Ctx,
+        cli_bin: &str,
+        replicas: usize,
+    ) -> Result<RedisCluster> {
+        let count = PRIMARIES * (1 + replicas);
         let mut taken = BTreeSet::new();
         let mut fresh = || -> Result<u16> {
             for _ in 0..100 {
@@ -197,7 +203,7 @@ impl RedisCluster {
             bail!("no fresh free port in 100 tries")
         };
         let mut wanted = Vec::new();
-        for _ in 0..CLUSTER_NODES {
+        for _ in 0..count {
             wanted.push((fresh()?, fresh()?));
         }
         let mut cluster = RedisCluster {
@@ -241,7 +247,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{p}"));
         }
         create
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(std::process::Stdio::null());
         run_cmd(
             &mut create,
@@ -253,7 +259,7 @@ impl RedisCluster {
         let text = cli(cli_bin, cluster.ports[0], &["CLUSTER", "NODES"]).await?;
         cluster.nodes = parse_nodes(&text);
         let primaries = cluster.nodes.iter().filter(|n| n.primary).count();
-        if primaries != 3 || cluster.nodes.len() != CLUSTER_NODES {
+        if primaries != PRIMARIES || cluster.nodes.len() != count {
             bail!("the cluster formed with {primaries} primaries: {text}");
         }
         Ok(cluster)
@@ -272,7 +278,7 @@ impl RedisCluster {
                 let is = |k: &str, v: &str| info.get(k).is_some_and(|x| x == v);
                 if is("cluster_state", "ok")
                     && is("cluster_slots_ok", "16384")
-                    && is("cluster_known_nodes", &CLUSTER_NODES.to_string())
+                    && is("cluster_known_nodes", &self.ports.len().to_string())
                 {
                     break;
                 }

@@ -198,14 +198,14 @@ impl Phase {
             input.redis.iter().filter(|r| r.role != "replica").collect();
         let pcpu: Vec<f64> = primaries.iter().map(|r| r.cpu_secs).collect();
         let pcalls: Vec<f64> = primaries.iter().map(|r| r.publish_calls as f64).collect();
-        let primaries_cpu: f64 = pcpu.iter().sum();
+        // (`fold` from +0.0: an empty f64 `sum` is -0.0, printed "-0.00".)
+        let primaries_cpu: f64 = pcpu.iter().fold(0.0, |a, b| a + b);
         let replicas_cpu: f64 = input
             .redis
             .iter()
             .filter(|r| r.role == "replica")
-            .map(|r| r.cpu_secs)
-            .sum();
-        let gw_cpu: f64 = input.gateways.iter().map(|g| g.cpu_secs).sum();
+            .fold(0.0, |a, r| a + r.cpu_secs);
+        let gw_cpu: f64 = input.gateways.iter().fold(0.0, |a, g| a + g.cpu_secs);
         let bound = primaries
             .iter()
             .filter(|r| r.busy_cpu_secs_per_1k_pub > 0.0)
@@ -216,8 +216,7 @@ impl Phase {
                 .redis
                 .iter()
                 .filter(|r| (r.role == "replica") == replica)
-                .map(|r| r.busy_cpu_secs_per_1k_pub)
-                .sum()
+                .fold(0.0, |a, r| a + r.busy_cpu_secs_per_1k_pub)
         };
         let cpu_spread = if topology == Topo::Cluster {
             max_min(&pcpu)
@@ -263,10 +262,14 @@ impl Phase {
         }
     }
 
-    fn label(&self) -> &'static str {
+    fn label(&self) -> String {
         match self.topology {
-            Topo::Single => "one redis-server",
-            Topo::Cluster => "Redis Cluster, 3 primaries + 3 replicas",
+            Topo::Single => "one redis-server".into(),
+            Topo::Cluster => format!(
+                "Redis Cluster, {} primaries + {} replicas",
+                self.primaries().count(),
+                self.replicas().count()
+            ),
         }
     }
 
@@ -328,6 +331,9 @@ pub struct Params {
     pub worker_threads: usize,
     /// Largest primaries' CPU spread (max/min) that passes.
     pub max_spread: f64,
+    /// Replicas per primary in the Redis Cluster.
+    #[serde(default)]
+    pub cluster_replicas: usize,
 }
 
 /// What a run is (the input of [`SpreadReport::new`]).
@@ -426,6 +432,7 @@ impl SpreadReport {
                 history: a.history,
                 worker_threads: a.worker_threads,
                 max_spread: a.max_spread,
+                cluster_replicas: a.cluster_replicas,
             },
             single,
             cluster,
