@@ -8,7 +8,9 @@
 //! latency); and writes `<out>/<date>.json` plus `<out>/<date>.md` with the
 //! targets table (target vs measured vs ratio to the ceiling of the same
 //! run). The parameters are fixed (see [`scenarios::Plan`]) so runs
-//! compare.
+//! compare. `--only shard-spread` runs `loadtest shard-spread` (one Redis,
+//! then a Redis Cluster; crate::spread) as one more scenario, whose
+//! section follows the table; it is not part of the default run.
 //!
 //! This file runs the suite: the options, the build, one loop over the
 //! scenario table, the results document. The other jobs:
