@@ -315,8 +315,26 @@ impl Ws {
         self.send(op::TEXT, text.as_bytes()).await
     }
 
+    /// Queues a text frame; [`Ws::flush_queued`] writes every queued frame
+    /// with one `write_all` (fewer syscalls for a publisher with many in
+    /// flight).
+    pub fn queue_text(&mut self, text: &str) {
+        self.append(op::TEXT, text.as_bytes());
+    }
+
+    /// Writes the frames queued with [`Ws::queue_text`].
+    pub async fn flush_queued(&mut self) -> std::io::Result<()> {
+        let r = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        r
+    }
+
     fn encode(&mut self, opcode: u8, payload: &[u8]) {
         self.out.clear();
+        self.append(opcode, payload);
+    }
+
+    fn append(&mut self, opcode: u8, payload: &[u8]) {
         self.out.push(0x80 | opcode);
         let len = payload.len();
         if len < 126 {

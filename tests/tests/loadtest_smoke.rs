@@ -354,6 +354,62 @@ async fn soak_survives_a_redis_restart_and_a_node_kill() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn shard_spread_runs_on_one_redis_and_on_a_redis_cluster() -> Result<()> {
+    let dir = tempdir_for("spread")?;
+    let gw = gateway_bin();
+    let r = loadtest(
+        &dir,
+        "shard-spread",
+        &args(&[
+            "shard-spread",
+            "--gateway-bin",
+            &gw.to_string_lossy(),
+            "--duration-secs",
+            "1",
+            "--idle-secs",
+            "0",
+            "--channels",
+            "30",
+            "--subscribers-per-node",
+            "1",
+            "--publishers-per-node",
+            "1",
+            "--window",
+            "8",
+            "--no-results",
+            // A second of publishing is a few CPU ticks per primary: the
+            // spread is measured in `loadtest shard-spread` runs, not here.
+            "--max-spread",
+            "1000",
+        ]),
+    )
+    .await?;
+    for phase in ["single", "cluster"] {
+        let p = &r[phase];
+        ensure!(num(p, "published") > 0.0, "{phase}: {r:#}");
+        ensure!(num(p, "connected") == 3.0, "{phase}: {r:#}");
+        ensure!(
+            num(p, "delivered") == num(p, "published") * 3.0,
+            "{phase}: every subscriber got every publication: {r:#}"
+        );
+        ensure!(num(p, "shortfall") == 0.0, "{phase}: {r:#}");
+    }
+    let redis = r["cluster"]["redis"].as_array().context("cluster redis")?;
+    ensure!(redis.len() == 6, "3 primaries + 3 replicas: {r:#}");
+    let primaries: Vec<&Value> = redis.iter().filter(|x| x["role"] == "primary").collect();
+    ensure!(primaries.len() == 3, "{r:#}");
+    // Every primary served some of the 30 channels and their publications.
+    ensure!(
+        primaries
+            .iter()
+            .all(|p| num(p, "channels") > 0.0 && num(p, "publish_calls") > 0.0),
+        "{r:#}"
+    );
+    ensure!(r["ok"] == true, "{r:#}");
+    Ok(())
+}
+
 /// A fresh directory for a run that starts its own gateways.
 fn tempdir_for(name: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(

@@ -12,7 +12,7 @@ use tokio::process::Command;
 use super::nodes::run_cmd;
 
 /// The machine this ran on.
-pub(super) fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -36,7 +36,7 @@ pub(super) fn machine() -> Value {
     })
 }
 
-pub(super) fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -46,7 +46,7 @@ pub(super) fn loadavg() -> String {
 }
 
 /// `YYYY-MM-DDTHHMMSSZ` from the Unix time.
-pub(super) fn stamp(secs: u64) -> String {
+pub(crate) fn stamp(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -67,7 +67,7 @@ pub(super) fn stamp(secs: u64) -> String {
     )
 }
 
-pub(super) async fn git_commit() -> String {
+pub(crate) async fn git_commit() -> String {
     let rev = run_cmd(
         Command::new("git").args(["rev-parse", "--short", "HEAD"]),
         "git rev-parse",

@@ -8,7 +8,9 @@
 //! latency); and writes `<out>/<date>.json` plus `<out>/<date>.md` with the
 //! targets table (target vs measured vs ratio to the ceiling of the same
 //! run). The parameters are fixed (see [`scenarios::Plan`]) so runs
-//! compare.
+//! compare. `--only shard-spread` runs `loadtest shard-spread` (one Redis,
+//! then a Redis Cluster; crate::spread) as one more scenario, whose
+//! section follows the table; it is not part of the default run.
 //!
 //! This file runs the suite: the options, the build, one loop over the
 //! scenario table, the results document. The other jobs:
@@ -25,7 +27,7 @@
 //! report (exit code 1), never an abort of the others.
 
 mod ceiling;
-mod env;
+pub(crate) mod env;
 pub(crate) mod nodes;
 mod report;
 mod scenarios;
@@ -80,7 +82,9 @@ pub struct SuiteArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only these scenarios (comma separated): ceiling, idle, fanout,
-    /// fanout-ws, churn, rtt, cluster-fanout, latency.
+    /// fanout-ws, churn, rtt, cluster-fanout, latency; and shard-spread,
+    /// which runs only when named here (one Redis, then a 3-primary Redis
+    /// Cluster, ~1 min).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// No progress bars.
@@ -176,6 +180,11 @@ pub async fn run(args: &SuiteArgs) -> Result<ExitCode> {
             let r = run_scenario(&mut ctx, &plan, s).await;
             record(&mut results, &mut failures, s.key, r);
         }
+    }
+    if args.only.iter().any(|o| o == "shard-spread") {
+        step("shard-spread: 3 nodes on one Redis, then on a 3-primary Redis Cluster");
+        let r = crate::spread::run_in_suite(args, logs.clone()).await;
+        record(&mut results, &mut failures, "shard_spread", r);
     }
 
     let table = table(&results);

@@ -201,7 +201,18 @@ impl Ctx {
 
     /// Starts redis-server on `port` (a restart reuses its port).
     pub(crate) async fn redis_on(&mut self, port: u16) -> Result<(Proc, Redis)> {
-        let log = self.log_file("redis")?;
+        self.redis_with("redis", port, &[]).await
+    }
+
+    /// Starts redis-server on `port` with `extra` arguments (a Redis
+    /// Cluster node's), logging to `<seq>-<name>.log`.
+    pub(crate) async fn redis_with(
+        &mut self,
+        name: &str,
+        port: u16,
+        extra: &[String],
+    ) -> Result<(Proc, Redis)> {
+        let log = self.log_file(name)?;
         let child = Command::new(&self.args.redis_server)
             .args([
                 "--port",
@@ -213,6 +224,7 @@ impl Ctx {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -221,7 +233,7 @@ impl Ctx {
             .with_context(|| format!("starting {}", self.args.redis_server))?;
         let proc = Proc {
             child,
-            name: "redis-server".into(),
+            name: format!("redis-server {name} :{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

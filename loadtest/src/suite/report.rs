@@ -349,6 +349,10 @@ pub(super) fn markdown(doc: &Value, table: &Table) -> String {
             r.scenario, r.target, r.measured, r.ceiling, r.verdict
         );
     }
+    if let Some(md) = crate::spread::suite_markdown(&doc["results"]["shard_spread"]) {
+        s += "\n";
+        s += &md;
+    }
     if let Some(fails) = doc["failures"].as_array() {
         if !fails.is_empty() {
             s += "\nFailures:\n\n";
