@@ -34,28 +34,32 @@
 //!   shard may have lost presence entries: the node re-writes them).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{ErrorKind, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
-use futures_util::future::BoxFuture;
+use ::redis::{ErrorKind, PushKind, Value};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::cluster::{Cluster, SPUB_COMMAND};
+use super::cluster::Cluster;
 use super::interest::{Change, Registry};
 use super::slots::{slot, tag_for, SlotMap};
-use super::{
-    codec, redis_error, Shared, METRIC_ERRORS, METRIC_PROBE_FAILURES, METRIC_RECEIVED,
-    METRIC_RECONNECTS,
+use super::{Shared, METRIC_ERRORS, METRIC_PROBE_FAILURES, METRIC_RECONNECTS};
+use crate::backplane::Deliver;
+
+mod ops;
+mod push;
+
+use self::ops::{
+    connect_op, enqueue, is_connection_error, is_name, probe_op, probe_subscribe_op, subscribe_op,
+    unsubscribe_op, Done, Op,
 };
-use crate::backplane::{BackplaneError, Deliver};
+use self::push::{Event, PushHandler};
 
 /// Metric: pub/sub names resubscribed after a slot moved or a shard
 /// connection was lost, by `reason` (counter).
@@ -77,43 +81,6 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// disconnections); a full queue drops the event (the probe still
 /// catches a lost connection).
 const EVENTS: usize = 4096;
-
-type Op = BoxFuture<'static, Done>;
-
-/// What a push handler tells the task.
-enum Event {
-    Probe { conn: u64, seq: u64 },
-    SUnsubscribe { conn: u64, name: String },
-    Disconnected { conn: u64 },
-}
-
-/// A finished Redis round trip of the task.
-enum Done {
-    Connected {
-        conn: u64,
-        result: Result<(MultiplexedConnection, MultiplexedConnection), BackplaneError>,
-    },
-    Subscribed {
-        conn: u64,
-        name: String,
-        op: u64,
-        result: RedisResult<Value>,
-    },
-    ProbeSubscribed {
-        conn: u64,
-        result: RedisResult<Value>,
-    },
-    Unsubscribed {
-        conn: u64,
-        result: RedisResult<Value>,
-    },
-    Probed {
-        conn: u64,
-        result: Result<(), BackplaneError>,
-    },
-    /// A failed shard's backoff ended: route its names again.
-    Retry { label: String },
-}
 
 /// One connection to one primary.
 struct ShardConn {
@@ -301,7 +268,19 @@ impl ShardedTask {
             .shared
             .keys
             .shard_probe(&self.shared.settings.node_id, &tag);
-        ops.push(self.connect_op(id, addr.clone(), probe_channel.clone()));
+        let handler = PushHandler {
+            conn: id,
+            probe_channel: probe_channel.clone(),
+            sink: self.sink.clone(),
+            events: self.events_tx.clone(),
+            decode_warned: self.decode_warned.clone(),
+        };
+        ops.push(connect_op(
+            self.cluster.clone(),
+            self.shared.settings.timeout,
+            addr.clone(),
+            handler,
+        ));
         ShardConn {
             id,
             addr,
@@ -601,7 +580,13 @@ impl ShardedTask {
                         // Probe at once: the shard turns healthy on its answer.
                         shard.probe_seq += 1;
                         shard.probe_sent = Some(Instant::now());
-                        let op = probe_op(shard, timeout);
+                        let op = probe_op(
+                            shard.probe_conn.clone(),
+                            shard.probe_channel.clone(),
+                            shard.probe_seq,
+                            shard.id,
+                            timeout,
+                        );
                         ops.push(op);
                     }
                     other => {
@@ -683,7 +668,13 @@ impl ShardedTask {
                 None => {
                     shard.probe_seq += 1;
                     shard.probe_sent = Some(Instant::now());
-                    ops.push(probe_op(shard, timeout));
+                    ops.push(probe_op(
+                        shard.probe_conn.clone(),
+                        shard.probe_channel.clone(),
+                        shard.probe_seq,
+                        shard.id,
+                        timeout,
+                    ));
                 }
             }
         }
@@ -729,202 +720,5 @@ impl ShardedTask {
 
     fn by_id(&mut self, id: u64) -> Option<&mut ShardConn> {
         self.shards.values_mut().find(|s| s.id == id && !s.failed)
-    }
-
-    /// Connect the pub/sub (RESP3, push handler) and probe connections.
-    fn connect_op(&self, conn: u64, addr: (String, u16), probe_channel: String) -> Op {
-        let cluster = self.cluster.clone();
-        let timeout = self.shared.settings.timeout;
-        let handler = PushHandler {
-            conn,
-            probe_channel,
-            sink: self.sink.clone(),
-            events: self.events_tx.clone(),
-            decode_warned: self.decode_warned.clone(),
-        };
-        Box::pin(async move {
-            let result = async {
-                let sub_client = cluster
-                    .node_client(&addr, ProtocolVersion::RESP3)
-                    .map_err(redis_error)?;
-                let config = cluster
-                    .conn_config()
-                    .set_push_sender(move |info: PushInfo| handler.handle(info));
-                let sub = tokio::time::timeout(
-                    timeout,
-                    sub_client.get_multiplexed_async_connection_with_config(&config),
-                )
-                .await
-                .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
-                .map_err(redis_error)?;
-                let probe_client = cluster
-                    .node_client(&addr, ProtocolVersion::RESP2)
-                    .map_err(redis_error)?;
-                let probe = tokio::time::timeout(
-                    timeout,
-                    probe_client
-                        .get_multiplexed_async_connection_with_config(&cluster.conn_config()),
-                )
-                .await
-                .map_err(|_| BackplaneError::Unavailable("connect timed out".into()))?
-                .map_err(redis_error)?;
-                Ok((sub, probe))
-            }
-            .await;
-            Done::Connected { conn, result }
-        })
-    }
-}
-
-/// Runs on the connection's driver for every push: decodes and delivers
-/// messages (never blocks), forwards the rest to the task.
-struct PushHandler {
-    conn: u64,
-    probe_channel: String,
-    sink: Arc<dyn Deliver>,
-    events: mpsc::Sender<Event>,
-    decode_warned: Arc<AtomicBool>,
-}
-
-impl PushHandler {
-    fn handle(&self, info: PushInfo) -> Result<(), ()> {
-        match info.kind {
-            PushKind::SMessage | PushKind::Message => {
-                let [channel, payload, ..] = info.data.as_slice() else {
-                    return Ok(());
-                };
-                let (Some(channel), Some(payload)) = (bytes(channel), bytes(payload)) else {
-                    return Ok(());
-                };
-                if channel == self.probe_channel.as_bytes() {
-                    if let Some(seq) = std::str::from_utf8(payload)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                    {
-                        let _ = self.events.try_send(Event::Probe {
-                            conn: self.conn,
-                            seq,
-                        });
-                    }
-                    return Ok(());
-                }
-                match codec::decode(payload) {
-                    Ok(envelope) => {
-                        metrics::counter!(METRIC_RECEIVED).increment(1);
-                        self.sink.deliver(envelope);
-                    }
-                    Err(e) => {
-                        metrics::counter!(METRIC_ERRORS, "op" => "decode").increment(1);
-                        let channel = String::from_utf8_lossy(channel);
-                        if self.decode_warned.swap(true, Ordering::Relaxed) {
-                            tracing::debug!(%channel, error = %e, "undecodable message");
-                        } else {
-                            tracing::warn!(%channel, error = %e, "undecodable message on Redis (further ones logged at debug)");
-                        }
-                    }
-                }
-            }
-            PushKind::SUnsubscribe => {
-                if let Some(name) = info.data.first().and_then(bytes) {
-                    let name = String::from_utf8_lossy(name).into_owned();
-                    let _ = self.events.try_send(Event::SUnsubscribe {
-                        conn: self.conn,
-                        name,
-                    });
-                }
-            }
-            PushKind::Disconnection => {
-                let _ = self
-                    .events
-                    .try_send(Event::Disconnected { conn: self.conn });
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-fn bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
-fn is_name(v: &Value, name: &str) -> bool {
-    bytes(v) == Some(name.as_bytes())
-}
-
-fn is_connection_error(e: &::redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
-}
-
-fn subscribe_op(conn: &MultiplexedConnection, id: u64, name: String, op: u64) -> Op {
-    let mut conn = conn.clone();
-    Box::pin(async move {
-        let mut cmd = ::redis::cmd("SSUBSCRIBE");
-        cmd.arg(&name);
-        let result = conn.send_packed_command(&cmd).await;
-        Done::Subscribed {
-            conn: id,
-            name,
-            op,
-            result,
-        }
-    })
-}
-
-fn probe_subscribe_op(conn: &MultiplexedConnection, id: u64, name: String) -> Op {
-    let mut conn = conn.clone();
-    Box::pin(async move {
-        let mut cmd = ::redis::cmd("SSUBSCRIBE");
-        cmd.arg(&name);
-        let result = conn.send_packed_command(&cmd).await;
-        Done::ProbeSubscribed { conn: id, result }
-    })
-}
-
-fn unsubscribe_op(conn: &MultiplexedConnection, id: u64, name: String) -> Op {
-    let mut conn = conn.clone();
-    Box::pin(async move {
-        let mut cmd = ::redis::cmd("SUNSUBSCRIBE");
-        cmd.arg(&name);
-        let result = conn.send_packed_command(&cmd).await;
-        Done::Unsubscribed { conn: id, result }
-    })
-}
-
-fn probe_op(shard: &ShardConn, timeout: Duration) -> Op {
-    let conn = shard.probe_conn.clone();
-    let channel = shard.probe_channel.clone();
-    let seq = shard.probe_seq;
-    let id = shard.id;
-    Box::pin(async move {
-        let result = match conn {
-            None => Err(BackplaneError::Unavailable("no probe connection".into())),
-            Some(mut conn) => {
-                let mut cmd = ::redis::cmd(SPUB_COMMAND);
-                cmd.arg(&channel).arg(seq);
-                match tokio::time::timeout(timeout, cmd.query_async::<i64>(&mut conn)).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(redis_error(e)),
-                    Err(_) => Err(BackplaneError::Unavailable("probe timed out".into())),
-                }
-            }
-        };
-        if result.is_err() {
-            metrics::counter!(METRIC_ERRORS, "op" => "probe").increment(1);
-        }
-        Done::Probed { conn: id, result }
-    })
-}
-
-/// Poll an op once, which hands its command to the connection now (in
-/// command order), then keep it to await the reply.
-async fn enqueue(ops: &mut FuturesUnordered<Op>, mut op: Op) {
-    match futures_util::poll!(op.as_mut()) {
-        Poll::Ready(done) => ops.push(Box::pin(std::future::ready(done))),
-        Poll::Pending => ops.push(op),
     }
 }
