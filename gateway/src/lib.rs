@@ -27,3 +27,4 @@ pub mod ratelimit;
 pub mod redis;
 pub mod server;
 pub mod shutdown;
+pub mod webhooks;

@@ -71,6 +71,8 @@ pub struct Node {
     pub fanout: Option<Arc<FanOut>>,
     /// This node's join/leave events, coalesced.
     pub join_leave: Arc<JoinLeave>,
+    /// Webhook events to the application backend.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     memory_history: Option<Arc<MemoryHistory>>,
     draining: AtomicBool,
     slots: AtomicUsize,
@@ -145,6 +147,7 @@ impl Node {
             shutdown,
             fanout,
             join_leave,
+            webhooks: Arc::new(crate::webhooks::Webhooks::disabled()),
             memory_history: backends.memory_history,
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
