@@ -32,34 +32,40 @@
 //!   readiness: one shard down does not take the node out of service) and
 //!   bumps its generation whenever a shard connection comes up (that
 //!   shard may have lost presence entries: the node re-writes them).
+//!
+//! Jobs: this file (the task: its loop, routing, slot-map changes, push
+//! events); `shard` (one shard connection's state); `lifecycle` (opening,
+//! failing and closing shard connections); `done` (the finished round
+//! trips); `health` (the probes, the link's readiness); `ops` (the round
+//! trips); `push` (the push handler).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{ErrorKind, PushKind, Value};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::cluster::Cluster;
 use super::interest::{Change, Registry};
-use super::slots::{slot, tag_for, SlotMap};
-use super::{Shared, METRIC_ERRORS, METRIC_PROBE_FAILURES, METRIC_RECONNECTS};
+use super::slots::{slot, SlotMap};
+use super::Shared;
 use crate::backplane::Deliver;
 
+mod done;
+mod health;
+mod lifecycle;
 mod ops;
 mod push;
+mod shard;
 
-use self::ops::{
-    connect_op, enqueue, is_connection_error, is_name, probe_op, probe_subscribe_op, subscribe_op,
-    unsubscribe_op, Done, Op,
-};
-use self::push::{Event, PushHandler};
+use self::ops::{enqueue, subscribe_op, unsubscribe_op, Op};
+use self::push::Event;
+use self::shard::ShardConn;
 
 /// Metric: pub/sub names resubscribed after a slot moved or a shard
 /// connection was lost, by `reason` (counter).
@@ -81,28 +87,6 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// disconnections); a full queue drops the event (the probe still
 /// catches a lost connection).
 const EVENTS: usize = 4096;
-
-/// One connection to one primary.
-struct ShardConn {
-    id: u64,
-    addr: (String, u16),
-    label: String,
-    /// Set once connected.
-    conn: Option<MultiplexedConnection>,
-    probe_conn: Option<MultiplexedConnection>,
-    probe_channel: String,
-    probe_subscribed: bool,
-    probe_seq: u64,
-    probe_sent: Option<Instant>,
-    healthy: bool,
-    /// Names routed here (sent or waiting for the connection), by the op
-    /// of their SUBSCRIBE.
-    names: HashMap<String, u64>,
-    /// SUNSUBSCRIBEs sent whose push has not come back yet.
-    unsub_expected: HashMap<String, u32>,
-    /// Failed and waiting for its backoff (no connection).
-    failed: bool,
-}
 
 /// The cluster-mode subscriber task (see the module docs).
 pub(crate) struct ShardedTask {
@@ -252,132 +236,6 @@ impl ShardedTask {
         }
     }
 
-    /// A new shard connection (connecting in the background).
-    fn open(
-        &mut self,
-        addr: (String, u16),
-        label: String,
-        ops: &mut FuturesUnordered<Op>,
-    ) -> ShardConn {
-        self.next_conn += 1;
-        let id = self.next_conn;
-        let map = self.map.borrow().clone();
-        let owner = map.shards.iter().find(|s| s.addr == addr);
-        let tag = tag_for(self.seed, |s| owner.is_none_or(|o| o.owns(s))).unwrap_or_default();
-        let probe_channel = self
-            .shared
-            .keys
-            .shard_probe(&self.shared.settings.node_id, &tag);
-        let handler = PushHandler {
-            conn: id,
-            probe_channel: probe_channel.clone(),
-            sink: self.sink.clone(),
-            events: self.events_tx.clone(),
-            decode_warned: self.decode_warned.clone(),
-        };
-        ops.push(connect_op(
-            self.cluster.clone(),
-            self.shared.settings.timeout,
-            addr.clone(),
-            handler,
-        ));
-        ShardConn {
-            id,
-            addr,
-            label,
-            conn: None,
-            probe_conn: None,
-            probe_channel,
-            probe_subscribed: false,
-            probe_seq: 0,
-            probe_sent: None,
-            healthy: false,
-            names: HashMap::new(),
-            unsub_expected: HashMap::new(),
-            failed: false,
-        }
-    }
-
-    /// Close shard connections that carry no name any more.
-    fn close_idle(&mut self) {
-        let idle: Vec<String> = self
-            .shards
-            .iter()
-            .filter(|(_, s)| s.names.is_empty() && !s.failed)
-            .map(|(l, _)| l.clone())
-            .collect();
-        for label in idle {
-            self.shards.remove(&label);
-            self.cluster.set_down(&label, false);
-            metrics::gauge!(METRIC_SHARD_UP, "shard" => label.clone()).set(0.0);
-            tracing::debug!(shard = %label, "Redis shard pub/sub connection closed (no names left)");
-        }
-    }
-
-    /// Drop shard connection `label` after a failure: its names go back to
-    /// the registry to be routed anew (counted under `reason`), the shard
-    /// is marked down until a new connection to it passes its probe.
-    async fn fail(
-        &mut self,
-        label: &str,
-        reason: &'static str,
-        why: String,
-        ops: &mut FuturesUnordered<Op>,
-    ) {
-        let Some(shard) = self.shards.remove(label) else {
-            return;
-        };
-        self.cluster.set_down(label, true);
-        metrics::gauge!(METRIC_SHARD_UP, "shard" => label.to_owned()).set(0.0);
-        if shard.conn.is_some() {
-            metrics::counter!(METRIC_RECONNECTS).increment(1);
-            tracing::warn!(shard = %label, reason, error = %why, names = shard.names.len(), "Redis shard pub/sub connection lost; resubscribing");
-        } else {
-            metrics::counter!(METRIC_ERRORS, "op" => "connect").increment(1);
-            tracing::debug!(shard = %label, error = %why, "cannot connect Redis shard pub/sub; retrying");
-        }
-        self.shared.target.suspect();
-        let mut resubscribed = 0u64;
-        for (name, op) in shard.names {
-            if self.registry.lost_op(&name, op) {
-                resubscribed += 1;
-            }
-        }
-        if shard.conn.is_some() && resubscribed > 0 {
-            metrics::counter!(METRIC_RESUBSCRIBES, "reason" => reason).increment(resubscribed);
-        }
-        // Routed again after a backoff, so a dead primary is not hammered;
-        // meanwhile names routed to it wait in a stand-in.
-        let pause = self.backoff.entry(label.to_owned()).or_default().next();
-        let label = label.to_owned();
-        let placeholder = self.open_placeholder(shard.addr, label.clone());
-        self.shards.insert(label.clone(), placeholder);
-        ops.push(Box::pin(async move {
-            tokio::time::sleep(pause).await;
-            Done::Retry { label }
-        }));
-    }
-
-    /// A failed shard's stand-in while it backs off: names routed to it
-    /// wait there (parked) until the retry.
-    fn open_placeholder(&self, addr: (String, u16), label: String) -> ShardConn {
-        ShardConn {
-            id: 0,
-            addr,
-            label,
-            conn: None,
-            probe_conn: None,
-            probe_channel: String::new(),
-            probe_subscribed: false,
-            probe_seq: 0,
-            probe_sent: None,
-            healthy: false,
-            names: HashMap::new(),
-            unsub_expected: HashMap::new(),
-            failed: true,
-        }
-    }
-
     async fn on_map(&mut self, ops: &mut FuturesUnordered<Op>) {
         let map = self.map.borrow_and_update().clone();
         // Down marks of shards this node no longer talks to are stale.
@@ -424,23 +282,7 @@ impl ShardedTask {
 
     async fn on_event(&mut self, event: Event, ops: &mut FuturesUnordered<Op>) {
         match event {
-            Event::Probe { conn, seq } => {
-                let Some(shard) = self.by_id(conn) else {
-                    return;
-                };
-                if shard.probe_sent.is_some() && shard.probe_seq == seq {
-                    shard.probe_sent = None;
-                    if !shard.healthy {
-                        shard.healthy = true;
-                        let label = shard.label.clone();
-                        self.cluster.set_down(&label, false);
-                        metrics::gauge!(METRIC_SHARD_UP, "shard" => label.clone()).set(1.0);
-                        self.backoff.remove(&label);
-                        self.shared.link.bump();
-                        tracing::info!(shard = %label, "Redis shard pub/sub healthy");
-                    }
-                }
-            }
+            Event::Probe { conn, seq } => self.on_probe(conn, seq),
             Event::SUnsubscribe { conn, name } => {
                 let Some(shard) = self.by_id(conn) else {
                     return;
@@ -478,243 +320,6 @@ impl ShardedTask {
                         .await;
                 }
             }
-        }
-    }
-
-    async fn on_done(&mut self, done: Done, ops: &mut FuturesUnordered<Op>) {
-        match done {
-            Done::Connected { conn, result } => {
-                let Some(label) = self.by_id(conn).map(|s| s.label.clone()) else {
-                    return;
-                };
-                match result {
-                    Err(e) => {
-                        self.fail(&label, "connection_lost", e.to_string(), ops)
-                            .await
-                    }
-                    Ok((sub, probe)) => {
-                        let Some(shard) = self.shards.get_mut(&label) else {
-                            return;
-                        };
-                        enqueue(
-                            ops,
-                            probe_subscribe_op(&sub, shard.id, shard.probe_channel.clone()),
-                        )
-                        .await;
-                        let names: Vec<(String, u64)> =
-                            shard.names.iter().map(|(n, o)| (n.clone(), *o)).collect();
-                        for (name, op) in names {
-                            enqueue(ops, subscribe_op(&sub, shard.id, name, op)).await;
-                        }
-                        shard.conn = Some(sub);
-                        shard.probe_conn = Some(probe);
-                        if self.ever_up {
-                            tracing::info!(shard = %label, names = shard.names.len(), "Redis shard pub/sub connected");
-                        }
-                    }
-                }
-            }
-            Done::Subscribed {
-                conn,
-                name,
-                op,
-                result,
-            } => {
-                let Some(label) = self.by_id(conn).map(|s| s.label.clone()) else {
-                    return;
-                };
-                match result {
-                    Ok(Value::Push {
-                        kind: PushKind::SSubscribe,
-                        data,
-                    }) if data.first().is_some_and(|v| is_name(v, &name)) => {
-                        if self.shards.get(&label).and_then(|s| s.names.get(&name)) == Some(&op) {
-                            self.registry.confirmed(&name, op);
-                        }
-                    }
-                    Err(e) if matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask) => {
-                        if let Some(shard) = self.shards.get_mut(&label) {
-                            shard.names.remove(&name);
-                        }
-                        if let Some((host, _slot)) = e.redirect_node() {
-                            if let Some((h, p)) = host.rsplit_once(':') {
-                                if let Ok(p) = p.parse::<u16>() {
-                                    self.redirects.insert(
-                                        name.clone(),
-                                        (h.trim_matches(['[', ']']).to_owned(), p),
-                                    );
-                                }
-                            }
-                        }
-                        self.shared.target.suspect();
-                        if self.registry.lost_op(&name, op) {
-                            metrics::counter!(METRIC_RESUBSCRIBES, "reason" => "moved")
-                                .increment(1);
-                        }
-                        self.reconcile(ops).await;
-                    }
-                    Err(e) if is_connection_error(&e) => {
-                        self.fail(&label, "connection_lost", e.to_string(), ops)
-                            .await;
-                    }
-                    other => {
-                        let why = format!("SSUBSCRIBE {name}: unexpected reply {other:?}");
-                        self.fail(&label, "desync", why, ops).await;
-                    }
-                }
-            }
-            Done::ProbeSubscribed { conn, result } => {
-                let timeout = self.shared.settings.timeout;
-                let Some(shard) = self.by_id(conn) else {
-                    return;
-                };
-                match result {
-                    Ok(Value::Push {
-                        kind: PushKind::SSubscribe,
-                        data,
-                    }) if data
-                        .first()
-                        .is_some_and(|v| is_name(v, &shard.probe_channel)) =>
-                    {
-                        shard.probe_subscribed = true;
-                        // Probe at once: the shard turns healthy on its answer.
-                        shard.probe_seq += 1;
-                        shard.probe_sent = Some(Instant::now());
-                        let op = probe_op(
-                            shard.probe_conn.clone(),
-                            shard.probe_channel.clone(),
-                            shard.probe_seq,
-                            shard.id,
-                            timeout,
-                        );
-                        ops.push(op);
-                    }
-                    other => {
-                        let label = shard.label.clone();
-                        let reason = match &other {
-                            Err(e) if matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask) => {
-                                "moved"
-                            }
-                            Err(e) if is_connection_error(e) => "connection_lost",
-                            _ => "desync",
-                        };
-                        self.fail(&label, reason, format!("probe SSUBSCRIBE: {other:?}"), ops)
-                            .await;
-                    }
-                }
-            }
-            Done::Unsubscribed { conn, result } => match result {
-                Ok(Value::Push {
-                    kind: PushKind::SUnsubscribe,
-                    ..
-                }) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::Moved | ErrorKind::Ask) => {}
-                other => {
-                    if let Some(label) = self.by_id(conn).map(|s| s.label.clone()) {
-                        let reason = match &other {
-                            Err(e) if is_connection_error(e) => "connection_lost",
-                            _ => "desync",
-                        };
-                        self.fail(&label, reason, format!("SUNSUBSCRIBE: {other:?}"), ops)
-                            .await;
-                    }
-                }
-            },
-            Done::Probed { conn, result } => {
-                if let Err(e) = result {
-                    let Some(shard) = self.by_id(conn) else {
-                        return;
-                    };
-                    if shard.healthy {
-                        shard.healthy = false;
-                        let label = shard.label.clone();
-                        self.cluster.set_down(&label, true);
-                        metrics::gauge!(METRIC_SHARD_UP, "shard" => label.clone()).set(0.0);
-                        tracing::warn!(shard = %label, error = %e, "Redis shard probe cannot be published; shard down");
-                    }
-                }
-            }
-            Done::Retry { label } => {
-                let failed = self.shards.get(&label).is_some_and(|s| s.failed);
-                if failed {
-                    if let Some(placeholder) = self.shards.remove(&label) {
-                        for (name, op) in placeholder.names {
-                            self.registry.lost_op(&name, op);
-                        }
-                    }
-                }
-                self.reconcile(ops).await;
-            }
-        }
-    }
-
-    async fn on_tick(&mut self, ops: &mut FuturesUnordered<Op>) {
-        let timeout = self.shared.settings.timeout;
-        let probe_timeout = (PROBE_INTERVAL * 3).max(self.shared.settings.timeout * 2);
-        let mut overdue = Vec::new();
-        for shard in self.shards.values_mut() {
-            if shard.conn.is_none() || !shard.probe_subscribed {
-                continue;
-            }
-            match shard.probe_sent {
-                Some(sent) if sent.elapsed() > probe_timeout => overdue.push(shard.label.clone()),
-                Some(sent) if sent.elapsed() > PROBE_INTERVAL * 2 && shard.healthy => {
-                    // Late: refuse this shard's publishes until it answers.
-                    shard.healthy = false;
-                    self.cluster.set_down(&shard.label, true);
-                    metrics::gauge!(METRIC_SHARD_UP, "shard" => shard.label.clone()).set(0.0);
-                }
-                Some(_) => {}
-                None => {
-                    shard.probe_seq += 1;
-                    shard.probe_sent = Some(Instant::now());
-                    ops.push(probe_op(
-                        shard.probe_conn.clone(),
-                        shard.probe_channel.clone(),
-                        shard.probe_seq,
-                        shard.id,
-                        timeout,
-                    ));
-                }
-            }
-        }
-        for label in overdue {
-            metrics::counter!(METRIC_PROBE_FAILURES).increment(1);
-            self.fail(
-                &label,
-                "probe",
-                "liveness probe did not come back".into(),
-                ops,
-            )
-            .await;
-        }
-    }
-
-    /// Connected and healthy while the node's own topics are subscribed on
-    /// healthy shards.
-    fn update_link(&mut self) {
-        let served = self.fixed.iter().all(|name| {
-            self.registry.is_active(name)
-                && self
-                    .shards
-                    .values()
-                    .any(|s| s.healthy && s.names.contains_key(name))
-        });
-        let link = &self.shared.link;
-        if served && !link.is_connected() {
-            link.set_served(true);
-            if self.ever_up {
-                tracing::info!("Redis Cluster pub/sub serves this node's topics again");
-            } else {
-                tracing::info!(
-                    shards = self.shards.len(),
-                    "Redis Cluster pub/sub connected"
-                );
-            }
-            self.ever_up = true;
-        } else if !served && link.is_connected() {
-            link.set_served(false);
-            tracing::warn!("Redis Cluster pub/sub lost a shard carrying this node's topics; unhealthy until it is back");
         }
     }
 
