@@ -492,8 +492,21 @@ async fn primary_killed_under_load(topology: Option<Topology>) -> Result<()> {
         )
         .await?;
     }
-    // Let it run on the new primary for a while, then stop.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let every channel run on the new topology for a while (each gets 20
+    // more acknowledged publishes), then stop.
+    let base: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    tests::eventually(
+        tests::EVENTUALLY,
+        "every channel acknowledged 20 more publishes",
+        || {
+            let more = acked
+                .iter()
+                .zip(&base)
+                .all(|(a, b)| a.load(Ordering::Relaxed) >= b + 20);
+            async move { more }
+        },
+    )
+    .await?;
     stop_publishers.store(true, Ordering::Relaxed);
     let mut sent: HashMap<String, Vec<Sent>> = HashMap::new();
     for (ch, handle) in publishers {
