@@ -470,6 +470,11 @@ mod tests {
             hex,
             "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
         );
+        // The vector docs/backend.md's Python and Node snippets compute.
+        assert_eq!(
+            signature(&key, "1700000000000", br#"{"events":[]}"#),
+            "sha256=3370e449c8aa4b1816f06780f8cbf8d0ebc7865f656a7f66332720a5fa026f04"
+        );
         let a = signature(&key, "1700000000000", br#"{"events":[]}"#);
         let b = signature(&key, "1700000000001", br#"{"events":[]}"#);
         assert_ne!(a, b, "the timestamp is signed");
