@@ -464,6 +464,15 @@ async fn a_full_queue_keeps_exactly_the_bound_and_counts_the_rest_as_dropped() -
         seqs(&dedupe(e)).len() >= 20
     })
     .await?;
+    // Filtered out by webhook_events: a close is not even counted.
+    let mut other = gw.connect_user("gina2").await?;
+    other.close_handshake(1000, "bye").await?;
+    eventually(EVENTUALLY, "the other connection is gone", || async {
+        tests::metric(&gw.api(), "gateway_connections")
+            .await
+            .is_ok_and(|n| n == 1.0)
+    })
+    .await?;
     // A marker after them: once it is in, nothing else is coming.
     c.publish("hooked:q", json!({"seq": 999})).await?;
     let events = sink
@@ -486,6 +495,59 @@ async fn a_full_queue_keeps_exactly_the_bound_and_counts_the_rest_as_dropped() -
         .await?
             == 31.0
     );
+    ensure!(
+        of_name(&events, "connection_closed").is_empty(),
+        "{events:#?}"
+    );
+    ensure!(
+        labelled(
+            &gw,
+            "gateway_webhook_events_total",
+            "name",
+            "connection_closed"
+        )
+        .await?
+            == 0.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_byte_bound_drops_large_events_that_do_not_fit() -> Result<()> {
+    let mut sink = WebhookSink::start().await?;
+    let gw = builder("webhooks_queue_bytes", &sink)
+        .env("GATEWAY_WEBHOOK_QUEUE_BYTES", 1 << 20)
+        .env("GATEWAY_WEBHOOK_EVENTS", "client_publish")
+        .spawn()
+        .await?;
+    let mut c = gw.connect_user("lee").await?;
+    sink.stop().await?;
+    let pad = "x".repeat(60_000);
+    let total = 25u64;
+    for seq in 0..total {
+        c.publish("hooked:big", json!({"seq": seq, "pad": pad}))
+            .await?;
+    }
+    let dropped = labelled(
+        &gw,
+        "gateway_webhook_events_dropped_total",
+        "reason",
+        "queue_full",
+    )
+    .await?;
+    let held = gauge(&gw, "gateway_webhook_queue_events").await?;
+    ensure!(
+        (15.0..=17.0).contains(&held) && held + dropped == total as f64,
+        "1 MiB holds at most 17 events of 60 kB: held {held}, dropped {dropped}"
+    );
+    sink.restart().await?;
+    let events = sink
+        .wait_events(EVENTUALLY, "the held events", |e| {
+            seqs(&dedupe(e)).len() >= held as usize
+        })
+        .await?;
+    let want: Vec<u64> = (0..held as u64).collect();
+    ensure!(seqs(&dedupe(&events)) == want, "the first ones, in order");
     Ok(())
 }
 

@@ -252,6 +252,11 @@ pub struct Settings {
     /// events are dropped and counted. Default 10000.
     #[arg(long, env = "GATEWAY_WEBHOOK_QUEUE_SIZE")]
     pub webhook_queue_size: Option<usize>,
+    /// Max bytes of undelivered events held (their strings and data plus
+    /// ~160 bytes each); past it new events are dropped and counted.
+    /// Default 67108864 (64 MiB).
+    #[arg(long, env = "GATEWAY_WEBHOOK_QUEUE_BYTES")]
+    pub webhook_queue_bytes: Option<usize>,
     /// Timeout of one webhook request, ms. Default 5000.
     #[arg(long, env = "GATEWAY_WEBHOOK_TIMEOUT_MS")]
     pub webhook_timeout_ms: Option<u64>,

@@ -41,6 +41,9 @@ pub struct WebhookConfig {
     pub batch_max_wait: Duration,
     /// Max events held (queued plus the batch in flight). Default 10000.
     pub queue_size: usize,
+    /// Max bytes of held events ([`crate::webhooks::Event::weight`]).
+    /// Default 64 MiB.
+    pub queue_bytes: usize,
     /// Timeout of one request. Default 5 s.
     pub timeout: Duration,
     /// First retry delay (doubled per failure, jittered). Default 100 ms.
@@ -64,6 +67,7 @@ impl fmt::Debug for WebhookConfig {
             .field("batch_max_events", &self.batch_max_events)
             .field("batch_max_wait", &self.batch_max_wait)
             .field("queue_size", &self.queue_size)
+            .field("queue_bytes", &self.queue_bytes)
             .field("timeout", &self.timeout)
             .field("retry_initial", &self.retry_initial)
             .field("retry_max", &self.retry_max)
@@ -94,6 +98,7 @@ impl Default for WebhookConfig {
             batch_max_events: 100,
             batch_max_wait: Duration::from_millis(100),
             queue_size: 10_000,
+            queue_bytes: 64 << 20,
             timeout: Duration::from_secs(5),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
@@ -210,6 +215,13 @@ impl WebhookConfig {
             10_000_000,
             "webhook_queue_size",
         )?;
+        let queue_bytes = range(
+            pick!(webhook_queue_bytes),
+            64 << 20,
+            1 << 20,
+            1 << 40,
+            "webhook_queue_bytes",
+        )?;
         let timeout = ms_range(
             pick!(webhook_timeout_ms),
             5_000,
@@ -258,6 +270,7 @@ impl WebhookConfig {
             batch_max_events,
             batch_max_wait,
             queue_size,
+            queue_bytes,
             timeout,
             retry_initial,
             retry_max,
@@ -319,6 +332,7 @@ mod tests {
         assert_eq!(c.batch_max_events, 100);
         assert_eq!(c.batch_max_wait, Duration::from_millis(100));
         assert_eq!(c.queue_size, 10_000);
+        assert_eq!(c.queue_bytes, 64 << 20);
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.retry_initial, Duration::from_millis(100));
         assert_eq!(c.retry_max, Duration::from_secs(10));
@@ -341,6 +355,8 @@ mod tests {
         assert!(e.contains("`webhook_batch_max_events`"), "{e}");
         let e = err(&[URL, SECRET, "--webhook-queue-size=0"]);
         assert!(e.contains("`webhook_queue_size`"), "{e}");
+        let e = err(&[URL, SECRET, "--webhook-queue-bytes=1000"]);
+        assert!(e.contains("`webhook_queue_bytes`"), "{e}");
         let e = err(&[
             URL,
             SECRET,

@@ -223,18 +223,20 @@ impl Delivery {
                 break;
             }
             let delivered = self.deliver(&batch).await;
-            self.held.release(batch.len());
+            self.held
+                .release(batch.len(), batch.iter().map(|e| e.weight).sum());
             if !delivered {
                 break;
             }
         }
         // Closed first, so no emit queues behind the last look.
         self.rx.close();
-        let mut left = 0;
-        while self.rx.try_recv().is_ok() {
+        let (mut left, mut weight) = (0, 0);
+        while let Ok(e) = self.rx.try_recv() {
             left += 1;
+            weight += e.weight;
         }
-        self.held.release(left);
+        self.held.release(left, weight);
         let lost = left + if batch.is_empty() { 0 } else { batch.len() };
         if self.flush_deadline.is_some() && lost > 0 {
             tracing::warn!(

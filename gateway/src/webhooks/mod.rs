@@ -8,10 +8,11 @@
 //! and never fails the client's op: it stamps the event with a unique id
 //! and its time and puts it in a bounded queue, or drops it (counted in
 //! `gateway_webhook_events_dropped_total{reason="queue_full"}`) when the
-//! queue holds `webhook_queue_size` undelivered events.
+//! queue holds `webhook_queue_size` undelivered events or
+//! `webhook_queue_bytes` of them.
 //!
-//! Invariants: the count of held events (queued plus the batch in flight)
-//! never exceeds the bound; events leave the node in emit order, one batch
+//! Invariants: the count and the bytes of held events (queued plus the
+//! batch in flight) never exceed their bounds; events leave the node in emit order, one batch
 //! at a time; an event is delivered at least once unless it is counted as
 //! dropped (queue full, rejected by the endpoint, shutdown flush ran out) or
 //! the process dies with it queued.
@@ -111,7 +112,35 @@ impl Event {
     pub fn name(&self) -> &'static str {
         Self::NAMES[self.index()]
     }
+
+    /// Roughly the bytes this event holds (and adds to a request body): its
+    /// strings and data plus a fixed overhead for the id, time and JSON.
+    pub fn weight(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        OVERHEAD
+            + match self {
+                Event::ChannelOccupied { channel } | Event::ChannelVacated { channel } => {
+                    channel.len()
+                }
+                Event::MemberAdded { channel, user } | Event::MemberRemoved { channel, user } => {
+                    channel.len() + user.len()
+                }
+                Event::ClientPublish {
+                    channel,
+                    user,
+                    conn,
+                    data,
+                } => channel.len() + opt(user) + conn.len() + data.get().len(),
+                Event::ConnectionClosed {
+                    conn, user, reason, ..
+                } => conn.len() + opt(user) + reason.len(),
+            }
+    }
 }
+
+/// [`Event::weight`]'s fixed part: the `Stamped` wrapper, the id, field
+/// names and punctuation.
+const OVERHEAD: usize = 160;
 
 /// A set of event names (`webhook_events`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +183,9 @@ pub struct Stamped {
     pub id: String,
     /// Unix milliseconds when the event was emitted.
     pub time_ms: u64,
+    /// [`Event::weight`], counted against `webhook_queue_bytes`.
+    #[serde(skip)]
+    pub weight: usize,
 }
 
 /// Errors starting the webhook sender.
@@ -164,19 +196,38 @@ pub enum WebhookError {
     Client(String),
 }
 
-/// The count of held events (queued plus in flight) against the bound,
-/// shared by the emitters and the delivery task. Mirrored in the
-/// `gateway_webhook_queue_events` gauge.
+/// The count and bytes of held events (queued plus in flight) against
+/// their bounds, shared by the emitters and the delivery task. The count is
+/// mirrored in the `gateway_webhook_queue_events` gauge.
 pub(crate) struct Held {
     count: AtomicUsize,
     bound: usize,
+    bytes: AtomicUsize,
+    max_bytes: usize,
     gauge: metrics::Gauge,
 }
 
 impl Held {
-    /// Take a place; false when `bound` events are held already.
-    fn take(&self) -> bool {
+    fn new(bound: usize, max_bytes: usize) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            bound,
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+            gauge: metrics::gauge!(m::WEBHOOK_QUEUE),
+        }
+    }
+
+    /// Take a place for an event of `weight` bytes; false when `bound`
+    /// events or `max_bytes` are held already.
+    fn take(&self, weight: usize) -> bool {
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.bound {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let before = self.bytes.fetch_add(weight, Ordering::AcqRel);
+        if before.saturating_add(weight) > self.max_bytes {
+            self.bytes.fetch_sub(weight, Ordering::AcqRel);
             self.count.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
@@ -184,8 +235,10 @@ impl Held {
         true
     }
 
-    /// Give back `n` places (delivered, rejected or dropped).
-    pub(crate) fn release(&self, n: usize) {
+    /// Give back `n` places of `weight` bytes in all (delivered, rejected
+    /// or dropped).
+    pub(crate) fn release(&self, n: usize, weight: usize) {
+        self.bytes.fetch_sub(weight, Ordering::AcqRel);
         self.count.fetch_sub(n, Ordering::AcqRel);
         self.gauge.decrement(n as f64);
     }
@@ -235,11 +288,7 @@ impl Webhooks {
         let (Some(url), Some(secret)) = (&config.url, &config.secret) else {
             return Ok(Self::disabled());
         };
-        let held = Arc::new(Held {
-            count: AtomicUsize::new(0),
-            bound: config.queue_size,
-            gauge: metrics::gauge!(m::WEBHOOK_QUEUE),
-        });
+        let held = Arc::new(Held::new(config.queue_size, config.queue_bytes));
         held.gauge.set(0.0);
         // The queue never holds more than `held` allows: `try_send` finds
         // room whenever `Held::take` did.
@@ -296,7 +345,8 @@ impl Webhooks {
             return;
         }
         s.emitted[index].increment(1);
-        if !s.held.take() {
+        let weight = event.weight();
+        if !s.held.take(weight) {
             s.queue_full.increment(1);
             return;
         }
@@ -305,11 +355,12 @@ impl Webhooks {
             event,
             id: format!("{}{n}", s.id_prefix),
             time_ms: crate::clock::now_ms(),
+            weight,
         };
         // Full cannot happen (see `start`); closed: the delivery task has
         // finished its shutdown flush.
         if s.tx.try_send(stamped).is_err() {
-            s.held.release(1);
+            s.held.release(1, weight);
             s.closed.increment(1);
         }
     }
@@ -399,6 +450,7 @@ mod tests {
             },
             id: "n1:0000abcd:7".into(),
             time_ms: 42,
+            weight: 1,
         };
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(
@@ -436,11 +488,7 @@ mod tests {
             queue_size: 3,
             ..WebhookConfig::default()
         };
-        let held = Arc::new(Held {
-            count: AtomicUsize::new(0),
-            bound: config.queue_size,
-            gauge: metrics::gauge!(m::WEBHOOK_QUEUE),
-        });
+        let held = Arc::new(Held::new(config.queue_size, 1 << 20));
         let (tx, mut rx) = mpsc::channel(config.queue_size);
         let hooks = Webhooks {
             sender: Some(Sender {
@@ -465,9 +513,28 @@ mod tests {
         // Taken out of the queue but not yet delivered: still held.
         hooks.emit(closed(9));
         assert!(rx.try_recv().is_err());
-        held.release(3);
+        let weight: usize = got.iter().map(|s| s.weight).sum();
+        held.release(3, weight);
         hooks.emit(closed(10));
-        assert_eq!(rx.try_recv().unwrap().id, "n1:00000001:4");
+        let fourth = rx.try_recv().unwrap();
+        assert_eq!(fourth.id, "n1:00000001:4");
+        held.release(1, fourth.weight);
+        assert_eq!(held.bytes.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn held_bytes_bound_refuses_what_does_not_fit() {
+        let held = Held::new(100, 1000);
+        assert!(held.take(600));
+        assert!(!held.take(500), "1100 bytes > 1000");
+        assert!(held.take(400));
+        assert!(!held.take(1));
+        held.release(1, 600);
+        assert!(held.take(600));
+        assert_eq!(held.count.load(Ordering::Acquire), 2);
+        assert!(!Held::new(10, 100).take(101), "larger than the whole bound");
+        let e = closed(1);
+        assert!(e.weight() >= OVERHEAD + "c1".len() + "normal".len());
     }
 
     #[test]
