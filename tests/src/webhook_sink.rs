@@ -55,6 +55,21 @@ impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
+
+    /// A short description for failure messages: status, the gateway's
+    /// headers, the event count and the body's first 200 bytes.
+    pub fn summary(&self) -> String {
+        let head = String::from_utf8_lossy(&self.body[..self.body.len().min(200)]).into_owned();
+        format!(
+            "status {} timestamp {:?} signature {:?} node {:?}, {} events, {} body bytes: {head}...",
+            self.status,
+            self.header("x-gateway-timestamp"),
+            self.header("x-gateway-signature"),
+            self.header("x-gateway-node"),
+            self.events().len(),
+            self.body.len()
+        )
+    }
 }
 
 #[derive(Default)]
@@ -200,7 +215,14 @@ impl WebhookSink {
             std::future::ready(check(&events).then_some(events))
         })
         .await;
-        got.with_context(|| format!("events received: {:#?}", self.events()))
+        got.with_context(|| {
+            let seen: Vec<String> = self
+                .events()
+                .iter()
+                .map(|e| format!("{} {} seq={}", e["name"], e["id"], e["data"]["seq"]))
+                .collect();
+            format!("events received (name, id, data.seq): {seen:#?}")
+        })
     }
 }
 

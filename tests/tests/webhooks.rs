@@ -183,10 +183,15 @@ async fn connection_closed_reports_each_connection_with_its_code_and_reason() ->
     }
     // Every request: signed, JSON, from this node.
     for r in sink.received() {
-        ensure!(verify(SECRET, &r), "signature does not verify: {r:?}");
+        ensure!(
+            verify(SECRET, &r),
+            "signature does not verify: {}",
+            r.summary()
+        );
         ensure!(
             r.header("content-type") == Some("application/json"),
-            "{r:?}"
+            "{}",
+            r.summary()
         );
         ensure!(r.json["node"] == normal.node(), "{}", r.json);
         ensure!(r.header("x-gateway-node") == Some(normal.node().as_str()));
@@ -322,13 +327,16 @@ async fn signature_verifies_with_the_secret_only_and_ids_are_unique() -> Result<
             .as_millis(),
     )?);
     for r in &received {
-        ensure!(verify(SECRET, r), "verifies with the secret: {r:?}");
+        ensure!(
+            verify(SECRET, r),
+            "verifies with the secret: {}",
+            r.summary()
+        );
         ensure!(
             !verify("webhook-test-secret-0123456780", r),
             "must not verify with another secret"
         );
         let mut tampered = r.clone();
-        tampered.body = axum::body::Bytes::from(r.body.to_vec().repeat(1));
         let mut body = tampered.body.to_vec();
         body.push(b' ');
         tampered.body = body.into();
@@ -348,9 +356,14 @@ async fn signature_verifies_with_the_secret_only_and_ids_are_unique() -> Result<
         ensure!(!verify(SECRET, &shifted), "the timestamp is signed");
         ensure!(
             r.header("x-api-key") == Some("k-123"),
-            "extra header: {r:?}"
+            "extra header: {}",
+            r.summary()
         );
-        ensure!(r.header("x-env") == Some("test"), "extra header: {r:?}");
+        ensure!(
+            r.header("x-env") == Some("test"),
+            "extra header: {}",
+            r.summary()
+        );
         ensure!(r.json["time_ms"].as_u64().is_some(), "{}", r.json);
     }
     Ok(())
