@@ -70,6 +70,57 @@ pub const NODES_PURGED: &str = "gateway_presence_nodes_purged_total";
 /// Leave events sent for members of purged nodes (counter).
 pub const NODE_PURGE_LEAVES: &str = "gateway_presence_purged_members_total";
 
+// --- Webhooks (docs/backend.md, "Webhooks"; gateway/src/webhooks) ---
+
+/// Webhook events emitted (passed the event filter), by `name` (counter).
+pub const WEBHOOK_EVENTS: &str = "gateway_webhook_events_total";
+/// Webhook requests by `outcome`: ok, retry (a failed attempt that will be
+/// retried), rejected (a 4xx that is not retried) (counter).
+pub const WEBHOOK_BATCHES: &str = "gateway_webhook_batches_total";
+/// Webhook events lost, by `reason`: queue_full, rejected, shutdown
+/// (counter).
+pub const WEBHOOK_DROPPED: &str = "gateway_webhook_events_dropped_total";
+/// Webhook events held: queued plus the batch in flight (gauge).
+pub const WEBHOOK_QUEUE: &str = "gateway_webhook_queue_events";
+/// Duration of one webhook request attempt, any outcome (histogram,
+/// seconds).
+pub const WEBHOOK_DELIVERY: &str = "gateway_webhook_delivery_seconds";
+
+/// Describe the webhook metrics and register their counters at 0.
+fn describe_webhooks() {
+    describe_counter!(
+        WEBHOOK_EVENTS,
+        "Webhook events emitted by this node (after the webhook_events filter), by name."
+    );
+    describe_counter!(
+        WEBHOOK_BATCHES,
+        "Webhook requests, by outcome: ok, retry (failed, will be retried), rejected (4xx, dropped)."
+    );
+    describe_counter!(
+        WEBHOOK_DROPPED,
+        "Webhook events lost, by reason: queue_full, rejected, shutdown."
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE,
+        "Webhook events held undelivered: queued plus the batch in flight."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY,
+        Unit::Seconds,
+        "Duration of one webhook request attempt (any outcome)."
+    );
+    for name in crate::webhooks::Event::NAMES {
+        metrics::counter!(WEBHOOK_EVENTS, "name" => name).absolute(0);
+    }
+    for outcome in ["ok", "retry", "rejected"] {
+        metrics::counter!(WEBHOOK_BATCHES, "outcome" => outcome).absolute(0);
+    }
+    for reason in ["queue_full", "rejected", "shutdown"] {
+        metrics::counter!(WEBHOOK_DROPPED, "reason" => reason).absolute(0);
+    }
+    metrics::gauge!(WEBHOOK_QUEUE).set(0.0);
+}
+
 /// Handles of the metrics touched on every frame, registered once: the
 /// `counter!` macro looks its key up in the registry on every call, which the
 /// fan-out and writer paths should not pay.
@@ -142,6 +193,7 @@ pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
         .set(1.0);
     hot();
     register_zeroes();
+    describe_webhooks();
     metrics::gauge!(CONNECTIONS).set(0.0);
     metrics::gauge!(SUBSCRIPTIONS).set(0.0);
     metrics::gauge!(CHANNELS).set(0.0);

@@ -16,6 +16,9 @@
 //!   [`RawWs`] is a hand-rolled one that never answers pings, for heartbeat
 //!   tests.
 //! - [`Api`] calls the HTTP server API.
+//! - [`WebhookSink`] is a webhook receiver: a real HTTP server in the test
+//!   process that records every request the gateway POSTs to it, can be
+//!   stopped and restarted on its port, and checks signatures ([`webhook_sink::verify`]).
 //! - [`eventually`] is the only way a test waits for a condition: bounded
 //!   polling with a short interval, never a bare sleep.
 //! - [`jwt`] mints HS256, RS256 and `alg: none` tokens.
@@ -41,6 +44,7 @@ pub mod redis_replica;
 pub mod redis_sentinel;
 mod scrape;
 mod wait;
+pub mod webhook_sink;
 
 pub use api::{Api, ApiResponse};
 pub use client::{check_error, Client, ClientBuilder, Refused};
@@ -53,6 +57,7 @@ pub use redis_proxy::RedisProxy;
 pub use redis_sentinel::RedisSentinel;
 pub use scrape::{metric, metric_sum, metric_value};
 pub use wait::{eventually, eventually_some};
+pub use webhook_sink::{Received, WebhookSink};
 
 use std::path::PathBuf;
 use std::time::Duration;

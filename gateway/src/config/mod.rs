@@ -10,12 +10,14 @@ mod edge;
 mod namespaces;
 mod redis;
 mod settings;
+mod webhooks;
 
 pub use self::clients::ClientLimits;
 pub use self::edge::EdgeLimits;
 pub use self::namespaces::NamespaceOptions;
 pub use self::redis::{RedisAuth, RedisTopology, SentinelTopology};
 pub use self::settings::Settings;
+pub use self::webhooks::WebhookConfig;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -142,6 +144,8 @@ pub struct Config {
     pub default_namespace: NamespaceOptions,
     /// Named namespaces.
     pub namespaces: HashMap<String, NamespaceOptions>,
+    /// Webhooks to the application backend (docs/backend.md).
+    pub webhooks: WebhookConfig,
 }
 
 /// Upper bound of every `*_ms` setting: one day.
@@ -435,6 +439,7 @@ impl Config {
             clients: ClientLimits::merge(&cli, &file, queue_bytes)?,
             default_namespace,
             namespaces,
+            webhooks: WebhookConfig::merge(&cli, &file)?,
         })
     }
 

@@ -29,6 +29,9 @@ pub struct NamespaceOptions {
     /// in the primary's history ("maybe published"). 0 (the default) does
     /// not wait. docs/configuration.md, docs/redis.md.
     pub history_min_replicas: usize,
+    /// Send a `client_publish` webhook after each client publish (when
+    /// webhooks are on). Default false (docs/backend.md, "Webhooks").
+    pub webhook_client_publish: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -41,6 +44,7 @@ impl Default for NamespaceOptions {
             client_publish: false,
             allow_anonymous: false,
             history_min_replicas: 0,
+            webhook_client_publish: false,
         }
     }
 }

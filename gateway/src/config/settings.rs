@@ -228,6 +228,57 @@ pub struct Settings {
     /// Default 268435456 (256 MiB).
     #[arg(long, env = "GATEWAY_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    // --- Webhooks (docs/backend.md, "Webhooks") ---
+    /// Endpoint the node POSTs its events to (http or https); unset: no
+    /// webhooks.
+    #[arg(long, env = "GATEWAY_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of `X-Gateway-Signature`, at least 16 bytes;
+    /// required with webhook_url.
+    #[arg(long, env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Event names sent, comma separated. Default: all (client_publish
+    /// also needs the namespace's `webhook_client_publish`).
+    #[arg(long, env = "GATEWAY_WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub webhook_events: Option<Vec<String>>,
+    /// Max events in one request. Default 100.
+    #[arg(long, env = "GATEWAY_WEBHOOK_BATCH_MAX_EVENTS")]
+    pub webhook_batch_max_events: Option<usize>,
+    /// Max time an event waits for others to share its request, ms.
+    /// Default 100.
+    #[arg(long, env = "GATEWAY_WEBHOOK_BATCH_MAX_WAIT_MS")]
+    pub webhook_batch_max_wait_ms: Option<u64>,
+    /// Max events held undelivered (queued plus in flight); past it new
+    /// events are dropped and counted. Default 10000.
+    #[arg(long, env = "GATEWAY_WEBHOOK_QUEUE_SIZE")]
+    pub webhook_queue_size: Option<usize>,
+    /// Max bytes of undelivered events held (their strings and data plus
+    /// ~160 bytes each); past it new events are dropped and counted.
+    /// Default 67108864 (64 MiB).
+    #[arg(long, env = "GATEWAY_WEBHOOK_QUEUE_BYTES")]
+    pub webhook_queue_bytes: Option<usize>,
+    /// Timeout of one webhook request, ms. Default 5000.
+    #[arg(long, env = "GATEWAY_WEBHOOK_TIMEOUT_MS")]
+    pub webhook_timeout_ms: Option<u64>,
+    /// First retry delay of a failed request, ms (doubled per failure,
+    /// jittered). Default 100.
+    #[arg(long, env = "GATEWAY_WEBHOOK_RETRY_INITIAL_MS")]
+    pub webhook_retry_initial_ms: Option<u64>,
+    /// Max retry delay, ms. Default 10000.
+    #[arg(long, env = "GATEWAY_WEBHOOK_RETRY_MAX_MS")]
+    pub webhook_retry_max_ms: Option<u64>,
+    /// On shutdown, time allowed to deliver the queued events, ms.
+    /// Default 5000.
+    #[arg(long, env = "GATEWAY_WEBHOOK_FLUSH_TIMEOUT_MS")]
+    pub webhook_flush_timeout_ms: Option<u64>,
+    /// Extra request headers, `Name: value`, comma separated.
+    #[arg(
+        long,
+        env = "GATEWAY_WEBHOOK_HEADERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_headers: Option<Vec<String>>,
     /// Options of channels without a namespace (file only).
     #[arg(skip)]
     pub default_namespace: Option<NamespaceOptions>,

@@ -76,9 +76,13 @@ impl Reader {
                 let ns = access::publish(&node.config, actor, &channel)?;
                 let exclude = (!echo).then(|| self.handle.id.to_string());
                 let from = self.identity.user.clone();
+                let hook = node.webhooks.wants_client_publish(ns).then(|| data.clone());
                 let offset = node
                     .publish(&channel, ns, data, from, exclude, "client")
                     .await?;
+                let user = self.identity.user.as_deref();
+                node.webhooks
+                    .client_publish(hook, &channel, user, &self.handle.id);
                 self.handle
                     .push(&frame(&ServerFrame::Published { id, offset }));
                 Ok(())

@@ -276,6 +276,10 @@ fn run(
             )
         })
         .await;
+        // Webhook before the slot is given back: a drain waits for the slots,
+        // then flushes the webhook queue.
+        node.webhooks
+            .connection_closed(&handle.id, handle.user.as_deref(), &reason);
         // Out of the hub and its slot given back (before the count is logged).
         drop(guard);
         metrics::counter!(m::DISCONNECTS, "reason" => reason.label()).increment(1);

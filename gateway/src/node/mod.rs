@@ -46,6 +46,9 @@ pub enum NodeError {
     /// The backend could not be set up.
     #[error("backend: {0}")]
     Backend(#[from] BackplaneError),
+    /// The webhook sender could not be started.
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::WebhookError),
 }
 
 /// One gateway node. Shared (`Arc`) by every connection and API handler.
@@ -136,6 +139,11 @@ impl Node {
             config.clients.join_leave_coalesce,
             &shutdown,
         );
+        let webhooks = Arc::new(crate::webhooks::Webhooks::start(
+            &config.webhooks,
+            &config.node_id,
+            &shutdown,
+        )?);
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,
@@ -147,7 +155,7 @@ impl Node {
             shutdown,
             fanout,
             join_leave,
-            webhooks: Arc::new(crate::webhooks::Webhooks::disabled()),
+            webhooks,
             memory_history: backends.memory_history,
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
