@@ -24,7 +24,7 @@ use crate::cli::ClientArgs;
 use crate::common::{clk_tck, now_us, proc_sample};
 
 /// The JWT secret of every gateway and client of a run.
-const SECRET: &str = "loadtest-suite-secret-0123456789abcdef";
+pub(crate) const SECRET: &str = "loadtest-suite-secret-0123456789abcdef";
 
 /// The gateway config every node of a run reads.
 pub(crate) const CONFIG: &str = r#"# Written by `loadtest suite`.
