@@ -8,12 +8,14 @@
 mod clients;
 mod edge;
 mod namespaces;
+mod proxy;
 mod redis;
 mod settings;
 
 pub use self::clients::ClientLimits;
 pub use self::edge::EdgeLimits;
 pub use self::namespaces::NamespaceOptions;
+pub use self::proxy::{Hook, HookSettings, ProxyConfig, ProxySettings};
 pub use self::redis::{RedisAuth, RedisTopology, SentinelTopology};
 pub use self::settings::Settings;
 
@@ -142,6 +144,8 @@ pub struct Config {
     pub default_namespace: NamespaceOptions,
     /// Named namespaces.
     pub namespaces: HashMap<String, NamespaceOptions>,
+    /// The application backend proxy (docs/backend.md); off by default.
+    pub proxy: ProxyConfig,
 }
 
 /// Upper bound of every `*_ms` setting: one day.
@@ -392,6 +396,7 @@ impl Config {
         {
             opts.validate(name, redis_topology.is_some())?;
         }
+        let proxy = ProxyConfig::merge(pick!(proxy))?;
         Ok(Config {
             listen,
             admin_listen,
@@ -435,6 +440,7 @@ impl Config {
             clients: ClientLimits::merge(&cli, &file, queue_bytes)?,
             default_namespace,
             namespaces,
+            proxy,
         })
     }
 

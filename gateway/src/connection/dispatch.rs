@@ -41,7 +41,11 @@ impl Reader {
                         "join_leave_rate exceeded for this channel's namespace",
                     ));
                 }
-                // "Already subscribed" is the hub's answer (it knows).
+                if self.channels.iter().any(|c| **c == *channel) {
+                    return Err(ReplyError::bad_request("already subscribed"));
+                }
+                self.proxy_subscribe(&channel).await?;
+                // "Already subscribed" is also the hub's answer (it knows).
                 let replayed = node
                     .subscribe(&self.handle, &channel, ns, since, id)
                     .await?;
@@ -74,6 +78,7 @@ impl Reader {
             } => {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "publish").increment(1);
                 let ns = access::publish(&node.config, actor, &channel)?;
+                let data = self.proxy_publish(&channel, data).await?;
                 let exclude = (!echo).then(|| self.handle.id.to_string());
                 let from = self.identity.user.clone();
                 let offset = node
@@ -105,6 +110,14 @@ impl Reader {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "ping").increment(1);
                 self.handle.push(&frame(&ServerFrame::Pong { id }));
                 Ok(())
+            }
+            ClientOp::Rpc { method, data } => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "rpc").increment(1);
+                self.rpc(&method, data, id).await
+            }
+            ClientOp::Refresh { token } => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "refresh").increment(1);
+                self.refresh_token(&token, id).await
             }
         }
     }

@@ -46,6 +46,9 @@ pub enum NodeError {
     /// The backend could not be set up.
     #[error("backend: {0}")]
     Backend(#[from] BackplaneError),
+    /// The proxy's HTTP client could not be built.
+    #[error("proxy: {0}")]
+    Proxy(#[from] reqwest::Error),
 }
 
 /// One gateway node. Shared (`Arc`) by every connection and API handler.
@@ -73,6 +76,8 @@ pub struct Node {
     pub join_leave: Arc<JoinLeave>,
     /// Webhook events to the application backend.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The application backend proxy (docs/backend.md); no hook = off.
+    pub proxy: crate::proxy::Proxy,
     memory_history: Option<Arc<MemoryHistory>>,
     draining: AtomicBool,
     slots: AtomicUsize,
@@ -136,6 +141,7 @@ impl Node {
             config.clients.join_leave_coalesce,
             &shutdown,
         );
+        let proxy = crate::proxy::Proxy::new(&config.proxy)?;
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,
@@ -148,6 +154,7 @@ impl Node {
             fanout,
             join_leave,
             webhooks: Arc::new(crate::webhooks::Webhooks::disabled()),
+            proxy,
             memory_history: backends.memory_history,
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
