@@ -53,6 +53,20 @@ pub fn client_frame(data: &[u8]) {
                         data.get()
                     );
                 }
+                ClientOp::Rpc { method, data } => {
+                    assert!(
+                        !method.is_empty() && method.len() <= 255,
+                        "method {method:?} accepted"
+                    );
+                    assert!(
+                        serde_json::from_str::<Value>(data.get()).is_ok(),
+                        "rpc data {:?} is not JSON",
+                        data.get()
+                    );
+                }
+                ClientOp::Refresh { token } => {
+                    assert!(!token.is_empty(), "empty token accepted");
+                }
                 ClientOp::Ping => {}
             }
         }

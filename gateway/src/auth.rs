@@ -51,6 +51,8 @@ struct Claims {
     publish: Option<Vec<String>>,
     #[serde(default)]
     info: Option<Box<RawValue>>,
+    #[serde(default)]
+    subs: Option<Vec<String>>,
 }
 
 /// Who a connection is and what it may do.
@@ -66,6 +68,11 @@ pub struct Identity {
     pub publish: Option<Vec<String>>,
     /// Presence info.
     pub info: Option<Box<RawValue>>,
+    /// Channels subscribed on connect (server-side subscriptions).
+    pub subs: Vec<String>,
+    /// Whether `exp` is a proxied session's (connect proxy `expire_at`):
+    /// at expiry the refresh hook is asked instead of closing at once.
+    pub session: bool,
 }
 
 impl Identity {
@@ -204,6 +211,8 @@ impl Auth {
             subscribe: c.channels,
             publish: c.publish,
             info: c.info,
+            subs: c.subs.unwrap_or_default(),
+            session: false,
         })
     }
 

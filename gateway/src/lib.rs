@@ -23,6 +23,7 @@ pub mod outbox;
 pub mod pages;
 pub mod presence;
 pub mod protocol;
+pub mod proxy;
 pub mod ratelimit;
 pub mod redis;
 pub mod server;

@@ -120,6 +120,12 @@ fn describe_webhooks() {
     }
     metrics::gauge!(WEBHOOK_QUEUE).set(0.0);
 }
+// --- The application backend proxy (docs/backend.md, "Proxy") ---
+/// Proxy requests, by `hook` (connect, refresh, subscribe, publish, rpc)
+/// and `outcome` (ok, refused, error, timeout, overloaded) (counter).
+pub const PROXY_REQUESTS: &str = "gateway_proxy_requests_total";
+/// Proxy request latency, by `hook` (histogram, seconds).
+pub const PROXY_DURATION: &str = "gateway_proxy_duration_seconds";
 
 /// Handles of the metrics touched on every frame, registered once: the
 /// `counter!` macro looks its key up in the registry on every call, which the
@@ -189,6 +195,15 @@ pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
     crate::redis::describe_metrics();
     crate::history::memory::describe_metrics();
     crate::history::describe_metrics();
+    describe_counter!(
+        PROXY_REQUESTS,
+        "Application backend proxy requests, by hook and outcome."
+    );
+    describe_histogram!(
+        PROXY_DURATION,
+        Unit::Seconds,
+        "Application backend proxy request latency, by hook."
+    );
     metrics::gauge!(NODE_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.to_owned())
         .set(1.0);
     hot();
@@ -206,7 +221,14 @@ fn register_zeroes() {
     for c in [CONNECTIONS_ACCEPTED, SLOW_CONSUMERS, RATE_LIMITED] {
         metrics::counter!(c).absolute(0);
     }
-    for reason in ["draining", "origin", "auth", "max_connections", "backend"] {
+    for reason in [
+        "draining",
+        "origin",
+        "auth",
+        "max_connections",
+        "backend",
+        "proxy",
+    ] {
         metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
     }
     for reason in crate::protocol::CloseReason::LABELS {
@@ -267,12 +289,14 @@ pub const BACKEND_ERROR_OPS: [&str; 20] = [
 ];
 
 /// Every `op` label value of [`MESSAGES_RECEIVED`].
-const RECEIVED_OPS: [&str; 7] = [
+const RECEIVED_OPS: [&str; 9] = [
     "subscribe",
     "unsubscribe",
     "publish",
     "presence",
     "ping",
+    "rpc",
+    "refresh",
     "binary",
     "invalid",
 ];

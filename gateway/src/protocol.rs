@@ -205,6 +205,18 @@ pub enum ClientOp {
     },
     /// Application-level ping.
     Ping,
+    /// Call the application backend's rpc hook.
+    Rpc {
+        /// The method, 1..=255 bytes; its meaning is the backend's.
+        method: String,
+        /// Raw JSON payload (null when absent).
+        data: Box<RawValue>,
+    },
+    /// Replace the connection's JWT with a fresh one of the same user.
+    Refresh {
+        /// The new token.
+        token: String,
+    },
 }
 
 /// A client request: the op and its echoed id.
@@ -322,6 +334,25 @@ fn parse_op(obj: &serde_json::Map<String, Value>) -> Result<ClientOp, ReplyError
             channel: channel_field(obj)?,
         },
         "ping" => ClientOp::Ping,
+        "rpc" => {
+            let method = field_str(obj, "method")?;
+            if method.is_empty() || method.len() > 255 {
+                return Err(ReplyError::bad_request(
+                    "field `method` must be 1-255 bytes",
+                ));
+            }
+            let data = obj.get("data").unwrap_or(&Value::Null);
+            let data = serde_json::value::to_raw_value(data)
+                .map_err(|_| ReplyError::bad_request("field `data` is not encodable"))?;
+            ClientOp::Rpc { method, data }
+        }
+        "refresh" => {
+            let token = field_str(obj, "token")?;
+            if token.is_empty() {
+                return Err(ReplyError::bad_request("field `token` must not be empty"));
+            }
+            ClientOp::Refresh { token }
+        }
         other => {
             let mut shown: String = other.chars().take(32).collect();
             if shown.len() < other.len() {
@@ -435,6 +466,20 @@ pub enum ServerFrame<'a> {
     Pong {
         /// Request id.
         id: Option<&'a Value>,
+    },
+    /// Reply to rpc: the backend's data.
+    Rpc {
+        /// Request id.
+        id: Option<&'a Value>,
+        /// Raw payload from the backend.
+        data: &'a RawValue,
+    },
+    /// Reply to refresh: the connection's new expiry.
+    Refreshed {
+        /// Request id.
+        id: Option<&'a Value>,
+        /// New expiry, seconds since the Unix epoch.
+        exp: u64,
     },
     /// A refused op.
     Error {
@@ -552,6 +597,53 @@ mod tests {
                 .contains("since")
         );
         assert!(err(r#"{"op":1}"#).1.message.contains("`op`"));
+    }
+
+    #[test]
+    fn rpc_and_refresh_parse_and_refuse_bad_fields() {
+        match parse_request(r#"{"op":"rpc","id":7,"method":"m","data":[1]}"#)
+            .unwrap()
+            .op
+        {
+            ClientOp::Rpc { method, data } => {
+                assert_eq!(method, "m");
+                assert_eq!(data.get(), "[1]");
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_request(r#"{"op":"rpc","method":"m"}"#).unwrap().op {
+            ClientOp::Rpc { data, .. } => assert_eq!(data.get(), "null"),
+            other => panic!("{other:?}"),
+        }
+        let (id, e) = err(r#"{"op":"rpc","id":8}"#);
+        assert_eq!((id, e.code), (Some(Value::from(8)), ErrorCode::BadRequest));
+        assert!(err(r#"{"op":"rpc","method":""}"#)
+            .1
+            .message
+            .contains("method"));
+        assert!(err(r#"{"op":"rpc","method":7}"#)
+            .1
+            .message
+            .contains("method"));
+        assert!(matches!(
+            parse_request(r#"{"op":"refresh","token":"t"}"#).unwrap().op,
+            ClientOp::Refresh { ref token } if token == "t"
+        ));
+        let (id, e) = err(r#"{"op":"refresh","id":"r","token":1}"#);
+        assert_eq!(
+            (id, e.code),
+            (Some(Value::from("r")), ErrorCode::BadRequest)
+        );
+        assert!(err(r#"{"op":"refresh","token":""}"#)
+            .1
+            .message
+            .contains("token"));
+        let s = ServerFrame::Refreshed {
+            id: Some(&Value::from(1)),
+            exp: 5,
+        }
+        .encode();
+        assert_eq!(s, r#"{"type":"refreshed","id":1,"exp":5}"#);
     }
 
     #[test]

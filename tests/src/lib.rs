@@ -31,6 +31,7 @@
 //! was expected and what arrived, plus where the server log is.
 
 mod api;
+pub mod backend;
 mod client;
 pub mod cluster;
 mod gateway;
@@ -47,6 +48,7 @@ mod wait;
 pub mod webhook_sink;
 
 pub use api::{Api, ApiResponse};
+pub use backend::{Backend, BackendReply, Recorded};
 pub use client::{check_error, Client, ClientBuilder, Refused};
 pub use gateway::{gateway_bin, Gateway, GatewayBuilder};
 pub use process::{free_ports, signal};

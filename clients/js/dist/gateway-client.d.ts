@@ -145,6 +145,15 @@ export interface ClientOptions {
      * it can return a fresh one.
      */
     token?: string | (() => string | Promise<string>);
+    /**
+     * In-band token refresh: called `refreshBeforeMs` before the current
+     * token's `exp`; the fresh token (same user, later `exp`) is sent with the
+     * `refresh` op, so the connection outlives the token without a reconnect.
+     * Also used for the first connect when `token` is not set.
+     */
+    getToken?: () => string | Promise<string>;
+    /** How long before `exp` {@link ClientOptions.getToken} is called, ms. Default 10000. */
+    refreshBeforeMs?: number;
     /** Extra query parameters, e.g. `{ user: "alice" }` in open development mode. */
     params?: Record<string, string>;
     /** WebSocket implementation; default `globalThis.WebSocket`. */
@@ -246,10 +255,16 @@ export type ClientEvents = {
     direct: [data: unknown];
     /** An `error` frame that answers no pending request. */
     error: [error: GatewayError];
+    /** The token was refreshed in band; `exp` is the connection's new expiry (Unix s). */
+    refreshed: [exp: number];
+    /** An in-band refresh failed (the server closes with 4002 at `exp`; the reconnect fetches a new token). */
+    refreshFailed: [error: GatewayError];
 };
 type Frame = Record<string, unknown> & {
     type: string;
 };
+/** The `exp` claim of a JWT (Unix s), `null` when unreadable. The SDK only reads it to time the refresh. */
+export declare function tokenExp(token: string | null): number | null;
 /**
  * A connection to the gateway that keeps itself alive.
  *
@@ -281,6 +296,9 @@ export declare class GatewayClient extends Emitter<ClientEvents> {
     private connectTimer;
     private heartbeatTimer;
     private stableTimer;
+    private refreshTimer;
+    /** The token the current connection was opened (or last refreshed) with. */
+    private currentToken;
     constructor(options: ClientOptions);
     /** Connection id of the current connection, `null` when not connected. */
     get conn(): string | null;
@@ -308,6 +326,8 @@ export declare class GatewayClient extends Emitter<ClientEvents> {
     /** Members of a presence-enabled channel. */
     presence(channel: string, timeoutMs?: number): Promise<Member[]>;
     /** Round trip of a `ping` op, in ms. */
+    /** Call the backend's rpc hook (docs/backend.md): resolves with the reply's `data`. */
+    rpc(method: string, data?: unknown, timeoutMs?: number): Promise<unknown>;
     ping(timeoutMs?: number): Promise<number>;
     /**
      * Send a raw op (`{op, ...fields}`) and resolve with its reply frame. A
@@ -321,6 +341,9 @@ export declare class GatewayClient extends Emitter<ClientEvents> {
     /** The current socket is gone (closed, dead or never opened). */
     private lost;
     private teardownSocket;
+    /** Schedule the in-band refresh of a token expiring at `exp` (Unix s). */
+    private scheduleRefresh;
+    private refreshToken;
     private clearTimer;
     private failPending;
     private failAll;

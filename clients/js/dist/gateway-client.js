@@ -137,6 +137,24 @@ export class Subscription extends Emitter {
     }
 }
 const OPEN = 1;
+/** The `exp` claim of a JWT (Unix s), `null` when unreadable. The SDK only reads it to time the refresh. */
+export function tokenExp(token) {
+    if (!token)
+        return null;
+    const part = token.split(".")[1];
+    if (!part)
+        return null;
+    try {
+        const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+        const padded = b64 + "=".repeat((4 - (b64.length % 4)) % 4);
+        const json = typeof atob === "function" ? atob(padded) : "";
+        const exp = JSON.parse(json).exp;
+        return typeof exp === "number" && Number.isFinite(exp) ? exp : null;
+    }
+    catch {
+        return null;
+    }
+}
 /**
  * A connection to the gateway that keeps itself alive.
  *
@@ -169,6 +187,9 @@ export class GatewayClient extends Emitter {
         this.connectTimer = null;
         this.heartbeatTimer = null;
         this.stableTimer = null;
+        this.refreshTimer = null;
+        /** The token the current connection was opened (or last refreshed) with. */
+        this.currentToken = null;
         if (!options || options.url === undefined)
             throw new TypeError("GatewayClient: `url` is required");
         this.opts = {
@@ -254,6 +275,11 @@ export class GatewayClient extends Emitter {
         return reply.members ?? [];
     }
     /** Round trip of a `ping` op, in ms. */
+    /** Call the backend's rpc hook (docs/backend.md): resolves with the reply's `data`. */
+    async rpc(method, data, timeoutMs) {
+        const reply = await this.request({ op: "rpc", method, data: data ?? null }, timeoutMs);
+        return reply.data;
+    }
     async ping(timeoutMs) {
         const t0 = Date.now();
         await this.request({ op: "ping" }, timeoutMs);
@@ -334,7 +360,10 @@ export class GatewayClient extends Emitter {
             u.protocol = "ws:";
         if (u.protocol === "https:")
             u.protocol = "wss:";
-        const token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+        const token = typeof this.opts.token === "function"
+            ? await this.opts.token()
+            : (this.opts.token ?? (this.opts.getToken ? await this.opts.getToken() : undefined));
+        this.currentToken = token ?? null;
         if (token)
             u.searchParams.set("token", token);
         for (const [k, v] of Object.entries(this.opts.params ?? {}))
@@ -443,6 +472,41 @@ export class GatewayClient extends Emitter {
         this.clearTimer("heartbeatTimer");
         this.clearTimer("stableTimer");
         this.clearTimer("reconnectTimer");
+        this.clearTimer("refreshTimer");
+    }
+    /** Schedule the in-band refresh of a token expiring at `exp` (Unix s). */
+    scheduleRefresh(exp) {
+        this.clearTimer("refreshTimer");
+        if (!this.opts.getToken || exp === null)
+            return;
+        const before = this.opts.refreshBeforeMs ?? 10000;
+        const delay = Math.max(0, exp * 1000 - before - Date.now());
+        const seq = this.connectSeq;
+        this.refreshTimer = setTimeout(() => {
+            this.refreshTimer = null;
+            void this.refreshToken(seq);
+        }, delay);
+    }
+    async refreshToken(seq) {
+        try {
+            const getToken = this.opts.getToken;
+            if (!getToken)
+                return;
+            const token = await getToken();
+            if (seq !== this.connectSeq || this.state !== "connected")
+                return;
+            const reply = await this.send({ op: "refresh", token }, this.opts.requestTimeoutMs);
+            if (seq !== this.connectSeq)
+                return;
+            this.currentToken = token;
+            const exp = Number(reply.exp);
+            this.scheduleRefresh(exp);
+            this.emit("refreshed", exp);
+        }
+        catch (e) {
+            const err = e instanceof GatewayError ? e : new GatewayError("internal", String(e));
+            this.emit("refreshFailed", err);
+        }
     }
     clearTimer(name) {
         const t = this[name];
@@ -485,6 +549,7 @@ export class GatewayClient extends Emitter {
             this.attempt = 0;
         }, this.opts.stableAfterMs);
         this.scheduleHeartbeat(this.pingInterval());
+        this.scheduleRefresh(tokenExp(this.currentToken));
         for (const sub of this.subs.values()) {
             if (sub.state === "pending")
                 this.sendSubscribe(sub);

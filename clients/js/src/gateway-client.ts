@@ -159,6 +159,15 @@ export interface ClientOptions {
    * it can return a fresh one.
    */
   token?: string | (() => string | Promise<string>);
+  /**
+   * In-band token refresh: called `refreshBeforeMs` before the current
+   * token's `exp`; the fresh token (same user, later `exp`) is sent with the
+   * `refresh` op, so the connection outlives the token without a reconnect.
+   * Also used for the first connect when `token` is not set.
+   */
+  getToken?: () => string | Promise<string>;
+  /** How long before `exp` {@link ClientOptions.getToken} is called, ms. Default 10000. */
+  refreshBeforeMs?: number;
   /** Extra query parameters, e.g. `{ user: "alice" }` in open development mode. */
   params?: Record<string, string>;
   /** WebSocket implementation; default `globalThis.WebSocket`. */
@@ -351,6 +360,10 @@ export type ClientEvents = {
   direct: [data: unknown];
   /** An `error` frame that answers no pending request. */
   error: [error: GatewayError];
+  /** The token was refreshed in band; `exp` is the connection's new expiry (Unix s). */
+  refreshed: [exp: number];
+  /** An in-band refresh failed (the server closes with 4002 at `exp`; the reconnect fetches a new token). */
+  refreshFailed: [error: GatewayError];
 };
 
 interface Pending {
@@ -370,6 +383,22 @@ interface Queued {
 type Frame = Record<string, unknown> & { type: string };
 
 const OPEN = 1;
+
+/** The `exp` claim of a JWT (Unix s), `null` when unreadable. The SDK only reads it to time the refresh. */
+export function tokenExp(token: string | null): number | null {
+  if (!token) return null;
+  const part = token.split(".")[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const padded = b64 + "=".repeat((4 - (b64.length % 4)) % 4);
+    const json = typeof atob === "function" ? atob(padded) : "";
+    const exp = (JSON.parse(json) as { exp?: unknown }).exp;
+    return typeof exp === "number" && Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null;
+  }
+}
 
 /**
  * A connection to the gateway that keeps itself alive.
@@ -415,6 +444,9 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private connectTimer: ReturnType<typeof setTimeout> | null = null;
   private heartbeatTimer: ReturnType<typeof setTimeout> | null = null;
   private stableTimer: ReturnType<typeof setTimeout> | null = null;
+  private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The token the current connection was opened (or last refreshed) with. */
+  private currentToken: string | null = null;
 
   constructor(options: ClientOptions) {
     super();
@@ -509,6 +541,12 @@ export class GatewayClient extends Emitter<ClientEvents> {
   }
 
   /** Round trip of a `ping` op, in ms. */
+  /** Call the backend's rpc hook (docs/backend.md): resolves with the reply's `data`. */
+  async rpc(method: string, data?: unknown, timeoutMs?: number): Promise<unknown> {
+    const reply = await this.request({ op: "rpc", method, data: data ?? null }, timeoutMs);
+    return reply.data;
+  }
+
   async ping(timeoutMs?: number): Promise<number> {
     const t0 = Date.now();
     await this.request({ op: "ping" }, timeoutMs);
@@ -584,7 +622,11 @@ export class GatewayClient extends Emitter<ClientEvents> {
     const u = loc ? new URL(url, loc.href) : new URL(url);
     if (u.protocol === "http:") u.protocol = "ws:";
     if (u.protocol === "https:") u.protocol = "wss:";
-    const token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+    const token =
+      typeof this.opts.token === "function"
+        ? await this.opts.token()
+        : (this.opts.token ?? (this.opts.getToken ? await this.opts.getToken() : undefined));
+    this.currentToken = token ?? null;
     if (token) u.searchParams.set("token", token);
     for (const [k, v] of Object.entries(this.opts.params ?? {})) u.searchParams.set(k, v);
     return u.toString();
@@ -683,9 +725,43 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.clearTimer("heartbeatTimer");
     this.clearTimer("stableTimer");
     this.clearTimer("reconnectTimer");
+    this.clearTimer("refreshTimer");
   }
 
-  private clearTimer(name: "reconnectTimer" | "connectTimer" | "heartbeatTimer" | "stableTimer"): void {
+  /** Schedule the in-band refresh of a token expiring at `exp` (Unix s). */
+  private scheduleRefresh(exp: number | null): void {
+    this.clearTimer("refreshTimer");
+    if (!this.opts.getToken || exp === null) return;
+    const before = this.opts.refreshBeforeMs ?? 10000;
+    const delay = Math.max(0, exp * 1000 - before - Date.now());
+    const seq = this.connectSeq;
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = null;
+      void this.refreshToken(seq);
+    }, delay);
+  }
+
+  private async refreshToken(seq: number): Promise<void> {
+    try {
+      const getToken = this.opts.getToken;
+      if (!getToken) return;
+      const token = await getToken();
+      if (seq !== this.connectSeq || this.state !== "connected") return;
+      const reply = await this.send({ op: "refresh", token }, this.opts.requestTimeoutMs);
+      if (seq !== this.connectSeq) return;
+      this.currentToken = token;
+      const exp = Number(reply.exp);
+      this.scheduleRefresh(exp);
+      this.emit("refreshed", exp);
+    } catch (e) {
+      const err = e instanceof GatewayError ? e : new GatewayError("internal", String(e));
+      this.emit("refreshFailed", err);
+    }
+  }
+
+  private clearTimer(
+    name: "reconnectTimer" | "connectTimer" | "heartbeatTimer" | "stableTimer" | "refreshTimer",
+  ): void {
     const t = this[name];
     if (t !== null) clearTimeout(t);
     this[name] = null;
@@ -727,6 +803,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
       this.attempt = 0;
     }, this.opts.stableAfterMs);
     this.scheduleHeartbeat(this.pingInterval());
+    this.scheduleRefresh(tokenExp(this.currentToken));
     for (const sub of this.subs.values()) {
       if (sub.state === "pending") this.sendSubscribe(sub);
     }

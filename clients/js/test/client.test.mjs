@@ -399,3 +399,47 @@ test("the token callback runs before every connect; an expired token (4002) reco
   await waitFor(() => c.state === "connected", 3000, "reconnect");
   assert.equal(calls, 2);
 });
+
+test("getToken refreshes in band before exp: the connection outlives its first token", async () => {
+  const secret = "test-secret-0123456789";
+  const g = await gateway({ name: "jwt-refresh", env: { GATEWAY_JWT_SECRET: secret, GATEWAY_AUTH_REQUIRED: "true" } });
+  let calls = 0;
+  const c = client({
+    url: g.ws,
+    // The first token lasts 2 s, later ones 60 s.
+    token: signJwt(secret, { sub: "alice", exp: Math.floor(Date.now() / 1000) + 2 }),
+    getToken: async () => {
+      calls++;
+      return signJwt(secret, { sub: "alice", exp: Math.floor(Date.now() / 1000) + 60 });
+    },
+    refreshBeforeMs: 1000,
+  }).connect();
+  await once(c, "connected");
+  const disconnects = [];
+  c.on("disconnected", (info) => disconnects.push(info));
+  const exp = await once(c, "refreshed", 5000);
+  assert.equal(calls, 1);
+  assert.ok(exp > Math.floor(Date.now() / 1000) + 30, `new exp ${exp}`);
+  // Past the first token's exp: still the same connection.
+  const conn = c.conn;
+  await sleep(2500);
+  assert.deepEqual(disconnects, []);
+  assert.equal(c.conn, conn);
+  await c.ping();
+});
+
+test("a refused in-band refresh is reported and the server still closes at exp", async () => {
+  const secret = "test-secret-0123456789";
+  const g = await gateway({ name: "jwt-refresh-bad", env: { GATEWAY_JWT_SECRET: secret, GATEWAY_AUTH_REQUIRED: "true" } });
+  const c = client({
+    url: g.ws,
+    token: signJwt(secret, { sub: "alice", exp: Math.floor(Date.now() / 1000) + 2 }),
+    getToken: async () => signJwt(secret, { sub: "mallory", exp: Math.floor(Date.now() / 1000) + 60 }),
+    refreshBeforeMs: 1000,
+  }).connect();
+  await once(c, "connected");
+  const err = await once(c, "refreshFailed", 5000);
+  assert.equal(err.code, "forbidden");
+  const info = await once(c, "disconnected", 5000);
+  assert.equal(info.code, 4002);
+});

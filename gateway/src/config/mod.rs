@@ -8,6 +8,7 @@
 mod clients;
 mod edge;
 mod namespaces;
+mod proxy;
 mod redis;
 mod settings;
 mod webhooks;
@@ -15,6 +16,7 @@ mod webhooks;
 pub use self::clients::ClientLimits;
 pub use self::edge::EdgeLimits;
 pub use self::namespaces::NamespaceOptions;
+pub use self::proxy::{Hook, HookSettings, ProxyConfig, ProxySettings};
 pub use self::redis::{RedisAuth, RedisTopology, SentinelTopology};
 pub use self::settings::Settings;
 pub use self::webhooks::WebhookConfig;
@@ -146,6 +148,8 @@ pub struct Config {
     pub namespaces: HashMap<String, NamespaceOptions>,
     /// Webhooks to the application backend (docs/backend.md).
     pub webhooks: WebhookConfig,
+    /// The application backend proxy (docs/backend.md); off by default.
+    pub proxy: ProxyConfig,
 }
 
 /// Upper bound of every `*_ms` setting: one day.
@@ -396,6 +400,7 @@ impl Config {
         {
             opts.validate(name, redis_topology.is_some())?;
         }
+        let proxy = ProxyConfig::merge(pick!(proxy))?;
         Ok(Config {
             listen,
             admin_listen,
@@ -440,6 +445,7 @@ impl Config {
             default_namespace,
             namespaces,
             webhooks: WebhookConfig::merge(&cli, &file)?,
+            proxy,
         })
     }
 

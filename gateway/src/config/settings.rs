@@ -285,4 +285,7 @@ pub struct Settings {
     /// Namespaces by name (file only).
     #[arg(skip)]
     pub namespaces: Option<HashMap<String, NamespaceOptions>>,
+    /// The application backend proxy, `[proxy]` (file only; docs/backend.md).
+    #[arg(skip)]
+    pub proxy: Option<super::ProxySettings>,
 }

@@ -9,6 +9,7 @@ use crate::access::{self, Actor};
 use crate::hub::frame;
 use crate::metrics as m;
 use crate::protocol::{ClientOp, ErrorCode, ReplyError, ServerFrame};
+use crate::proxy::HookKind;
 
 impl Reader {
     /// Run one op; an `Err` becomes the op's error reply.
@@ -41,7 +42,15 @@ impl Reader {
                         "join_leave_rate exceeded for this channel's namespace",
                     ));
                 }
-                // "Already subscribed" is the hub's answer (it knows).
+                if self.channels.iter().any(|c| **c == *channel) {
+                    return Err(ReplyError::bad_request("already subscribed"));
+                }
+                // Boxed, and only when configured: the proxy's request
+                // future is large and most nodes have no hook.
+                if node.proxy.has(HookKind::Subscribe) {
+                    Box::pin(self.proxy_subscribe(&channel)).await?;
+                }
+                // "Already subscribed" is also the hub's answer (it knows).
                 let replayed = node
                     .subscribe(&self.handle, &channel, ns, since, id)
                     .await?;
@@ -74,6 +83,11 @@ impl Reader {
             } => {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "publish").increment(1);
                 let ns = access::publish(&node.config, actor, &channel)?;
+                let data = if node.proxy.has(HookKind::Publish) {
+                    Box::pin(self.proxy_publish(&channel, data)).await?
+                } else {
+                    data
+                };
                 let exclude = (!echo).then(|| self.handle.id.to_string());
                 let from = self.identity.user.clone();
                 let hook = node.webhooks.wants_client_publish(ns).then(|| data.clone());
@@ -109,6 +123,14 @@ impl Reader {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "ping").increment(1);
                 self.handle.push(&frame(&ServerFrame::Pong { id }));
                 Ok(())
+            }
+            ClientOp::Rpc { method, data } => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "rpc").increment(1);
+                Box::pin(self.rpc(&method, data, id)).await
+            }
+            ClientOp::Refresh { token } => {
+                metrics::counter!(m::MESSAGES_RECEIVED, "op" => "refresh").increment(1);
+                self.refresh_token(&token, id).await
             }
         }
     }

@@ -15,6 +15,7 @@
 //! happens.
 
 pub mod dispatch;
+pub mod proxied;
 pub mod reader;
 pub mod writer;
 
@@ -126,15 +127,27 @@ pub async fn ws_handler(
         .and_then(|v| v.to_str().ok())
         .and_then(crate::auth::bearer);
     let token = bearer.or(query.token.as_deref());
-    let identity = match node.auth.authenticate(token, query.user.as_deref()) {
-        Ok(id) => id,
-        Err(e) => {
-            metrics::counter!(m::AUTH_FAILURES, "reason" => e.label()).increment(1);
-            tracing::debug!(peer.addr = %peer, reason = e.label(), "connection refused: auth");
-            return refuse(
-                "auth",
-                ApiError::new(ErrorCode::Unauthorized, e.to_string()),
-            );
+    let proxied = token.is_none() && node.proxy.has(crate::proxy::HookKind::Connect);
+    let identity = if proxied {
+        let addr = client_addr(&node, peer, &headers);
+        match proxied::connect_identity(&node, addr, &headers).await {
+            Ok(id) => id,
+            Err((reason, e)) => {
+                tracing::debug!(peer.addr = %peer, reason, "connection refused: connect proxy");
+                return refuse(reason, e);
+            }
+        }
+    } else {
+        match node.auth.authenticate(token, query.user.as_deref()) {
+            Ok(id) => id,
+            Err(e) => {
+                metrics::counter!(m::AUTH_FAILURES, "reason" => e.label()).increment(1);
+                tracing::debug!(peer.addr = %peer, reason = e.label(), "connection refused: auth");
+                return refuse(
+                    "auth",
+                    ApiError::new(ErrorCode::Unauthorized, e.to_string()),
+                );
+            }
         }
     };
     if let Some(user) = &identity.user {
@@ -260,6 +273,9 @@ fn run(
         Box::pin(node.register(&handle)).await;
         metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
         tracing::info!(connections = node.hub.connection_count(), "connected");
+        if !reader.identity.subs.is_empty() {
+            Box::pin(reader.subscribe_initial()).await;
+        }
         let stream = reader.read_loop(stream).await;
         // The peer may have gone first: closing the handle ends the writer.
         handle.close(CloseReason::new(close::NORMAL, "client_closed"));

@@ -13,12 +13,25 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::{sleep_until, Instant};
 
 use super::error_frame;
+use super::proxied::{SessionOutcome, REFRESH_RETRY_SECS};
 use crate::auth::Identity;
 use crate::metrics as m;
 use crate::node::Node;
 use crate::outbox::ConnHandle;
 use crate::protocol::{close, parse_request, CloseReason, ErrorCode, ReplyError};
 use crate::ratelimit::{RateLimiter, Verdict};
+
+/// When a token or session expiring at `exp` (Unix seconds) ends, on the
+/// tokio clock.
+fn deadline(exp: Option<u64>) -> Option<Instant> {
+    exp.map(|exp| {
+        let now = crate::clock::now_us() / 1_000_000;
+        // A far-future `exp` (signed by the backend, but still input)
+        // must not overflow the clock: cap the wait at a year.
+        let left = Duration::from_secs(exp.saturating_sub(now).min(365 * 86_400));
+        Instant::now() + left
+    })
+}
 
 /// The reader's state: what one connection's ops need.
 pub struct Reader {
@@ -63,13 +76,8 @@ impl Reader {
     {
         let config = self.node.config.clone();
         let silence = config.ping_interval + config.pong_timeout;
-        let expires = self.identity.exp.map(|exp| {
-            let now = crate::clock::now_us() / 1_000_000;
-            // A far-future `exp` (signed by the backend, but still input)
-            // must not overflow the clock: cap the wait at a year.
-            let left = Duration::from_secs(exp.saturating_sub(now).min(365 * 86_400));
-            Instant::now() + left
-        });
+        let mut exp_seen = self.identity.exp;
+        let mut expires = deadline(exp_seen);
         // One heartbeat timer for the connection's life, pushed back by every
         // frame (tokio extends a registered timer without touching its
         // wheel), instead of a new timer per frame.
@@ -85,7 +93,21 @@ impl Reader {
                 biased;
                 _ = &mut closed => break,
                 _ = &mut token_expiry, if expires.is_some() => {
-                    self.handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token_expired"));
+                    if self.identity.session {
+                        // The reader waits for the hook (bounded by its
+                        // timeout): the session's frames queue meanwhile.
+                        match Box::pin(self.session_expired()).await {
+                            SessionOutcome::Extended(_) => {}
+                            SessionOutcome::Retry => {
+                                let at = Instant::now() + Duration::from_secs(REFRESH_RETRY_SECS);
+                                expires = Some(at);
+                                token_expiry.as_mut().reset(at);
+                            }
+                            SessionOutcome::Closed => expires = None,
+                        }
+                    } else {
+                        self.handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token_expired"));
+                    }
                 }
                 _ = &mut heartbeat => {
                     self.handle.close(CloseReason::new(close::HEARTBEAT_TIMEOUT, "heartbeat_timeout"));
@@ -105,6 +127,15 @@ impl Reader {
                         }
                     }
                 },
+            }
+            // A refresh (the `refresh` op, the refresh hook) moved the
+            // expiry: move the timer.
+            if self.identity.exp != exp_seen {
+                exp_seen = self.identity.exp;
+                expires = deadline(exp_seen);
+                if let Some(at) = expires {
+                    token_expiry.as_mut().reset(at);
+                }
             }
         }
         stream

@@ -49,6 +49,9 @@ pub enum NodeError {
     /// The webhook sender could not be started.
     #[error(transparent)]
     Webhooks(#[from] crate::webhooks::WebhookError),
+    /// The proxy's HTTP client could not be built.
+    #[error("proxy: {0}")]
+    Proxy(#[from] reqwest::Error),
 }
 
 /// One gateway node. Shared (`Arc`) by every connection and API handler.
@@ -76,6 +79,8 @@ pub struct Node {
     pub join_leave: Arc<JoinLeave>,
     /// Webhook events to the application backend.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The application backend proxy (docs/backend.md); no hook = off.
+    pub proxy: crate::proxy::Proxy,
     memory_history: Option<Arc<MemoryHistory>>,
     draining: AtomicBool,
     slots: AtomicUsize,
@@ -144,6 +149,7 @@ impl Node {
             &config.node_id,
             &shutdown,
         )?);
+        let proxy = crate::proxy::Proxy::new(&config.proxy)?;
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,
@@ -156,6 +162,7 @@ impl Node {
             fanout,
             join_leave,
             webhooks,
+            proxy,
             memory_history: backends.memory_history,
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
