@@ -73,6 +73,9 @@ pub struct Node {
     pub join_leave: Arc<JoinLeave>,
     /// Webhook events to the application backend.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Cluster-wide channel state: this node's dirty channels and their
+    /// flush to the channel store.
+    pub occupancy: Arc<crate::occupancy::Occupancy>,
     memory_history: Option<Arc<MemoryHistory>>,
     draining: AtomicBool,
     slots: AtomicUsize,
@@ -136,6 +139,13 @@ impl Node {
             config.clients.join_leave_coalesce,
             &shutdown,
         );
+        let webhooks = Arc::new(crate::webhooks::Webhooks::disabled());
+        let occupancy = crate::occupancy::Occupancy::start(
+            hub.clone(),
+            backends.channels.clone(),
+            webhooks.clone(),
+            &shutdown,
+        );
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,
@@ -147,7 +157,8 @@ impl Node {
             shutdown,
             fanout,
             join_leave,
-            webhooks: Arc::new(crate::webhooks::Webhooks::disabled()),
+            webhooks,
+            occupancy,
             memory_history: backends.memory_history,
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
