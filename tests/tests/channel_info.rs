@@ -56,7 +56,10 @@ async fn list_all(api: &Api, prefix: &str, limit: usize) -> Result<BTreeMap<Stri
         for c in page {
             let name = c["channel"].as_str().context("channel")?.to_owned();
             if let Some(last) = out.keys().next_back() {
-                ensure!(&name > last, "listing not sorted/unique: {name} after {last}");
+                ensure!(
+                    &name > last,
+                    "listing not sorted/unique: {name} after {last}"
+                );
             }
             out.insert(name, c["subscribers"].as_u64().context("subscribers")?);
         }
@@ -70,14 +73,18 @@ async fn list_all(api: &Api, prefix: &str, limit: usize) -> Result<BTreeMap<Stri
 
 /// Wait until every api reports `want` subscribers of `channel`.
 async fn settle(apis: &[Api], channel: &str, want: u64) -> Result<()> {
-    eventually(EVENTUALLY, &format!("{channel} has {want} subscribers everywhere"), || async {
-        for api in apis {
-            if subscribers(api, channel).await.ok() != Some(want) {
-                return false;
+    eventually(
+        EVENTUALLY,
+        &format!("{channel} has {want} subscribers everywhere"),
+        || async {
+            for api in apis {
+                if subscribers(api, channel).await.ok() != Some(want) {
+                    return false;
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await
 }
 
@@ -234,7 +241,10 @@ async fn counts_and_listing_match_the_truth_after_random_churn(topology: Topolog
         .filter(|(k, _)| k.starts_with("room-"))
         .map(|(k, v)| (k.clone(), *v))
         .collect();
-    ensure!(rooms.len() > 3, "the churn left too few channels: {truth:?}");
+    ensure!(
+        rooms.len() > 3,
+        "the churn left too few channels: {truth:?}"
+    );
     eventually(EVENTUALLY, "every node lists the truth", || async {
         for api in &apis {
             if list_all(api, "", 1000).await.ok().as_ref() != Some(&truth) {
@@ -247,13 +257,18 @@ async fn counts_and_listing_match_the_truth_after_random_churn(topology: Topolog
     for api in &apis {
         // Pages of 3 and of 1 across the cursor, and the prefix filter.
         ensure!(list_all(api, "", 3).await? == truth, "pages of 3");
-        ensure!(list_all(api, "room-", 1).await? == rooms, "pages of 1, room-");
-        ensure!(list_all(api, "room-c1", 2).await?
-            == rooms
-                .iter()
-                .filter(|(k, _)| k.starts_with("room-c1"))
-                .map(|(k, v)| (k.clone(), *v))
-                .collect::<BTreeMap<_, _>>());
+        ensure!(
+            list_all(api, "room-", 1).await? == rooms,
+            "pages of 1, room-"
+        );
+        ensure!(
+            list_all(api, "room-c1", 2).await?
+                == rooms
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("room-c1"))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect::<BTreeMap<_, _>>()
+        );
         for name in &names {
             let want = truth.get(name).copied().unwrap_or(0);
             let got = subscribers(api, name).await?;
@@ -286,7 +301,8 @@ async fn channel_info_reports_presence_history_and_bad_input(topology: Topology)
         c.subscribe("chat:info").await?;
     }
     for i in 0..3 {
-        api.publish("hist:info", serde_json::json!({ "i": i })).await?;
+        api.publish("hist:info", serde_json::json!({ "i": i }))
+            .await?;
     }
     settle(&apis(&cluster, 3), "chat:info", 3).await?;
     let body = api.get("/api/channels/chat:info").await?.ok()?;
@@ -300,11 +316,21 @@ async fn channel_info_reports_presence_history_and_bad_input(topology: Topology)
     ensure!(body["history"]["length"] == 3, "{body}");
     ensure!(body["history"]["top_offset"] == 3, "{body}");
     ensure!(body["history"]["epoch"].is_string(), "{body}");
-    api.get("/api/channels/bad%20name").await?.expect_error(400, "bad_request")?;
-    api.get("/api/channels/nope:x").await?.expect_error(400, "bad_request")?;
-    api.get("/api/channels?limit=0").await?.expect_error(400, "bad_request")?;
-    api.get("/api/channels?limit=1001").await?.expect_error(400, "bad_request")?;
-    api.get("/api/channels?prefix=a%20b").await?.expect_error(400, "bad_request")?;
+    api.get("/api/channels/bad%20name")
+        .await?
+        .expect_error(400, "bad_request")?;
+    api.get("/api/channels/nope:x")
+        .await?
+        .expect_error(400, "bad_request")?;
+    api.get("/api/channels?limit=0")
+        .await?
+        .expect_error(400, "bad_request")?;
+    api.get("/api/channels?limit=1001")
+        .await?
+        .expect_error(400, "bad_request")?;
+    api.get("/api/channels?prefix=a%20b")
+        .await?
+        .expect_error(400, "bad_request")?;
     Ok(())
 }
 
@@ -377,7 +403,10 @@ async fn the_embedded_node_serves_the_same_api_and_events() -> Result<()> {
     settle(&apis, "room-e1", 0).await?;
     counted(&apis, 2, 2).await?;
     let body: Value = api.get("/api/channels").await?.ok()?;
-    ensure!(body["channels"].as_array().is_some_and(Vec::is_empty), "{body}");
+    ensure!(
+        body["channels"].as_array().is_some_and(Vec::is_empty),
+        "{body}"
+    );
     ensure!(body["next_cursor"].is_null(), "{body}");
     Ok(())
 }

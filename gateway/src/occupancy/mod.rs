@@ -283,3 +283,95 @@ impl Occupancy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backplane::NoInterest;
+    use crate::outbox::ConnHandle;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A memory store whose first `fail` writes fail.
+    struct Flaky {
+        inner: MemoryChannels,
+        fail: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ChannelStore for Flaky {
+        async fn write(&self, counts: &[(String, u64)]) -> Written {
+            let left = self.fail.load(Ordering::Relaxed);
+            if left > 0 {
+                self.fail.store(left - 1, Ordering::Relaxed);
+                return Written::failed(counts, BackplaneError::Unavailable("down".into()));
+            }
+            self.inner.write(counts).await
+        }
+        async fn own_channels(&self) -> Result<Vec<String>, BackplaneError> {
+            self.inner.own_channels().await
+        }
+        async fn subscribers(&self, c: &str, n: &[String]) -> Result<u64, BackplaneError> {
+            self.inner.subscribers(c, n).await
+        }
+        async fn list(
+            &self,
+            n: &[String],
+            p: &str,
+            a: Option<&str>,
+            l: usize,
+        ) -> Result<Page, BackplaneError> {
+            self.inner.list(n, p, a, l).await
+        }
+    }
+
+    fn conn(i: u32) -> Arc<ConnHandle> {
+        ConnHandle::new(format!("n.1.{i}").into(), None, None, 1 << 20).0
+    }
+
+    #[tokio::test]
+    async fn failed_flushes_stay_dirty_and_a_window_can_cancel_out() {
+        let hub = Arc::new(Hub::new("n".into(), Arc::new(NoInterest)));
+        let store = Arc::new(Flaky {
+            inner: MemoryChannels::new(),
+            fail: AtomicUsize::new(2),
+        });
+        let shutdown = Shutdown::default();
+        let occ = Occupancy::start(
+            hub.clone(),
+            store.clone(),
+            Arc::new(Webhooks::disabled()),
+            &shutdown,
+        );
+        // Stop the task: the test drives the flushes.
+        shutdown.token.cancel();
+        shutdown.tracker.close();
+        shutdown.tracker.wait().await;
+        let (a, b) = (conn(1), conn(2));
+        hub.add_subscriber("x", &a);
+        hub.add_subscriber("x", &b);
+        occ.touch("x");
+        occ.touch("x");
+        assert_eq!(occ.pending(), 1);
+        occ.flush().await; // fails: stays dirty
+        assert_eq!(occ.pending(), 1);
+        assert_eq!(store.subscribers("x", &[]).await.unwrap(), 0);
+        occ.flush().await; // fails again
+        occ.flush().await;
+        assert_eq!(occ.pending(), 0);
+        assert_eq!(store.subscribers("x", &[]).await.unwrap(), 2);
+        // Leave and come back inside one window: the store sees the same
+        // count, no transition.
+        hub.remove_subscriber("x", &a);
+        occ.touch("x");
+        hub.add_subscriber("x", &a);
+        occ.touch("x");
+        occ.flush().await;
+        assert_eq!(store.subscribers("x", &[]).await.unwrap(), 2);
+        hub.remove_subscriber("x", &a);
+        hub.remove_subscriber("x", &b);
+        occ.touch("x");
+        occ.flush().await;
+        assert_eq!(store.subscribers("x", &[]).await.unwrap(), 0);
+        assert!(store.own_channels().await.unwrap().is_empty());
+    }
+}

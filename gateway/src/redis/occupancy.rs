@@ -77,12 +77,19 @@ impl RedisChannels {
     }
 
     /// One channel's counts hash summed over `nodes`.
-    async fn sum_of(&self, channel: &str, nodes: &[String]) -> Result<(String, u64), BackplaneError> {
+    async fn sum_of(
+        &self,
+        channel: &str,
+        nodes: &[String],
+    ) -> Result<(String, u64), BackplaneError> {
         let key = self.shared.keys.subscribers(channel);
         let fields: Vec<(String, u64)> = self
             .shared
             .call("channel_counts", |mut conn| async move {
-                ::redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await
+                ::redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
             })
             .await?;
         let sum = fields
