@@ -40,6 +40,8 @@ pub struct Backends {
     pub history: Arc<dyn History>,
     /// Presence, user index, node registry.
     pub presence: Arc<dyn Presence>,
+    /// Per-channel subscriber counts of every node.
+    pub channels: Arc<dyn crate::occupancy::ChannelStore>,
     /// The in-process history, whose expired streams the node sweeps
     /// (`None` on Redis, where keys expire by themselves).
     pub memory_history: Option<Arc<MemoryHistory>>,
@@ -105,6 +107,7 @@ impl Plan {
                     backplane: Arc::new(MemoryBackplane::new(sink, history.clone())),
                     history: history.clone(),
                     presence: Arc::new(MemoryPresence::new(presence_ttl)),
+                    channels: Arc::new(crate::occupancy::MemoryChannels::new()),
                     memory_history: Some(history),
                 })
             }
@@ -115,6 +118,7 @@ impl Plan {
                     backplane: b.backplane,
                     history: b.history,
                     presence: b.presence,
+                    channels: b.channels,
                     memory_history: None,
                 })
             }

@@ -19,6 +19,7 @@ pub mod hub;
 pub mod memory;
 pub mod metrics;
 pub mod node;
+pub mod occupancy;
 pub mod outbox;
 pub mod pages;
 pub mod presence;

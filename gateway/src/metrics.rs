@@ -302,6 +302,8 @@ const RECEIVED_OPS: [&str; 9] = [
 ];
 
 fn describe() {
+    // Channel state (occupancy): its own block, see crate::occupancy.
+    crate::occupancy::describe_metrics();
     describe_gauge!(
         CONNECTIONS,
         "Open client WebSocket connections on this node."

@@ -226,6 +226,16 @@ impl Channel {
         Some(subs.is_empty())
     }
 
+    /// Subscribers (pending ones included).
+    pub fn len(&self) -> usize {
+        self.subs.lock().len()
+    }
+
+    /// Whether no connection is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.subs.lock().is_empty()
+    }
+
     /// Whether `conn` is subscribed and its subscribe has finished.
     pub fn is_live(&self, conn: &str) -> bool {
         self.subs

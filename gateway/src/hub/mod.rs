@@ -286,6 +286,12 @@ impl Hub {
         true
     }
 
+    /// Local subscribers of `channel` (pending subscribes included).
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        let entry = self.channels.shard(channel).lock().get(channel).cloned();
+        entry.map_or(0, |c| c.len())
+    }
+
     /// Presence entries this node owns in one shard of the channel map
     /// (`shard < SHARDS`): (channel, member) for every subscription on a
     /// channel for which `tracks` is true.

@@ -13,6 +13,7 @@ use super::{backend_error, Node};
 use crate::backplane::{Envelope, PresenceEvent};
 use crate::config::NamespaceOptions;
 use crate::metrics as m;
+use crate::occupancy::Transition;
 use crate::presence::{Member, RefreshBatch, UserConn};
 
 impl Node {
@@ -162,7 +163,18 @@ impl Node {
             .purge_stale_nodes(&self.config.node_id, timeout)
             .await
         {
-            Ok(members) if !members.is_empty() => {
+            Ok(crate::presence::Purged { members, vacated }) => {
+                if !vacated.is_empty() {
+                    tracing::info!(
+                        channels = vacated.len(),
+                        "channels vacated by the purge of crashed nodes"
+                    );
+                }
+                self.occupancy
+                    .emit(vacated.into_iter().map(|c| (c, Transition::Vacated)));
+                if members.is_empty() {
+                    return;
+                }
                 let nodes: std::collections::BTreeSet<&str> =
                     members.iter().map(|(_, m)| m.node.as_str()).collect();
                 metrics::counter!(m::NODES_PURGED).increment(nodes.len() as u64);
@@ -175,7 +187,6 @@ impl Node {
                 );
                 self.send_leaves(members).await;
             }
-            Ok(_) => {}
             Err(e) => {
                 backend_error("node_purge", &e);
             }
@@ -253,6 +264,7 @@ impl Node {
                 _ = refresh.tick() => self.maintain().await,
                 _ = announce.notified() => {
                     tracing::info!("this node was purged from the registry (stalled?); re-announcing its presence");
+                    self.occupancy.resync();
                     self.maintain().await;
                 }
                 _ = health.tick() => {
@@ -262,6 +274,7 @@ impl Node {
                     if generation != last_generation && self.backplane.is_healthy() {
                         tracing::info!("backplane reconnected, refreshing presence");
                         last_generation = generation;
+                        self.occupancy.resync();
                         self.maintain().await;
                         self.heartbeat().await;
                     }

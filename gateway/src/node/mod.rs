@@ -81,6 +81,9 @@ pub struct Node {
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The application backend proxy (docs/backend.md); no hook = off.
     pub proxy: crate::proxy::Proxy,
+    /// Cluster-wide channel state: this node's dirty channels and their
+    /// flush to the channel store.
+    pub occupancy: Arc<crate::occupancy::Occupancy>,
     memory_history: Option<Arc<MemoryHistory>>,
     draining: AtomicBool,
     slots: AtomicUsize,
@@ -150,6 +153,12 @@ impl Node {
             &shutdown,
         )?);
         let proxy = crate::proxy::Proxy::new(&config.proxy)?;
+        let occupancy = crate::occupancy::Occupancy::start(
+            hub.clone(),
+            backends.channels.clone(),
+            webhooks.clone(),
+            &shutdown,
+        );
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,
@@ -163,6 +172,7 @@ impl Node {
             join_leave,
             webhooks,
             proxy,
+            occupancy,
             memory_history: backends.memory_history,
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),

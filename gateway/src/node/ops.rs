@@ -74,6 +74,7 @@ impl Node {
         if self.hub.add_subscriber(channel, conn) == AddOutcome::AlreadySubscribed {
             return Err(ReplyError::bad_request("already subscribed"));
         }
+        self.occupancy.touch(channel);
         let result = self.subscribe_rest(conn, channel, ns, since, id).await;
         if result.is_err() {
             self.hub.remove_subscriber(channel, conn);
@@ -176,6 +177,7 @@ impl Node {
         if !self.hub.remove_subscriber(channel, conn) {
             return false;
         }
+        self.occupancy.touch(channel);
         let Some(ns) = self.config.namespace(channel) else {
             return true;
         };

@@ -91,6 +91,16 @@ impl RefreshBatch {
     }
 }
 
+/// What a purge of crashed nodes removed.
+#[derive(Debug, Default)]
+pub struct Purged {
+    /// (channel, member) of every removed presence member.
+    pub members: Vec<(String, Member)>,
+    /// Channels whose last subscribers were on the purged nodes (one
+    /// vacated event each, cluster-wide).
+    pub vacated: Vec<String>,
+}
+
 /// Presence, user index and node registry.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
@@ -156,9 +166,10 @@ pub trait Presence: Send + Sync + 'static {
         Ok(out)
     }
 
-    /// Purge the channel presence of every other node whose last heartbeat
-    /// is older than `timeout` (crashed or stalled) and return the removed
-    /// members as (channel, member). Each stale node is purged by one live
+    /// Purge the channel presence (and the subscriber counts) of every
+    /// other node whose last heartbeat is older than `timeout` (crashed or
+    /// stalled) and return the removed members as (channel, member), and
+    /// the channels the purge left with no subscriber anywhere. Each stale node is purged by one live
     /// node at a time and each member is returned to exactly one caller
     /// cluster-wide (so one leave event is sent per member). A backend
     /// without a node registry (the embedded one) purges nothing.
@@ -166,8 +177,8 @@ pub trait Presence: Send + Sync + 'static {
         &self,
         own: &str,
         timeout: std::time::Duration,
-    ) -> Result<Vec<(String, Member)>, BackplaneError> {
+    ) -> Result<Purged, BackplaneError> {
         let _ = (own, timeout);
-        Ok(Vec::new())
+        Ok(Purged::default())
     }
 }

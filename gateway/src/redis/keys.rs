@@ -139,6 +139,19 @@ impl Keys {
         format!("{}:node-pres:{{{node}}}", self.prefix)
     }
 
+    /// Subscriber counts of a channel (hash node id -> local count):
+    /// `P:subs:{c}`.
+    pub fn subscribers(&self, channel: &str) -> String {
+        format!("{}:subs:{{{channel}}}", self.prefix)
+    }
+
+    /// The channels a node has subscribers for (sorted set, score 0, read
+    /// by name): `P:chans:{<id>}`. One key per node, written only by that
+    /// node (and deleted by the purge of a crashed node).
+    pub fn node_channels(&self, node: &str) -> String {
+        format!("{}:chans:{{{node}}}", self.prefix)
+    }
+
     /// Index of a node's user index entries: the users with a connection
     /// there (set), `P:node-users:{<id>}`. Written only by that node.
     pub fn node_users(&self, node: &str) -> String {
@@ -169,7 +182,13 @@ mod tests {
         let k = Keys::new("gw");
         for c in ["a", "chat:lobby", "x}y", "很"] {
             let s = slot(&k.channel(c));
-            for key in [k.history(c), k.meta(c), k.presence(c), k.presence_expiry(c)] {
+            for key in [
+                k.history(c),
+                k.meta(c),
+                k.presence(c),
+                k.presence_expiry(c),
+                k.subscribers(c),
+            ] {
                 assert_eq!(slot(&key), s, "{key}");
             }
         }

@@ -29,6 +29,7 @@ pub mod codec;
 mod history;
 pub(crate) mod interest;
 pub mod keys;
+pub(crate) mod occupancy;
 mod presence;
 pub(crate) mod pubsub;
 pub(crate) mod scripts;
@@ -103,6 +104,8 @@ pub struct RedisBackends {
     pub history: Arc<RedisHistory>,
     /// Presence, user index and node registry.
     pub presence: Arc<RedisPresence>,
+    /// Per-channel subscriber counts of every node.
+    pub channels: Arc<occupancy::RedisChannels>,
 }
 
 /// The table of wanted pub/sub channels of a node with these settings: the
@@ -210,6 +213,7 @@ pub(crate) async fn connect(
             subscriber,
         )),
         history: Arc::new(RedisHistory::new(shared.clone())),
+        channels: Arc::new(occupancy::RedisChannels::new(shared.clone())),
         presence: Arc::new(RedisPresence::new(shared)),
     })
 }

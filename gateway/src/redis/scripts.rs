@@ -31,6 +31,9 @@ pub(crate) struct Scripts {
     pub(crate) purge_members: Script,
     /// Drop a purged node from the registry (unless it came back).
     pub(crate) finish_purge: Script,
+    /// Set or delete one node's subscriber count of a channel; reports
+    /// occupied/vacated.
+    pub(crate) occupancy: Script,
 }
 
 impl Scripts {
@@ -45,6 +48,7 @@ impl Scripts {
             claim_node: Script::new(include_str!("lua/claim_node.lua")),
             purge_members: Script::new(include_str!("lua/purge_members.lua")),
             finish_purge: Script::new(include_str!("lua/finish_purge.lua")),
+            occupancy: Script::new(include_str!("lua/occupancy.lua")),
         }
     }
 }

@@ -495,7 +495,7 @@ impl Presence for RedisPresence {
         &self,
         own: &str,
         timeout: std::time::Duration,
-    ) -> Result<Vec<(String, Member)>, BackplaneError> {
+    ) -> Result<crate::presence::Purged, BackplaneError> {
         self.purge_stale(own, timeout).await
     }
 

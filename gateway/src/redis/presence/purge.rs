@@ -8,7 +8,7 @@
 use super::{decode_all, Expiring, RedisPresence, REFRESH_CHUNK};
 use crate::backplane::BackplaneError;
 use crate::clock::now_ms;
-use crate::presence::Member;
+use crate::presence::{Member, Purged};
 use crate::redis::millis;
 
 /// Stale nodes claimed per purge call.
@@ -93,7 +93,7 @@ impl RedisPresence {
         &self,
         node: &str,
         cutoff: u64,
-        out: &mut Vec<(String, Member)>,
+        out: &mut Purged,
     ) -> Result<(), BackplaneError> {
         let keys = &self.shared.keys;
         let index = keys.node_presence(node);
@@ -103,12 +103,15 @@ impl RedisPresence {
             let values = self
                 .purge_entries(self.members_keys(&channel), &prefix)
                 .await?;
-            out.extend(
+            out.members.extend(
                 decode_all::<Member>(&values)
                     .into_iter()
                     .map(|m| (channel.clone(), m)),
             );
         }
+        let vacated = super::super::occupancy::RedisChannels::new(self.shared.clone())
+            .purge_node(node)
+            .await?;
         for user in self.scan_index(&users).await? {
             self.purge_entries(self.user_keys(&user), &prefix).await?;
         }
@@ -126,12 +129,15 @@ impl RedisPresence {
                 script.invoke_async::<i64>(&mut conn).await
             })
             .await?;
+        out.vacated.extend(vacated);
         if dropped == 1 {
+            let chans = keys.node_channels(node);
             self.shared
                 .call("node_purge", |mut conn| async move {
                     ::redis::cmd("DEL")
                         .arg(&index)
                         .arg(&users)
+                        .arg(&chans)
                         .query_async::<i64>(&mut conn)
                         .await
                 })
@@ -208,7 +214,7 @@ impl RedisPresence {
         &self,
         own: &str,
         timeout: std::time::Duration,
-    ) -> Result<Vec<(String, Member)>, BackplaneError> {
+    ) -> Result<Purged, BackplaneError> {
         let keys = &self.shared.keys;
         let cutoff = now_ms().saturating_sub(millis(timeout));
         let seen = keys.nodes_seen();
@@ -226,7 +232,7 @@ impl RedisPresence {
                     .await
             })
             .await?;
-        let mut out = Vec::new();
+        let mut out = Purged::default();
         for node in stale.iter().filter(|n| n.as_str() != own) {
             if self.claim(node, cutoff, own).await? {
                 self.purge_node(node, cutoff, &mut out).await?;
