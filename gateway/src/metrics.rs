@@ -265,7 +265,7 @@ fn register_zeroes() {
 }
 
 /// Every `op` label value of [`BACKEND_ERRORS`].
-pub const BACKEND_ERROR_OPS: [&str; 20] = [
+pub const BACKEND_ERROR_OPS: [&str; 21] = [
     "history_read",
     "node_heartbeat",
     "node_remove",
@@ -276,6 +276,7 @@ pub const BACKEND_ERROR_OPS: [&str; 20] = [
     "presence_join",
     "presence_leave",
     "presence_members",
+    "presence_members_gone",
     "presence_refresh",
     "presence_restore",
     "presence_index",

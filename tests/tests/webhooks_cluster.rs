@@ -43,17 +43,21 @@ fn about(sink: &WebhookSink) -> Vec<(String, String, String)> {
 
 /// Waits until every node reports `want` subscribers of `CH`.
 async fn settle(apis: &[Api], want: u64) -> Result<()> {
-    eventually(EVENTUALLY, &format!("{CH} has {want} subscribers"), || async {
-        for api in apis {
-            let Ok(r) = api.get(&format!("/api/channels/{CH}")).await else {
-                return false;
-            };
-            if r.body["subscribers"].as_u64() != Some(want) {
-                return false;
+    eventually(
+        EVENTUALLY,
+        &format!("{CH} has {want} subscribers"),
+        || async {
+            for api in apis {
+                let Ok(r) = api.get(&format!("/api/channels/{CH}")).await else {
+                    return false;
+                };
+                if r.body["subscribers"].as_u64() != Some(want) {
+                    return false;
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await
 }
 
@@ -142,7 +146,10 @@ async fn channel_and_member_events_arrive_once_each(topology: Topology) -> Resul
     let mut ids = HashSet::new();
     for r in &received {
         ensure!(verify(SECRET, r), "bad signature: {}", r.summary());
-        ensure!(!verify("another-secret-0123456789", r), "wrong secret verifies");
+        ensure!(
+            !verify("another-secret-0123456789", r),
+            "wrong secret verifies"
+        );
         for e in r.events() {
             let id = e["id"].as_str().context("event id")?.to_owned();
             ensure!(ids.insert(id.clone()), "event id {id} twice");
@@ -156,11 +163,7 @@ async fn channel_and_member_events_arrive_once_each(topology: Topology) -> Resul
 /// (the events of the latest step) may come in any order: the member event
 /// is emitted by the subscribe or leave itself, the channel event by the
 /// next occupancy flush.
-async fn expect(
-    sink: &WebhookSink,
-    want: &[(String, String, String)],
-    tail: usize,
-) -> Result<()> {
+async fn expect(sink: &WebhookSink, want: &[(String, String, String)], tail: usize) -> Result<()> {
     let split = want.len() - tail;
     let mut want_tail = want[split..].to_vec();
     want_tail.sort();

@@ -193,8 +193,22 @@ impl Node {
         }
     }
 
-    /// One leave event per removed member of a join/leave channel.
+    /// Members gone without a leave (expired, or their node purged): a
+    /// member_removed webhook for each user whose last connection that was
+    /// (any presence channel), then one leave event per removed member of a
+    /// join/leave channel.
     async fn send_leaves(&self, members: Vec<(String, Member)>) {
+        match self.presence.members_gone(&members).await {
+            Ok(users) => {
+                for (channel, user) in users {
+                    self.webhooks
+                        .emit(crate::webhooks::Event::MemberRemoved { channel, user });
+                }
+            }
+            Err(e) => {
+                backend_error("presence_members_gone", &e);
+            }
+        }
         self.send_presence_events(members, Envelope::Leave).await;
     }
 

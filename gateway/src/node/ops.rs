@@ -18,6 +18,7 @@ use crate::metrics as m;
 use crate::outbox::ConnHandle;
 use crate::presence::{Member, UserConn};
 use crate::protocol::{ReplyError, ServerFrame, Since};
+use crate::webhooks::Event;
 
 /// Why [`Node::admit`] refused a connection.
 #[derive(Debug)]
@@ -139,10 +140,17 @@ impl Node {
         }
         if ns.tracks_presence() {
             let member = self.hub.member(conn);
-            self.presence
+            let first = self
+                .presence
                 .join(channel, &member)
                 .await
                 .map_err(|e| backend_error("presence_join", &e))?;
+            if first {
+                self.webhooks.emit(Event::MemberAdded {
+                    channel: channel.to_owned(),
+                    user: member.user.clone(),
+                });
+            }
             if ns.join_leave {
                 let event = PresenceEvent {
                     channel: channel.to_owned(),
@@ -184,16 +192,24 @@ impl Node {
         if !ns.tracks_presence() {
             return true;
         }
-        match self.presence.leave(channel, &conn.id).await {
-            Ok(true) if ns.join_leave => {
-                let event = PresenceEvent {
-                    channel: channel.to_owned(),
-                    user: conn.user.as_deref().unwrap_or_default().to_owned(),
-                    conn: conn.id.to_string(),
-                };
-                self.join_leave.push(Change::Leave, event).await;
+        let user = conn.user.as_deref().unwrap_or_default();
+        match self.presence.leave(channel, &conn.id, user).await {
+            Ok(left) => {
+                if left.last_of_user {
+                    self.webhooks.emit(Event::MemberRemoved {
+                        channel: channel.to_owned(),
+                        user: user.to_owned(),
+                    });
+                }
+                if left.removed && ns.join_leave {
+                    let event = PresenceEvent {
+                        channel: channel.to_owned(),
+                        user: user.to_owned(),
+                        conn: conn.id.to_string(),
+                    };
+                    self.join_leave.push(Change::Leave, event).await;
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 backend_error("presence_leave", &e);
             }

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
+use super::{Left, Member, NodeInfo, Presence, RefreshBatch, UserConn};
 use crate::backplane::BackplaneError;
 
 type Entries<T> = HashMap<String, (T, Instant)>;
@@ -130,14 +130,28 @@ pub struct MemoryPresence {
 }
 
 impl MemoryPresence {
+    /// Whether `user` has a connection among the channel's entries (a scan
+    /// of the channel's members: joins and leaves of named users in big
+    /// channels cost O(members) here).
+    fn has_user(&self, channel: &str, user: &str) -> bool {
+        self.channels
+            .lock()
+            .get(channel)
+            .is_some_and(|ms| ms.values().any(|m| *m.user == *user))
+    }
+
     /// Write (or refresh) a member; returns whether it was not there.
-    fn put_member(&self, channel: &str, member: &Member) -> bool {
-        let stored = Stored {
+    fn stored(&self, member: &Member) -> Stored {
+        Stored {
             user: member.user.as_str().into(),
             node: self.node_name(&member.node),
             info: member.info.clone(),
             expires: Instant::now() + self.ttl,
-        };
+        }
+    }
+
+    fn put_member(&self, channel: &str, member: &Member) -> bool {
+        let stored = self.stored(member);
         self.channels
             .lock()
             .entry(channel.to_owned())
@@ -187,21 +201,53 @@ impl MemoryPresence {
 
 #[async_trait]
 impl Presence for MemoryPresence {
-    async fn join(&self, channel: &str, member: &Member) -> Result<(), BackplaneError> {
-        self.put_member(channel, member);
-        Ok(())
+    async fn join(&self, channel: &str, member: &Member) -> Result<bool, BackplaneError> {
+        // One lock for the write and the check: of two racing joins of one
+        // user exactly one sees no other connection of it.
+        let stored = self.stored(member);
+        let mut channels = self.channels.lock();
+        let members = channels.entry(channel.to_owned()).or_default();
+        let new = members
+            .insert(member.conn.as_str().into(), stored)
+            .is_none();
+        Ok(new
+            && !member.user.is_empty()
+            && !members
+                .iter()
+                .any(|(conn, m)| *m.user == *member.user && **conn != *member.conn))
     }
 
-    async fn leave(&self, channel: &str, conn: &str) -> Result<bool, BackplaneError> {
+    async fn leave(&self, channel: &str, conn: &str, user: &str) -> Result<Left, BackplaneError> {
         let mut channels = self.channels.lock();
         let Some(members) = channels.get_mut(channel) else {
-            return Ok(false);
+            return Ok(Left::default());
         };
         let removed = members.remove(conn).is_some();
+        let last_of_user =
+            removed && !user.is_empty() && !members.values().any(|m| *m.user == *user);
         if members.is_empty() {
             channels.remove(channel);
         }
-        Ok(removed)
+        Ok(Left {
+            removed,
+            last_of_user,
+        })
+    }
+
+    async fn members_gone(
+        &self,
+        gone: &[(String, Member)],
+    ) -> Result<Vec<(String, String)>, BackplaneError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (channel, m) in gone {
+            if m.user.is_empty() || out.iter().any(|(c, u)| c == channel && *u == m.user) {
+                continue;
+            }
+            if !self.has_user(channel, &m.user) {
+                out.push((channel.clone(), m.user.clone()));
+            }
+        }
+        Ok(out)
     }
 
     async fn members(&self, channel: &str) -> Result<Vec<Member>, BackplaneError> {

@@ -101,13 +101,34 @@ pub struct Purged {
     pub vacated: Vec<String>,
 }
 
+/// What [`Presence::leave`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Left {
+    /// The connection was a member.
+    pub removed: bool,
+    /// It was its user's last connection in the channel anywhere in the
+    /// cluster (never for anonymous members).
+    pub last_of_user: bool,
+}
+
 /// Presence, user index and node registry.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Add (or refresh) a member of a channel.
-    async fn join(&self, channel: &str, member: &Member) -> Result<(), BackplaneError>;
-    /// Remove a member; returns whether it was present.
-    async fn leave(&self, channel: &str, conn: &str) -> Result<bool, BackplaneError>;
+    /// Add (or refresh) a member of a channel. Returns whether this made
+    /// its user a member: the user's first connection in the channel
+    /// anywhere in the cluster (always false for anonymous members, user
+    /// ""). Exactly one of racing joins of one user sees `true`.
+    async fn join(&self, channel: &str, member: &Member) -> Result<bool, BackplaneError>;
+    /// Remove connection `conn` of `user` from a channel.
+    async fn leave(&self, channel: &str, conn: &str, user: &str) -> Result<Left, BackplaneError>;
+    /// Members that left without [`Presence::leave`] (handed out by
+    /// [`Presence::take_expired`] or a purge, each to exactly one caller):
+    /// drop them from their users' memberships and return the (channel,
+    /// user) pairs whose last connection that was.
+    async fn members_gone(
+        &self,
+        gone: &[(String, Member)],
+    ) -> Result<Vec<(String, String)>, BackplaneError>;
     /// Current unexpired members of a channel.
     async fn members(&self, channel: &str) -> Result<Vec<Member>, BackplaneError>;
     /// Remove the expired members of a channel and return them, each to

@@ -101,6 +101,13 @@ impl Keys {
         format!("{}:pres-exp:{{{channel}}}", self.prefix)
     }
 
+    /// The connections of one user in a presence channel (a set of conn
+    /// ids, in the channel's slot): `P:pres-u:{c}:<user>`. Its size going
+    /// 0 -> 1 and 1 -> 0 are the member_added / member_removed transitions.
+    pub fn presence_user(&self, channel: &str, user: &str) -> String {
+        format!("{}:pres-u:{{{channel}}}:{user}", self.prefix)
+    }
+
     /// User index hash (conn -> node): `P:user-conns:{u}`.
     pub fn user_conns(&self, user: &str) -> String {
         self.user_name("user-conns", user)

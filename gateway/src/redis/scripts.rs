@@ -21,6 +21,8 @@ pub(crate) struct Scripts {
     pub(crate) put: Script,
     /// Unexpired values of an expiring hash (optionally pruning).
     pub(crate) live: Script,
+    /// Drop a gone member from its user's set; says whether it was the last.
+    pub(crate) member_gone: Script,
     /// Remove and return expired entries of an expiring hash.
     pub(crate) take_expired: Script,
     /// Registry entry + last-seen time of this node.
@@ -42,6 +44,7 @@ impl Scripts {
             publish: Script::new(include_str!("lua/publish.lua")),
             read: Script::new(include_str!("lua/read.lua")),
             put: Script::new(include_str!("lua/put.lua")),
+            member_gone: Script::new(include_str!("lua/member_gone.lua")),
             live: Script::new(include_str!("lua/live.lua")),
             take_expired: Script::new(include_str!("lua/take_expired.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),

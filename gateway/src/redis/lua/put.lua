@@ -3,7 +3,11 @@
 -- KEYS[1] hash (id -> JSON)   KEYS[2] sorted set (id -> expiry ms)
 -- ARGV[1] id   ARGV[2] JSON   ARGV[3] expiry (ms)   ARGV[4] key ttl (ms)
 -- ARGV[5] delete entries that expired before this time (ms)
--- Returns the number of pruned entries.
+-- KEYS[3] (members of a named user only) the set of that user's
+-- connections in the channel.
+-- Returns, with KEYS[3], 1 when the id made the set go from empty to one
+-- (the user's first connection: member_added), else 0; without it, the
+-- number of pruned entries.
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 -- Bounded pruning on the write path keeps a busy key from collecting the
@@ -15,4 +19,10 @@ if #dead > 0 then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if KEYS[3] then
+  local added = redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  if added == 1 and redis.call('SCARD', KEYS[3]) == 1 then return 1 end
+  return 0
+end
 return #dead

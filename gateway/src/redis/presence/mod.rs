@@ -41,7 +41,7 @@ mod purge;
 use super::{millis, Shared};
 use crate::backplane::BackplaneError;
 use crate::clock::now_ms;
-use crate::presence::{Member, NodeInfo, Presence, RefreshBatch, UserConn};
+use crate::presence::{Left, Member, NodeInfo, Presence, RefreshBatch, UserConn};
 
 /// Entries per refresh pipeline.
 const REFRESH_CHUNK: usize = 1000;
@@ -155,7 +155,7 @@ impl RedisPresence {
             let base = at * REFRESH_CHUNK;
             if self.shared.cluster.is_some() {
                 let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
-                for (i, (keys, _, _)) in chunk.iter().enumerate() {
+                for (i, (keys, _, _, _)) in chunk.iter().enumerate() {
                     by_slot
                         .entry(crate::redis::slots::slot(&keys.hash))
                         .or_default()
@@ -170,8 +170,14 @@ impl RedisPresence {
             let mut pipe = ::redis::pipe();
             let mut touched = HashSet::new();
             for &i in &group {
-                let (keys, id, json) = &entries[i];
+                let (keys, id, json, set) = &entries[i];
                 write(&mut pipe, keys, id, json);
+                // A named member keeps its place in its user's set (and the
+                // set its TTL); after Redis lost its data this rebuilds it.
+                if let Some(set) = set {
+                    pipe.cmd("SADD").arg(set).arg(id).ignore();
+                    pipe.cmd("PEXPIRE").arg(set).arg(key_ttl).ignore();
+                }
                 if touched.insert(keys.hash.as_str()) {
                     pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
                     pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
@@ -204,21 +210,30 @@ impl RedisPresence {
         Ok(batch.select(picked))
     }
 
-    /// The keys, id and JSON of every entry of a batch, members first.
+    /// The keys, id and JSON of every entry of a batch, members first, with
+    /// the user's set of a named member (`Keys::presence_user`).
     fn entries<'a>(
         &self,
         batch: &'a RefreshBatch,
-    ) -> Result<Vec<(Expiring, &'a str, String)>, BackplaneError> {
+    ) -> Result<Vec<(Expiring, &'a str, String, Option<String>)>, BackplaneError> {
         let mut entries = Vec::with_capacity(batch.len());
         for (channel, member) in &batch.members {
+            let set = (!member.user.is_empty())
+                .then(|| self.shared.keys.presence_user(channel, &member.user));
             entries.push((
                 self.members_keys(channel),
                 member.conn.as_str(),
                 encode(member)?,
+                set,
             ));
         }
         for (user, conn) in &batch.user_conns {
-            entries.push((self.user_keys(user), conn.conn.as_str(), encode(conn)?));
+            entries.push((
+                self.user_keys(user),
+                conn.conn.as_str(),
+                encode(conn)?,
+                None,
+            ));
         }
         Ok(entries)
     }
@@ -247,6 +262,26 @@ impl RedisPresence {
             )
             .await?;
         Ok(removed > 0)
+    }
+
+    /// One member of [`Presence::members_gone`]: `Some((channel, user))`
+    /// when it was its user's last connection.
+    async fn member_gone(
+        &self,
+        channel: &str,
+        m: &Member,
+    ) -> Result<Option<(String, String)>, BackplaneError> {
+        let mut script = self.shared.scripts.member_gone.prepare_invoke();
+        script
+            .key(self.shared.keys.presence_user(channel, &m.user))
+            .arg(&m.conn);
+        let last = self
+            .shared
+            .call("presence", |mut c| async move {
+                script.invoke_async::<i64>(&mut c).await
+            })
+            .await?;
+        Ok((last == 1).then(|| (channel.to_owned(), m.user.clone())))
     }
 
     /// [`Presence::take_expired`], with the channel's name.
@@ -282,25 +317,90 @@ impl RedisPresence {
 
 #[async_trait]
 impl Presence for RedisPresence {
-    async fn join(&self, channel: &str, member: &Member) -> Result<(), BackplaneError> {
+    async fn join(&self, channel: &str, member: &Member) -> Result<bool, BackplaneError> {
         let json = encode(member)?;
         // Members expired for less than a TTL are left for take_expired.
         let grace = millis(self.shared.settings.presence_ttl);
         let prune_before = now_ms().saturating_sub(grace);
-        self.put(
-            "presence",
-            self.members_keys(channel),
-            &member.conn,
-            json,
-            prune_before,
-        )
-        .await?;
-        self.index(std::iter::once(channel)).await
+        let keys = self.members_keys(channel);
+        let mut script = self.shared.scripts.put.prepare_invoke();
+        script.key(&keys.hash).key(&keys.expiry);
+        let named = !member.user.is_empty();
+        if named {
+            script.key(self.shared.keys.presence_user(channel, &member.user));
+        }
+        script
+            .arg(&member.conn)
+            .arg(json)
+            .arg(self.expiry())
+            .arg(self.key_ttl())
+            .arg(prune_before);
+        let first = self
+            .shared
+            .call("presence", |mut conn| async move {
+                script.invoke_async::<i64>(&mut conn).await
+            })
+            .await?;
+        self.index(std::iter::once(channel)).await?;
+        Ok(named && first == 1)
     }
 
-    async fn leave(&self, channel: &str, conn: &str) -> Result<bool, BackplaneError> {
-        self.delete("presence", self.members_keys(channel), conn)
-            .await
+    async fn leave(&self, channel: &str, conn: &str, user: &str) -> Result<Left, BackplaneError> {
+        let keys = self.members_keys(channel);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("HDEL")
+            .arg(&keys.hash)
+            .arg(conn)
+            .cmd("ZREM")
+            .arg(&keys.expiry)
+            .arg(conn)
+            .ignore();
+        if user.is_empty() {
+            let (removed,): (i64,) = self
+                .shared
+                .call(
+                    "presence",
+                    |mut c| async move { pipe.query_async(&mut c).await },
+                )
+                .await?;
+            return Ok(Left {
+                removed: removed > 0,
+                last_of_user: false,
+            });
+        }
+        // In the same MULTI: of two racing leaves of one user's last two
+        // connections exactly one sees the set empty after its SREM.
+        let set = self.shared.keys.presence_user(channel, user);
+        pipe.cmd("SREM").arg(&set).arg(conn).cmd("SCARD").arg(&set);
+        let (removed, srem, left): (i64, i64, i64) = self
+            .shared
+            .call(
+                "presence",
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
+            .await?;
+        Ok(Left {
+            removed: removed > 0,
+            last_of_user: srem == 1 && left == 0,
+        })
+    }
+
+    async fn members_gone(
+        &self,
+        gone: &[(String, Member)],
+    ) -> Result<Vec<(String, String)>, BackplaneError> {
+        let runs: Vec<_> = gone
+            .iter()
+            .filter(|(_, m)| !m.user.is_empty())
+            .map(|(channel, m)| self.member_gone(channel, m))
+            .collect();
+        let mut out = Vec::new();
+        let mut done = futures_util::stream::iter(runs).buffer_unordered(PIPELINES_IN_FLIGHT);
+        while let Some(r) = done.next().await {
+            out.extend(r?);
+        }
+        Ok(out)
     }
 
     async fn members(&self, channel: &str) -> Result<Vec<Member>, BackplaneError> {
