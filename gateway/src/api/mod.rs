@@ -11,6 +11,8 @@
 //! 200 was handed to the backend; a 503 means it was not acknowledged (see
 //! docs/protocol.md: after a timeout it may still have been applied).
 
+pub mod subscriptions;
+
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -199,6 +201,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/channels/{channel}/history", get(history))
         .route("/api/users/{user}", get(user_status))
         .route("/api/nodes", get(nodes))
+        .merge(subscriptions::routes())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
         .layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(middleware::from_fn(observe))
@@ -242,7 +245,7 @@ fn check_channel(channel: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     if !id.is_empty() && id.len() <= 255 && !id.chars().any(char::is_control) {
         Ok(())
     } else {
