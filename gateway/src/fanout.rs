@@ -111,8 +111,12 @@ fn key(envelope: &Envelope) -> &str {
     match envelope {
         Envelope::Message(p) => &p.channel,
         Envelope::Join(e) | Envelope::Leave(e) => &e.channel,
-        Envelope::User { user, .. } | Envelope::DisconnectUser { user, .. } => user,
-        Envelope::Conn { conn, .. } | Envelope::DisconnectConn { conn, .. } => conn,
+        Envelope::User { user, .. }
+        | Envelope::DisconnectUser { user, .. }
+        | Envelope::SubscribeUser { user, .. } => user,
+        Envelope::Conn { conn, .. }
+        | Envelope::DisconnectConn { conn, .. }
+        | Envelope::SubscribeConn { conn, .. } => conn,
         Envelope::Broadcast { .. } => "",
     }
 }
@@ -162,7 +166,11 @@ impl FanOut {
             Envelope::Join(e) | Envelope::Leave(e) => Lost::Channel(e.channel),
             Envelope::User { user, .. } => Lost::User(user),
             Envelope::Conn { conn, .. } => Lost::Conn(conn),
-            Envelope::DisconnectUser { .. } | Envelope::DisconnectConn { .. } => {
+            // Control, not data: handed on inline, like disconnects.
+            Envelope::DisconnectUser { .. }
+            | Envelope::DisconnectConn { .. }
+            | Envelope::SubscribeUser { .. }
+            | Envelope::SubscribeConn { .. } => {
                 self.shared.hub.deliver(envelope);
                 return;
             }

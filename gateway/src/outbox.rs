@@ -44,6 +44,34 @@ pub struct ConnHandle {
     closed: Notify,
     /// Set by the node's pinger; the writer sends a WebSocket ping.
     ping_due: AtomicBool,
+    /// Server-side (un)subscriptions for the connection's own task (the
+    /// reader owns the channel list), at most [`CONTROL_QUEUE`].
+    control: Mutex<VecDeque<Control>>,
+    /// Wakes the reader for `control` (notify_one: a wake-up is kept).
+    control_ready: Notify,
+}
+
+/// Server-side subscription requests one connection may hold queued; past
+/// it a request is dropped and counted (`reason="control_full"`).
+pub const CONTROL_QUEUE: usize = 32;
+
+/// A server-side (un)subscription for a connection's reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// The channel.
+    pub channel: Box<str>,
+    /// Subscribe (true) or unsubscribe (false).
+    pub subscribe: bool,
+}
+
+impl Control {
+    /// A request for `channel`.
+    pub fn new(channel: &str, subscribe: bool) -> Self {
+        Self {
+            channel: channel.into(),
+            subscribe,
+        }
+    }
 }
 
 /// The writer's end of a [`ConnHandle`]'s queue (there is exactly one).
@@ -111,6 +139,8 @@ impl ConnHandle {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             ping_due: AtomicBool::new(false),
+            control: Mutex::new(VecDeque::new()),
+            control_ready: Notify::new(),
         });
         let outbox = Outbox {
             handle: handle.clone(),
@@ -174,6 +204,35 @@ impl ConnHandle {
         self.closing.store(true, Ordering::Release);
         self.closed.notify_waiters();
         true
+    }
+
+    /// Queue a server-side (un)subscription for the reader; false when the
+    /// connection is closing or its control queue is full (counted).
+    pub fn control(&self, c: Control) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        let mut q = self.control.lock();
+        if q.len() >= CONTROL_QUEUE {
+            drop(q);
+            metrics::counter!(crate::metrics::DROPPED, "reason" => "control_full").increment(1);
+            tracing::debug!(conn.id = %self.id, "control queue full, server-side subscription dropped");
+            return false;
+        }
+        q.push_back(c);
+        drop(q);
+        self.control_ready.notify_one();
+        true
+    }
+
+    /// Take the next queued control request.
+    pub fn take_control(&self) -> Option<Control> {
+        self.control.lock().pop_front()
+    }
+
+    /// Resolves after [`ConnHandle::control`] queued something.
+    pub async fn control_queued(&self) {
+        self.control_ready.notified().await;
     }
 
     /// Ask the writer to send a WebSocket ping.

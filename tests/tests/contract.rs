@@ -375,6 +375,8 @@ fn kind_of(e: &Envelope) -> &'static str {
         Envelope::Conn { .. } => "conn",
         Envelope::DisconnectUser { .. } => "disconnect_user",
         Envelope::DisconnectConn { .. } => "disconnect_conn",
+        Envelope::SubscribeUser { .. } => "subscribe_user",
+        Envelope::SubscribeConn { .. } => "subscribe_conn",
     }
 }
 

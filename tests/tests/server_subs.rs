@@ -75,3 +75,141 @@ async fn the_connect_proxy_subs_subscribe_on_connect() -> Result<()> {
     ensure!(m["data"] == 7, "{m}");
     Ok(())
 }
+
+/// Reads frames until one of `ty` for `channel`, with a null id.
+async fn expect_push(c: &mut tests::Client, ty: &str, channel: &str) -> Result<Value> {
+    let f = c
+        .wait_for(RECV_TIMEOUT, &format!("{ty} {channel}"), |f| {
+            f["type"] == ty && f["channel"] == channel
+        })
+        .await?;
+    ensure!(f["id"].is_null(), "server push with an id: {f}");
+    Ok(f)
+}
+
+#[tokio::test]
+async fn api_user_subscribe_and_unsubscribe_reach_devices_on_two_nodes() -> Result<()> {
+    let cluster = tests::cluster::Cluster::builder("subs_api_user")
+        .nodes(2)
+        .start()
+        .await?;
+    let mut a1 = cluster.node(1).connect_user("alice").await?;
+    let mut a2 = cluster.node(2).connect_user("alice").await?;
+    let mut bob = cluster.node(2).connect_user("bob").await?;
+    // From node 1's API, for devices on both nodes.
+    let r = cluster
+        .api(1)
+        .post(
+            "/api/users/alice/subscribe",
+            &json!({"channel": "chat:team"}),
+        )
+        .await?;
+    r.ok()?;
+    expect_push(&mut a1, "subscribed", "chat:team").await?;
+    expect_push(&mut a2, "subscribed", "chat:team").await?;
+    cluster
+        .api(2)
+        .publish("chat:team", json!("for the team"))
+        .await?;
+    for c in [&mut a1, &mut a2] {
+        let m = c.wait_for_type("message", RECV_TIMEOUT).await?;
+        ensure!(m["data"] == "for the team", "{m}");
+    }
+    bob.expect_nothing(std::time::Duration::from_millis(300))
+        .await?;
+    // The subscription is the connection's own: a client subscribe is now a duplicate.
+    let r = a2
+        .request(json!({"op": "subscribe", "channel": "chat:team"}))
+        .await?;
+    tests::check_error(&r, "bad_request")?;
+    cluster
+        .api(2)
+        .post(
+            "/api/users/alice/unsubscribe",
+            &json!({"channel": "chat:team"}),
+        )
+        .await?
+        .ok()?;
+    expect_push(&mut a1, "unsubscribed", "chat:team").await?;
+    expect_push(&mut a2, "unsubscribed", "chat:team").await?;
+    // Unknown namespace or invalid channel: refused up front.
+    let r = cluster
+        .api(1)
+        .post("/api/users/alice/subscribe", &json!({"channel": "nope:x"}))
+        .await?;
+    ensure!(
+        r.status == 400 && r.error_code() == Some("bad_request"),
+        "{}",
+        r.text
+    );
+    let r = cluster
+        .api(1)
+        .post("/api/users/alice/subscribe", &json!({"channel": "a b"}))
+        .await?;
+    ensure!(r.status == 400, "{}", r.text);
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_connection_subscribe_reaches_one_connection_on_another_node() -> Result<()> {
+    let cluster = tests::cluster::Cluster::builder("subs_api_conn")
+        .nodes(2)
+        .start()
+        .await?;
+    let mut target = cluster.node(2).connect_user("carol").await?;
+    let mut sibling = cluster.node(2).connect_user("carol").await?;
+    cluster
+        .api(1)
+        .post(
+            &format!("/api/connections/{}/subscribe", target.conn()),
+            &json!({"channel": "news"}),
+        )
+        .await?
+        .ok()?;
+    expect_push(&mut target, "subscribed", "news").await?;
+    cluster.api(1).publish("news", json!(1)).await?;
+    let m = target.wait_for_type("message", RECV_TIMEOUT).await?;
+    ensure!(m["data"] == 1, "{m}");
+    sibling
+        .expect_nothing(std::time::Duration::from_millis(300))
+        .await?;
+    cluster
+        .api(1)
+        .post(
+            &format!("/api/connections/{}/unsubscribe", target.conn()),
+            &json!({"channel": "news"}),
+        )
+        .await?
+        .ok()?;
+    expect_push(&mut target, "unsubscribed", "news").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_subscribe_respects_the_channel_limit() -> Result<()> {
+    let gw = GatewayBuilder::new()
+        .name("subs_api_limit")
+        .standard_config()
+        .env("GATEWAY_MAX_CHANNELS_PER_CONNECTION", 1)
+        .spawn()
+        .await?;
+    let mut c = gw.connect_user("dave").await?;
+    c.subscribe("news").await?;
+    gw.api()
+        .post(
+            &format!("/api/connections/{}/subscribe", c.conn()),
+            &json!({"channel": "chat:more"}),
+        )
+        .await?
+        .ok()?;
+    let e = c.expect_error("forbidden", RECV_TIMEOUT).await?;
+    ensure!(e["id"].is_null(), "{e}");
+    ensure!(
+        e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_channels_per_connection"),
+        "{e}"
+    );
+    Ok(())
+}

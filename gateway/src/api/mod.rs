@@ -12,6 +12,7 @@
 //! docs/protocol.md: after a timeout it may still have been applied).
 
 pub mod channels;
+pub mod subscriptions;
 
 use std::sync::Arc;
 
@@ -202,6 +203,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/users/{user}", get(user_status))
         .route("/api/nodes", get(nodes))
         .merge(channels::routes())
+        .merge(subscriptions::routes())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
         .layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(middleware::from_fn(observe))
@@ -245,7 +247,7 @@ fn check_channel(channel: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
     if !id.is_empty() && id.len() <= 255 && !id.chars().any(char::is_control) {
         Ok(())
     } else {

@@ -148,11 +148,30 @@ pub enum Envelope {
         /// Close reason.
         reason: String,
     },
+    /// Subscribe (or unsubscribe) every connection of one user to a channel
+    /// (server-side subscriptions; each connection's own task does it).
+    SubscribeUser {
+        /// Target user id.
+        user: String,
+        /// Channel (validated, namespace checked by the sender).
+        channel: String,
+        /// Subscribe (true) or unsubscribe (false).
+        subscribe: bool,
+    },
+    /// Subscribe (or unsubscribe) one connection to a channel.
+    SubscribeConn {
+        /// Target connection id.
+        conn: String,
+        /// Channel (validated, namespace checked by the sender).
+        channel: String,
+        /// Subscribe (true) or unsubscribe (false).
+        subscribe: bool,
+    },
 }
 
 impl Envelope {
     /// Every value of [`Envelope::kind`] (a metric label set).
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 10] = [
         "message",
         "join",
         "leave",
@@ -161,6 +180,8 @@ impl Envelope {
         "conn",
         "disconnect_user",
         "disconnect_conn",
+        "subscribe_user",
+        "subscribe_conn",
     ];
 
     /// A short label naming the variant (one of [`Envelope::KINDS`]).
@@ -174,6 +195,8 @@ impl Envelope {
             Envelope::Conn { .. } => 5,
             Envelope::DisconnectUser { .. } => 6,
             Envelope::DisconnectConn { .. } => 7,
+            Envelope::SubscribeUser { .. } => 8,
+            Envelope::SubscribeConn { .. } => 9,
         };
         Self::KINDS[i]
     }
@@ -184,12 +207,12 @@ impl Envelope {
             Envelope::Message(p) => Topic::Channel(p.channel.clone()),
             Envelope::Join(e) | Envelope::Leave(e) => Topic::Channel(e.channel.clone()),
             Envelope::Broadcast { .. } => Topic::All,
-            Envelope::User { user, .. } | Envelope::DisconnectUser { user, .. } => {
-                Topic::User(user.clone())
-            }
-            Envelope::Conn { conn, .. } | Envelope::DisconnectConn { conn, .. } => {
-                Topic::Node(node_of_conn(conn).to_owned())
-            }
+            Envelope::User { user, .. }
+            | Envelope::DisconnectUser { user, .. }
+            | Envelope::SubscribeUser { user, .. } => Topic::User(user.clone()),
+            Envelope::Conn { conn, .. }
+            | Envelope::DisconnectConn { conn, .. }
+            | Envelope::SubscribeConn { conn, .. } => Topic::Node(node_of_conn(conn).to_owned()),
         }
     }
 }

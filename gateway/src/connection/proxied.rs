@@ -257,6 +257,24 @@ impl Reader {
         Ok(())
     }
 
+    /// A server-side (un)subscription from the HTTP API, in this task. A
+    /// refused subscribe is told to the client as an `error` push (id
+    /// null); unsubscribing a channel it is not in does nothing.
+    pub async fn on_control(&mut self, c: crate::outbox::Control) {
+        let result = if c.subscribe {
+            self.server_subscribe(&c.channel).await
+        } else {
+            match self.server_unsubscribe(&c.channel).await {
+                Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+                other => other,
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(channel = %c.channel, error = %e.message, "server-side subscription refused");
+            self.handle.push(&super::error_frame(None, &e));
+        }
+    }
+
     /// The server-side subscriptions of the identity, on connect. A
     /// refused one is logged and told to the client as an `error` frame
     /// (id null); the connection stays.

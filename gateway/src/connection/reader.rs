@@ -87,7 +87,8 @@ impl Reader {
         // handle's `Notify` twice per frame (register, deregister).
         let handle = self.handle.clone();
         let closed = handle.closed();
-        tokio::pin!(heartbeat, token_expiry, closed);
+        let control = handle.control_queued();
+        tokio::pin!(heartbeat, token_expiry, closed, control);
         loop {
             tokio::select! {
                 biased;
@@ -107,6 +108,12 @@ impl Reader {
                         }
                     } else {
                         self.handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token_expired"));
+                    }
+                }
+                _ = &mut control => {
+                    control.set(handle.control_queued());
+                    while let Some(c) = self.handle.take_control() {
+                        Box::pin(self.on_control(c)).await;
                     }
                 }
                 _ = &mut heartbeat => {

@@ -445,6 +445,26 @@ impl Deliver for Hub {
                 self.close_conn(conn, &CloseReason::new(*code, reason));
                 0
             }
+            Envelope::SubscribeUser {
+                user,
+                channel,
+                subscribe,
+            } => {
+                for c in self.user_conns(user) {
+                    c.control(crate::outbox::Control::new(channel, *subscribe));
+                }
+                0
+            }
+            Envelope::SubscribeConn {
+                conn,
+                channel,
+                subscribe,
+            } => {
+                if let Some(c) = self.conn(conn) {
+                    c.control(crate::outbox::Control::new(channel, *subscribe));
+                }
+                0
+            }
         };
         if delivered > 0 {
             m::hot().deliveries.increment(delivered);
