@@ -1063,10 +1063,16 @@ async fn presence_join_members_leave(kind: Kind) -> Result<()> {
         bob.info
     );
 
-    ensure!(p.leave("chat:p", &c1).await?, "leave of a member: false");
-    ensure!(!p.leave("chat:p", &c1).await?, "second leave: true");
     ensure!(
-        !p.leave("chat:none", &c1).await?,
+        p.leave("chat:p", &c1, "alice").await?.removed,
+        "leave of a member: false"
+    );
+    ensure!(
+        !p.leave("chat:p", &c1, "alice").await?.removed,
+        "second leave: true"
+    );
+    ensure!(
+        !p.leave("chat:none", &c1, "alice").await?.removed,
         "leave of unknown channel: true"
     );
     ensure!(
@@ -1076,7 +1082,10 @@ async fn presence_join_members_leave(kind: Kind) -> Result<()> {
     let q = p.members("chat:q").await?;
     ensure!(conns(&q) == [c1.clone()], "leave touched another channel");
     ensure!(q[0].info.is_none(), "info appeared: {:?}", q[0].info);
-    ensure!(p.leave("chat:p", &c2).await?, "leave of the last member");
+    ensure!(
+        p.leave("chat:p", &c2, "bob").await?.removed,
+        "leave of the last member"
+    );
     ensure!(
         p.members("chat:p").await?.is_empty(),
         "members after all left"
@@ -1087,6 +1096,113 @@ async fn presence_join_members_leave(kind: Kind) -> Result<()> {
         "nothing expired yet"
     );
     b.shutdown().await;
+    Ok(())
+}
+
+/// Member transitions are per user and cluster-wide: a user's first
+/// connection in a channel (on any node) is reported by its join, the last
+/// one by its leave, exactly one of racing joins or leaves of one user sees
+/// the transition, anonymous members never do, and expired members handed
+/// out by `take_expired` give their user's removal once.
+async fn member_transitions_are_per_user_and_exactly_once(kind: Kind) -> Result<()> {
+    let a = Backends::start(kind, "pres_members", SHORT_TTL).await?;
+    let b = a.peer("n2").await?;
+    let ch = "chat:mt";
+    let (a1, b1) = (a.conn(1), b.conn(1));
+    ensure!(
+        a.presence
+            .join(ch, &member("alice", &a1, &a.node, None)?)
+            .await?,
+        "alice's first connection: not first"
+    );
+    ensure!(
+        !b.presence
+            .join(ch, &member("alice", &b1, &b.node, None)?)
+            .await?,
+        "alice's second connection (other node): first"
+    );
+    ensure!(
+        !a.presence
+            .join(ch, &member("alice", &a1, &a.node, None)?)
+            .await?,
+        "a rejoin of the same connection: first"
+    );
+    ensure!(
+        !a.presence
+            .join(ch, &member("", &a.conn(9), &a.node, None)?)
+            .await?,
+        "an anonymous member: first"
+    );
+    // Racing joins of one user on two nodes: exactly one is first.
+    let (ca, cb) = (a.conn(2), b.conn(2));
+    let (ma, mb) = (
+        member("carol", &ca, &a.node, None)?,
+        member("carol", &cb, &b.node, None)?,
+    );
+    let (ja, jb) = tokio::join!(a.presence.join(ch, &ma), b.presence.join(ch, &mb));
+    ensure!(ja? ^ jb?, "racing joins of carol: not exactly one first");
+    // Leaves: not last while another device stays; last at the end.
+    let left = a.presence.leave(ch, &a1, "alice").await?;
+    ensure!(
+        left.removed && !left.last_of_user,
+        "alice's first leave: {left:?}"
+    );
+    let left = b.presence.leave(ch, &b1, "alice").await?;
+    ensure!(
+        left.removed && left.last_of_user,
+        "alice's last leave: {left:?}"
+    );
+    let again = b.presence.leave(ch, &b1, "alice").await?;
+    ensure!(
+        !again.removed && !again.last_of_user,
+        "a second leave: {again:?}"
+    );
+    let anon = a.presence.leave(ch, &a.conn(9), "").await?;
+    ensure!(
+        anon.removed && !anon.last_of_user,
+        "anonymous leave: {anon:?}"
+    );
+    // Racing leaves of carol's two devices: exactly one is last.
+    let (la, lb) = tokio::join!(
+        a.presence.leave(ch, &ca, "carol"),
+        b.presence.leave(ch, &cb, "carol")
+    );
+    let (la, lb) = (la?, lb?);
+    ensure!(
+        la.last_of_user ^ lb.last_of_user,
+        "racing leaves of carol: {la:?} {lb:?}"
+    );
+    // Two expired devices of dave: taken once, removed once.
+    let (d1, d2) = (a.conn(3), b.conn(3));
+    a.presence
+        .join(ch, &member("dave", &d1, &a.node, None)?)
+        .await?;
+    b.presence
+        .join(ch, &member("dave", &d2, &b.node, None)?)
+        .await?;
+    let pa = a.presence.clone();
+    wait_presence("dave to expire", || pa.members(ch), Vec::is_empty).await?;
+    let taken: Vec<(String, Member)> = a
+        .presence
+        .take_expired(ch)
+        .await?
+        .into_iter()
+        .map(|m| (ch.to_owned(), m))
+        .collect();
+    ensure!(taken.len() == 2, "taken {taken:?}");
+    let gone = a.presence.members_gone(&taken).await?;
+    ensure!(
+        gone == [(ch.to_owned(), "dave".to_owned())],
+        "members_gone {gone:?}"
+    );
+    ensure!(
+        a.presence
+            .join(ch, &member("dave", &d1, &a.node, None)?)
+            .await?,
+        "dave back after his removal: not first"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
     Ok(())
 }
 
@@ -1120,7 +1236,7 @@ async fn expired_members_are_taken_exactly_once(kind: Kind) -> Result<()> {
 
     // An expired member that leaves before a sweep is reported by exactly
     // one of the two (one leave event per member).
-    let left = a.presence.leave("chat:x", &want[0]).await?;
+    let left = a.presence.leave("chat:x", &want[0], "u0").await?.removed;
     let (ta, tb) = tokio::join!(
         a.presence.take_expired("chat:x"),
         b.presence.take_expired("chat:x")
@@ -1152,7 +1268,7 @@ async fn expired_members_are_taken_exactly_once(kind: Kind) -> Result<()> {
         "members back"
     );
     ensure!(
-        !a.presence.leave("chat:x", &want[1]).await?,
+        !a.presence.leave("chat:x", &want[1], "u1").await?.removed,
         "a taken member is still present"
     );
     b.shutdown().await;
@@ -1240,7 +1356,10 @@ async fn refresh_does_not_bring_back_removed_entries(kind: Kind) -> Result<()> {
     }
     let missing = p.refresh(&batch).await?;
     ensure!(missing.is_empty(), "missing after joins: {missing:?}");
-    ensure!(p.leave("chat:n", &m1.conn).await?, "leave: not present");
+    ensure!(
+        p.leave("chat:n", &m1.conn, &m1.user).await?.removed,
+        "leave: not present"
+    );
     p.remove_user_conn("alice", &m1.conn).await?;
     let missing = p.refresh(&batch).await?;
     ensure!(
@@ -1416,6 +1535,7 @@ contracts!(
     history_is_trimmed_to_size,
     expired_stream_restarts_with_a_new_epoch,
     presence_join_members_leave,
+    member_transitions_are_per_user_and_exactly_once,
     expired_members_are_taken_exactly_once,
     refresh_and_heartbeat_keep_entries_alive,
     refresh_does_not_bring_back_removed_entries,

@@ -60,6 +60,10 @@ pub struct RedisPresence {
     shared: Arc<Shared>,
 }
 
+/// One entry of a batch: its keys, id, JSON and (a named member) the
+/// user's set.
+type Entry<'a> = (Expiring, &'a str, String, Option<String>);
+
 /// Keys of one expiring hash.
 struct Expiring {
     hash: String,
@@ -215,7 +219,7 @@ impl RedisPresence {
     fn entries<'a>(
         &self,
         batch: &'a RefreshBatch,
-    ) -> Result<Vec<(Expiring, &'a str, String, Option<String>)>, BackplaneError> {
+    ) -> Result<Vec<Entry<'a>>, BackplaneError> {
         let mut entries = Vec::with_capacity(batch.len());
         for (channel, member) in &batch.members {
             let set = (!member.user.is_empty())
