@@ -1108,7 +1108,8 @@ async fn member_transitions_are_per_user_and_exactly_once(kind: Kind) -> Result<
     let a = Backends::start(kind, "pres_members", SHORT_TTL).await?;
     let b = a.peer("n2").await?;
     let ch = "chat:mt";
-    let (a1, b1) = (a.conn(1), b.conn(1));
+    // Distinct sequence numbers: the memory kind's peer shares its node name.
+    let (a1, b1) = (a.conn(1), b.conn(11));
     ensure!(
         a.presence
             .join(ch, &member("alice", &a1, &a.node, None)?)
@@ -1134,7 +1135,7 @@ async fn member_transitions_are_per_user_and_exactly_once(kind: Kind) -> Result<
         "an anonymous member: first"
     );
     // Racing joins of one user on two nodes: exactly one is first.
-    let (ca, cb) = (a.conn(2), b.conn(2));
+    let (ca, cb) = (a.conn(2), b.conn(12));
     let (ma, mb) = (
         member("carol", &ca, &a.node, None)?,
         member("carol", &cb, &b.node, None)?,
@@ -1173,7 +1174,7 @@ async fn member_transitions_are_per_user_and_exactly_once(kind: Kind) -> Result<
         "racing leaves of carol: {la:?} {lb:?}"
     );
     // Two expired devices of dave: taken once, removed once.
-    let (d1, d2) = (a.conn(3), b.conn(3));
+    let (d1, d2) = (a.conn(3), b.conn(13));
     a.presence
         .join(ch, &member("dave", &d1, &a.node, None)?)
         .await?;

@@ -23,17 +23,20 @@ const SECRET: &str = "webhook-cluster-secret-0123456789";
 const CH: &str = "chat:wh";
 
 /// (name, channel, user) of an event; user "" for channel events.
-fn key(e: &Value) -> (String, String, String) {
+type Ev = (String, String, String);
+
+/// The [`Ev`] of an event.
+fn key(e: &Value) -> Ev {
     let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
     (s("name"), s("channel"), s("user"))
 }
 
-fn ev(name: &str, user: &str) -> (String, String, String) {
+fn ev(name: &str, user: &str) -> Ev {
     (name.to_owned(), CH.to_owned(), user.to_owned())
 }
 
 /// The events about `CH` received so far.
-fn about(sink: &WebhookSink) -> Vec<(String, String, String)> {
+fn about(sink: &WebhookSink) -> Vec<Ev> {
     sink.events()
         .iter()
         .map(key)
@@ -84,39 +87,37 @@ async fn channel_and_member_events_arrive_once_each(topology: Topology) -> Resul
     // alice's first device: the channel is occupied, alice is a member.
     alice1.subscribe(CH).await?;
     want.extend([ev("channel_occupied", ""), ev("member_added", "alice")]);
-    expect(&sink, &want, 2).await?;
+    want = expect(&sink, &want, 2).await?;
     // Her second device, on another node: nothing new.
     alice2.subscribe(CH).await?;
     settle(&apis, 2).await?;
-    expect(&sink, &want, 1).await?;
+    want = expect(&sink, &want, 1).await?;
     // bob on the third node: a member, the channel already occupied.
     bob3.subscribe(CH).await?;
     want.push(ev("member_added", "bob"));
-    expect(&sink, &want, 1).await?;
+    want = expect(&sink, &want, 1).await?;
     // alice leaves from one device: still a member through the other.
     alice1.unsubscribe(CH).await?;
     settle(&apis, 2).await?;
-    expect(&sink, &want, 1).await?;
+    want = expect(&sink, &want, 1).await?;
     // ... and from the other: removed.
     alice2.unsubscribe(CH).await?;
     want.push(ev("member_removed", "alice"));
-    expect(&sink, &want, 1).await?;
+    want = expect(&sink, &want, 1).await?;
     // The last subscriber leaves: removed, and the channel is vacated.
     bob3.unsubscribe(CH).await?;
     want.extend([ev("member_removed", "bob"), ev("channel_vacated", "")]);
     settle(&apis, 0).await?;
-    expect(&sink, &want, 2).await?;
-    let mut want = about(&sink);
+    want = expect(&sink, &want, 2).await?;
     // bob again, from another node; then his socket closes.
     bob2.subscribe(CH).await?;
     want.extend([ev("channel_occupied", ""), ev("member_added", "bob")]);
     settle(&apis, 1).await?;
-    expect(&sink, &want, 2).await?;
-    let mut want = about(&sink);
+    want = expect(&sink, &want, 2).await?;
     bob2.close(1000, "bye").await?;
     want.extend([ev("member_removed", "bob"), ev("channel_vacated", "")]);
     settle(&apis, 0).await?;
-    expect(&sink, &want, 2).await?;
+    want = expect(&sink, &want, 2).await?;
 
     // Markers: one occupied per node, sent after all it sent before.
     let mut markers = Vec::new();
@@ -163,7 +164,7 @@ async fn channel_and_member_events_arrive_once_each(topology: Topology) -> Resul
 /// (the events of the latest step) may come in any order: the member event
 /// is emitted by the subscribe or leave itself, the channel event by the
 /// next occupancy flush.
-async fn expect(sink: &WebhookSink, want: &[(String, String, String)], tail: usize) -> Result<()> {
+async fn expect(sink: &WebhookSink, want: &[Ev], tail: usize) -> Result<Vec<Ev>> {
     let split = want.len() - tail;
     let mut want_tail = want[split..].to_vec();
     want_tail.sort();
@@ -177,7 +178,8 @@ async fn expect(sink: &WebhookSink, want: &[(String, String, String)], tail: usi
         async move { ok }
     })
     .await
-    .with_context(|| format!("got {:?}", about(sink)))
+    .with_context(|| format!("got {:?}", about(sink)))?;
+    Ok(about(sink))
 }
 
 tests::topologies!(channel_and_member_events_arrive_once_each);

@@ -216,10 +216,7 @@ impl RedisPresence {
 
     /// The keys, id and JSON of every entry of a batch, members first, with
     /// the user's set of a named member (`Keys::presence_user`).
-    fn entries<'a>(
-        &self,
-        batch: &'a RefreshBatch,
-    ) -> Result<Vec<Entry<'a>>, BackplaneError> {
+    fn entries<'a>(&self, batch: &'a RefreshBatch) -> Result<Vec<Entry<'a>>, BackplaneError> {
         let mut entries = Vec::with_capacity(batch.len());
         for (channel, member) in &batch.members {
             let set = (!member.user.is_empty())
