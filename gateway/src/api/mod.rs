@@ -163,7 +163,7 @@ struct HistoryMessage<'a> {
 
 /// The route templates of [`router`], as `gateway_api_requests_total`
 /// labels them (exported at 0 from the start, see [`ZERO_STATUSES`]).
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 16] = [
     "/api/publish",
     "/api/broadcast",
     "/api/users/{user}/send",
@@ -174,6 +174,12 @@ pub const ROUTES: [&str; 10] = [
     "/api/channels/{channel}/history",
     "/api/users/{user}",
     "/api/nodes",
+    "/api/channels",
+    "/api/channels/{channel}",
+    "/api/users/{user}/subscribe",
+    "/api/users/{user}/unsubscribe",
+    "/api/connections/{conn}/subscribe",
+    "/api/connections/{conn}/unsubscribe",
 ];
 
 /// The statuses each route's request counter is exported with at 0, so an
