@@ -109,7 +109,7 @@ fn describe_webhooks() {
         Unit::Seconds,
         "Duration of one webhook request attempt (any outcome)."
     );
-    for name in crate::webhooks::Event::NAMES {
+    for name in crate::webhooks::names::NAMES {
         metrics::counter!(WEBHOOK_EVENTS, "name" => name).absolute(0);
     }
     for outcome in ["ok", "retry", "rejected"] {
@@ -120,6 +120,37 @@ fn describe_webhooks() {
     }
     metrics::gauge!(WEBHOOK_QUEUE).set(0.0);
 }
+// --- Cluster-wide channel state (crate::occupancy; docs/backend.md) ---
+/// Counter: channel transitions emitted by this node, by `event`
+/// (`occupied`, `vacated`).
+pub const CHANNEL_EVENTS: &str = "gateway_channel_events_total";
+/// Counter: failed flushes of dirty channels (retried next tick).
+pub const FLUSH_ERRORS: &str = "gateway_channel_flush_errors_total";
+/// Histogram: channels written per flush.
+pub const FLUSH_SIZE: &str = "gateway_channel_flush_channels";
+
+/// The `event` labels of [`CHANNEL_EVENTS`] (member events count the
+/// webhook's `member_added` / `member_removed` this node emitted).
+pub const CHANNEL_EVENT_LABELS: [&str; 4] =
+    ["occupied", "vacated", "member_added", "member_removed"];
+
+/// Describe the channel state metrics (and export the counters at 0).
+fn describe_channels() {
+    metrics::describe_counter!(
+        CHANNEL_EVENTS,
+        "Cluster-wide channel transitions this node saw and emitted, by event."
+    );
+    metrics::describe_counter!(
+        FLUSH_ERRORS,
+        "Failed writes of local subscriber counts to the backend (retried)."
+    );
+    metrics::describe_histogram!(FLUSH_SIZE, "Channels written per subscriber-count flush.");
+    for event in CHANNEL_EVENT_LABELS {
+        metrics::counter!(CHANNEL_EVENTS, "event" => event).absolute(0);
+    }
+    metrics::counter!(FLUSH_ERRORS).absolute(0);
+}
+
 // --- The application backend proxy (docs/backend.md, "Proxy") ---
 /// Proxy requests, by `hook` (connect, refresh, subscribe, publish, rpc)
 /// and `outcome` (ok, refused, error, timeout, overloaded) (counter).
@@ -192,7 +223,6 @@ pub fn install(node_id: &str) -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| e.to_string())?;
     describe();
-    crate::redis::describe_metrics();
     crate::history::memory::describe_metrics();
     crate::history::describe_metrics();
     describe_counter!(
@@ -304,7 +334,7 @@ const RECEIVED_OPS: [&str; 9] = [
 
 fn describe() {
     // Channel state (occupancy): its own block, see crate::occupancy.
-    crate::occupancy::describe_metrics();
+    describe_channels();
     describe_gauge!(
         CONNECTIONS,
         "Open client WebSocket connections on this node."

@@ -170,6 +170,7 @@ where
         prometheus,
     };
     crate::edge::describe_metrics();
+    crate::redis::describe_metrics();
     crate::memory::describe_metrics();
     crate::api::describe_metrics();
     // Validated to at most 64 MiB, so this cannot wrap; saturating anyway.

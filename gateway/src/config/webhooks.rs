@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{invalid, ConfigError, Settings, MAX_MS};
-use crate::webhooks::{Event, EventFilter};
+use crate::webhooks::names::{EventFilter, NAMES};
 
 /// Minimum length of `webhook_secret`, bytes.
 const MIN_SECRET: usize = 16;
@@ -184,10 +184,7 @@ impl WebhookConfig {
                     filter = filter.with(name).ok_or_else(|| {
                         invalid(
                             "webhook_events",
-                            format!(
-                                "unknown event {name:?} (known: {})",
-                                Event::NAMES.join(", ")
-                            ),
+                            format!("unknown event {name:?} (known: {})", NAMES.join(", ")),
                         )
                     })?;
                 }
@@ -381,7 +378,7 @@ mod tests {
             "--webhook-headers=X-Api-Key: s3cr3t-value,X-Env: prod",
         ])
         .unwrap();
-        assert!(c.events.contains(Event::NAMES[5]));
+        assert!(c.events.contains(NAMES[5]));
         assert!(c.events.contains("client_publish"));
         assert!(!c.events.contains("channel_occupied"));
         assert_eq!(

@@ -9,7 +9,7 @@
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::reader::Reader;
+use super::reader::{Reader, SessionOutcome};
 use crate::access::{self, Actor};
 use crate::auth::AuthError;
 use crate::hub::frame;
@@ -19,20 +19,6 @@ use crate::proxy::hooks::{
     SubscribeResult,
 };
 use crate::proxy::{Answer, HookKind, Refusal};
-
-/// Retry delay of the refresh hook after it failed (backend down or slow):
-/// the session stays open meanwhile.
-pub const REFRESH_RETRY_SECS: u64 = 5;
-
-/// What a proxied session's expiry led to.
-pub enum SessionOutcome {
-    /// Extended to this expiry (Unix seconds).
-    Extended(u64),
-    /// The backend did not answer: ask again later.
-    Retry,
-    /// Closed (expired or a disconnect).
-    Closed,
-}
 
 impl Reader {
     /// A refusal: close the connection when the backend asked to, and give

@@ -13,7 +13,6 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::{sleep_until, Instant};
 
 use super::error_frame;
-use super::proxied::{SessionOutcome, REFRESH_RETRY_SECS};
 use crate::auth::Identity;
 use crate::metrics as m;
 use crate::node::Node;
@@ -31,6 +30,20 @@ fn deadline(exp: Option<u64>) -> Option<Instant> {
         let left = Duration::from_secs(exp.saturating_sub(now).min(365 * 86_400));
         Instant::now() + left
     })
+}
+
+/// Retry delay of the refresh hook after it failed (backend down or slow):
+/// the session stays open meanwhile.
+pub const REFRESH_RETRY_SECS: u64 = 5;
+
+/// What a proxied session's expiry led to.
+pub enum SessionOutcome {
+    /// Extended to this expiry (Unix seconds).
+    Extended(u64),
+    /// The backend did not answer: ask again later.
+    Retry,
+    /// Closed (expired or a disconnect).
+    Closed,
 }
 
 /// The reader's state: what one connection's ops need.

@@ -201,8 +201,7 @@ impl Node {
         match self.presence.members_gone(&members).await {
             Ok(users) => {
                 for (channel, user) in users {
-                    self.webhooks
-                        .emit(crate::webhooks::Event::MemberRemoved { channel, user });
+                    self.member_event(false, &channel, &user);
                 }
             }
             Err(e) => {

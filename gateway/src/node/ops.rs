@@ -30,6 +30,20 @@ pub enum AdmitError {
 }
 
 impl Node {
+    /// A user became a member of a presence channel (`added`) or stopped
+    /// being one, cluster-wide, seen by this node: counted in
+    /// `gateway_channel_events_total` and handed to the webhooks.
+    pub(crate) fn member_event(&self, added: bool, channel: &str, user: &str) {
+        let (channel, user) = (channel.to_owned(), user.to_owned());
+        let (label, event) = if added {
+            ("member_added", Event::MemberAdded { channel, user })
+        } else {
+            ("member_removed", Event::MemberRemoved { channel, user })
+        };
+        metrics::counter!(m::CHANNEL_EVENTS, "event" => label).increment(1);
+        self.webhooks.emit(event);
+    }
+
     /// Publish to a channel of namespace `ns`. Returns the offset (None
     /// without history).
     pub async fn publish(
@@ -146,10 +160,7 @@ impl Node {
                 .await
                 .map_err(|e| backend_error("presence_join", &e))?;
             if first {
-                self.webhooks.emit(Event::MemberAdded {
-                    channel: channel.to_owned(),
-                    user: member.user.clone(),
-                });
+                self.member_event(true, channel, &member.user);
             }
             if ns.join_leave {
                 let event = PresenceEvent {
@@ -196,10 +207,7 @@ impl Node {
         match self.presence.leave(channel, &conn.id, user).await {
             Ok(left) => {
                 if left.last_of_user {
-                    self.webhooks.emit(Event::MemberRemoved {
-                        channel: channel.to_owned(),
-                        user: user.to_owned(),
-                    });
+                    self.member_event(false, channel, user);
                 }
                 if left.removed && ns.join_leave {
                     let event = PresenceEvent {

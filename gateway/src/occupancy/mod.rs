@@ -44,33 +44,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// Channels per store write.
 pub const FLUSH_BATCH: usize = 500;
 
-/// Counter: channel transitions emitted by this node, by `event`
-/// (`occupied`, `vacated`).
-pub const CHANNEL_EVENTS: &str = "gateway_channel_events_total";
-/// Counter: failed flushes of dirty channels (retried next tick).
-pub const FLUSH_ERRORS: &str = "gateway_channel_flush_errors_total";
-/// Histogram: channels written per flush.
-pub const FLUSH_SIZE: &str = "gateway_channel_flush_channels";
-
-/// The `event` labels of [`CHANNEL_EVENTS`].
-pub const EVENTS: [&str; 4] = ["occupied", "vacated", "member_added", "member_removed"];
-
-/// Describe this module's metrics (and export the counters at 0).
-pub fn describe_metrics() {
-    metrics::describe_counter!(
-        CHANNEL_EVENTS,
-        "Cluster-wide channel transitions this node saw and emitted, by event."
-    );
-    metrics::describe_counter!(
-        FLUSH_ERRORS,
-        "Failed writes of local subscriber counts to the backend (retried)."
-    );
-    metrics::describe_histogram!(FLUSH_SIZE, "Channels written per subscriber-count flush.");
-    for event in EVENTS {
-        metrics::counter!(CHANNEL_EVENTS, "event" => event).absolute(0);
-    }
-    metrics::counter!(FLUSH_ERRORS).absolute(0);
-}
+use crate::metrics::{CHANNEL_EVENTS, FLUSH_ERRORS, FLUSH_SIZE};
 
 /// What one write did to a channel's cluster-wide state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

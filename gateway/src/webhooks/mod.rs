@@ -18,6 +18,9 @@
 //! the process dies with it queued.
 
 pub mod delivery;
+pub mod names;
+
+pub use names::EventFilter;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -87,14 +90,7 @@ impl Event {
     /// Every event name (the `name` field; the `webhook_events` values and
     /// the `name` label of `gateway_webhook_events_total`), indexed like
     /// [`Event::index`].
-    pub const NAMES: [&'static str; 6] = [
-        "channel_occupied",
-        "channel_vacated",
-        "member_added",
-        "member_removed",
-        "client_publish",
-        "connection_closed",
-    ];
+    pub const NAMES: [&'static str; 6] = names::NAMES;
 
     /// This event's position in [`Event::NAMES`].
     pub fn index(&self) -> usize {
@@ -141,35 +137,6 @@ impl Event {
 /// [`Event::weight`]'s fixed part: the `Stamped` wrapper, the id, field
 /// names and punctuation.
 const OVERHEAD: usize = 160;
-
-/// A set of event names (`webhook_events`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventFilter(u8);
-
-impl EventFilter {
-    /// Every event.
-    pub const ALL: EventFilter = EventFilter((1 << Event::NAMES.len()) - 1);
-    /// No event.
-    pub const NONE: EventFilter = EventFilter(0);
-
-    /// This set plus the event called `name`; `None` for an unknown name.
-    pub fn with(self, name: &str) -> Option<EventFilter> {
-        let i = Event::NAMES.iter().position(|n| *n == name)?;
-        Some(EventFilter(self.0 | 1 << i))
-    }
-
-    /// Whether the event called `name` is in the set.
-    pub fn contains(self, name: &str) -> bool {
-        Event::NAMES
-            .iter()
-            .position(|n| *n == name)
-            .is_some_and(|i| self.has(i))
-    }
-
-    fn has(self, index: usize) -> bool {
-        self.0 & (1 << index) != 0
-    }
-}
 
 /// An event as it is sent: the event's own fields, then its unique id and
 /// the time it was emitted.
