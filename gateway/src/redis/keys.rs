@@ -104,6 +104,8 @@ impl Keys {
     /// The connections of one user in a presence channel (a set of conn
     /// ids, in the channel's slot): `P:pres-u:{c}:<user>`. Its size going
     /// 0 -> 1 and 1 -> 0 are the member_added / member_removed transitions.
+    /// No TTL (a refresh would have to touch it): Redis deletes it with its
+    /// last member.
     pub fn presence_user(&self, channel: &str, user: &str) -> String {
         format!("{}:pres-u:{{{channel}}}:{user}", self.prefix)
     }

@@ -20,8 +20,8 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if KEYS[3] then
+  -- No TTL: the set is deleted with its last member (SREM).
   local added = redis.call('SADD', KEYS[3], ARGV[1])
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
   if added == 1 and redis.call('SCARD', KEYS[3]) == 1 then return 1 end
   return 0
 end

@@ -144,7 +144,7 @@ impl RedisPresence {
         &self,
         op: &'static str,
         batch: &RefreshBatch,
-        write: impl Fn(&mut ::redis::Pipeline, &Expiring, &str, &str),
+        write: impl Fn(&mut ::redis::Pipeline, &Expiring, &str, &str, Option<&str>),
         pick: impl Fn(&R) -> bool,
     ) -> Result<RefreshBatch, BackplaneError> {
         let key_ttl = self.key_ttl();
@@ -175,13 +175,7 @@ impl RedisPresence {
             let mut touched = HashSet::new();
             for &i in &group {
                 let (keys, id, json, set) = &entries[i];
-                write(&mut pipe, keys, id, json);
-                // A named member keeps its place in its user's set (and the
-                // set its TTL); after Redis lost its data this rebuilds it.
-                if let Some(set) = set {
-                    pipe.cmd("SADD").arg(set).arg(id).ignore();
-                    pipe.cmd("PEXPIRE").arg(set).arg(key_ttl).ignore();
-                }
+                write(&mut pipe, keys, id, json, set.as_deref());
                 if touched.insert(keys.hash.as_str()) {
                     pipe.cmd("PEXPIRE").arg(&keys.hash).arg(key_ttl).ignore();
                     pipe.cmd("PEXPIRE").arg(&keys.expiry).arg(key_ttl).ignore();
@@ -467,7 +461,7 @@ impl Presence for RedisPresence {
             .pipelined(
                 "presence_refresh",
                 batch,
-                |pipe, keys, id, _| {
+                |pipe, keys, id, _, _| {
                     pipe.cmd("ZADD")
                         .arg(&keys.expiry)
                         .arg("XX")
@@ -495,8 +489,13 @@ impl Presence for RedisPresence {
         self.pipelined(
             "presence_restore",
             batch,
-            |pipe, keys, id, json| {
+            |pipe, keys, id, json, set| {
                 pipe.cmd("HSETNX").arg(&keys.hash).arg(id).arg(json);
+                // A named member's place in its user's set: after Redis
+                // lost its data this rebuilds the set (no member event).
+                if let Some(set) = set {
+                    pipe.cmd("SADD").arg(set).arg(id).ignore();
+                }
                 pipe.cmd("ZADD")
                     .arg(&keys.expiry)
                     .arg(expiry)
