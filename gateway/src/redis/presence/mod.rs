@@ -385,9 +385,37 @@ impl Presence for RedisPresence {
         &self,
         gone: &[(String, Member)],
     ) -> Result<Vec<(String, String)>, BackplaneError> {
-        let runs: Vec<_> = gone
+        let named: Vec<&(String, Member)> =
+            gone.iter().filter(|(_, m)| !m.user.is_empty()).collect();
+        if self.shared.cluster.is_none() {
+            // One Redis: SREM + SCARD pairs in MULTI pipelines, no script
+            // call per member (the sets of one batch may repeat a user).
+            let mut out = Vec::new();
+            for chunk in named.chunks(SWEEP_PIPELINE) {
+                let mut pipe = ::redis::pipe();
+                pipe.atomic();
+                for (channel, m) in chunk {
+                    let set = self.shared.keys.presence_user(channel, &m.user);
+                    pipe.cmd("SREM").arg(&set).arg(&m.conn);
+                    pipe.cmd("SCARD").arg(&set);
+                }
+                let replies: Vec<i64> = self
+                    .shared
+                    .call(
+                        "presence",
+                        |mut c| async move { pipe.query_async(&mut c).await },
+                    )
+                    .await?;
+                for ((channel, m), pair) in chunk.iter().zip(replies.chunks(2)) {
+                    if pair == [1, 0] {
+                        out.push((channel.clone(), m.user.clone()));
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        let runs: Vec<_> = named
             .iter()
-            .filter(|(_, m)| !m.user.is_empty())
             .map(|(channel, m)| self.member_gone(channel, m))
             .collect();
         let mut out = Vec::new();
