@@ -12,6 +12,19 @@ use crate::protocol::{ClientOp, ErrorCode, ReplyError, ServerFrame};
 use crate::proxy::HookKind;
 
 impl Reader {
+    /// `forbidden` when the connection holds `max_channels_per_connection`
+    /// channels (client and server-side subscribes alike).
+    pub(super) fn check_channel_limit(&self) -> Result<(), ReplyError> {
+        let max = self.node.config.max_channels_per_connection;
+        if self.channels.len() >= max {
+            return Err(ReplyError::new(
+                ErrorCode::Forbidden,
+                format!("max_channels_per_connection ({max}) reached"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Run one op; an `Err` becomes the op's error reply.
     pub(super) async fn on_op(
         &mut self,
@@ -24,15 +37,7 @@ impl Reader {
             ClientOp::Subscribe { channel, since } => {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "subscribe").increment(1);
                 let ns = access::subscribe(&node.config, actor, &channel)?;
-                if self.channels.len() >= node.config.max_channels_per_connection {
-                    return Err(ReplyError::new(
-                        ErrorCode::Forbidden,
-                        format!(
-                            "max_channels_per_connection ({}) reached",
-                            node.config.max_channels_per_connection
-                        ),
-                    ));
-                }
+                self.check_channel_limit()?;
                 // Each subscribe here pushes a join (and later a leave) to
                 // every member: a sub/unsub loop must not multiply frames.
                 if ns.join_leave && self.join_leave.check() != crate::ratelimit::Verdict::Allow {

@@ -215,15 +215,7 @@ impl Reader {
         if self.channels.iter().any(|c| **c == *channel) {
             return Err(ReplyError::bad_request("already subscribed"));
         }
-        if self.channels.len() >= node.config.max_channels_per_connection {
-            return Err(ReplyError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "max_channels_per_connection ({}) reached",
-                    node.config.max_channels_per_connection
-                ),
-            ));
-        }
+        self.check_channel_limit()?;
         node.subscribe(&self.handle, channel, ns, None, None)
             .await?;
         self.channels.push(channel.into());
