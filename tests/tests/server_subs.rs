@@ -88,15 +88,17 @@ async fn expect_push(c: &mut tests::Client, ty: &str, channel: &str) -> Result<V
 }
 
 #[tokio::test]
-async fn api_user_subscribe_and_unsubscribe_reach_devices_on_two_nodes() -> Result<()> {
+async fn api_user_subscribe_and_unsubscribe_reach_devices_on_three_nodes() -> Result<()> {
     let cluster = tests::cluster::Cluster::builder("subs_api_user")
-        .nodes(2)
+        .nodes(3)
         .start()
         .await?;
+    // alice has a device on every node; bob is on node 3.
     let mut a1 = cluster.node(1).connect_user("alice").await?;
     let mut a2 = cluster.node(2).connect_user("alice").await?;
-    let mut bob = cluster.node(2).connect_user("bob").await?;
-    // From node 1's API, for devices on both nodes.
+    let mut a3 = cluster.node(3).connect_user("alice").await?;
+    let mut bob = cluster.node(3).connect_user("bob").await?;
+    // From node 1's API, for devices on all three nodes.
     let r = cluster
         .api(1)
         .post(
@@ -105,16 +107,30 @@ async fn api_user_subscribe_and_unsubscribe_reach_devices_on_two_nodes() -> Resu
         )
         .await?;
     r.ok()?;
-    expect_push(&mut a1, "subscribed", "chat:team").await?;
-    expect_push(&mut a2, "subscribed", "chat:team").await?;
+    for c in [&mut a1, &mut a2, &mut a3] {
+        expect_push(c, "subscribed", "chat:team").await?;
+    }
     cluster
         .api(2)
         .publish("chat:team", json!("for the team"))
         .await?;
-    for c in [&mut a1, &mut a2] {
+    for c in [&mut a1, &mut a2, &mut a3] {
         let m = c.wait_for_type("message", RECV_TIMEOUT).await?;
         ensure!(m["data"] == "for the team", "{m}");
     }
+    // The subscriptions are counted cluster-wide (one per device).
+    let api3 = cluster.api(3);
+    tests::eventually(RECV_TIMEOUT, "3 subscribers of chat:team", || async {
+        match api3
+            .get("/api/channels/chat:team")
+            .await
+            .and_then(|r| r.ok())
+        {
+            Ok(v) => v["subscribers"] == 3,
+            Err(_) => false,
+        }
+    })
+    .await?;
     bob.expect_nothing(std::time::Duration::from_millis(300))
         .await?;
     // The subscription is the connection's own: a client subscribe is now a duplicate.
@@ -122,16 +138,38 @@ async fn api_user_subscribe_and_unsubscribe_reach_devices_on_two_nodes() -> Resu
         .request(json!({"op": "subscribe", "channel": "chat:team"}))
         .await?;
     tests::check_error(&r, "bad_request")?;
+    // One of bob's connections, on node 3, subscribed from node 1.
     cluster
-        .api(2)
+        .api(1)
+        .post(
+            &format!("/api/connections/{}/subscribe", bob.conn()),
+            &json!({"channel": "chat:team"}),
+        )
+        .await?
+        .ok()?;
+    expect_push(&mut bob, "subscribed", "chat:team").await?;
+    cluster
+        .api(3)
         .post(
             "/api/users/alice/unsubscribe",
             &json!({"channel": "chat:team"}),
         )
         .await?
         .ok()?;
-    expect_push(&mut a1, "unsubscribed", "chat:team").await?;
-    expect_push(&mut a2, "unsubscribed", "chat:team").await?;
+    for c in [&mut a1, &mut a2, &mut a3] {
+        expect_push(c, "unsubscribed", "chat:team").await?;
+    }
+    // bob's subscription is his own: alice's unsubscribe leaves it.
+    cluster
+        .api(1)
+        .publish("chat:team", json!("bob only"))
+        .await?;
+    let m = bob.wait_for_type("message", RECV_TIMEOUT).await?;
+    ensure!(m["data"] == "bob only", "{m}");
+    for c in [&mut a1, &mut a2, &mut a3] {
+        c.expect_nothing(std::time::Duration::from_millis(200))
+            .await?;
+    }
     // Unknown namespace or invalid channel: refused up front.
     let r = cluster
         .api(1)

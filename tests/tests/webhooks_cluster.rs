@@ -10,8 +10,14 @@
 //! the end every node emits a marker event after everything else it sent;
 //! a node sends in emit order, so a late duplicate would arrive before its
 //! marker, and the list is compared whole.
+//!
+//! A receiver down for 10 s: the three nodes hold what they emit (each up
+//! to its queue bound, the rest dropped and counted) and deliver it, each
+//! event once, when the receiver is back.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
@@ -183,3 +189,224 @@ async fn expect(sink: &WebhookSink, want: &[Ev], tail: usize) -> Result<Vec<Ev>>
 }
 
 tests::topologies!(channel_and_member_events_arrive_once_each);
+
+/// The sum over `apis` of the series of `name` whose labels include
+/// `label="value"`.
+async fn labelled_sum(apis: &[Api], name: &str, label: &str, value: &str) -> Result<f64> {
+    let want = format!("{label}=\"{value}\"");
+    let mut sum = 0.0;
+    for api in apis {
+        let text = api.metrics().await?;
+        sum += text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+                let (labels, v) = rest.rsplit_once("} ")?;
+                labels
+                    .split(',')
+                    .any(|kv| kv == want)
+                    .then(|| v.trim().parse::<f64>().ok())?
+            })
+            .sum::<f64>();
+    }
+    Ok(sum)
+}
+
+/// The events received so far, each once (a retry whose answer was lost
+/// may deliver a batch twice: backends deduplicate by id), by the node
+/// that sent them (the `x-gateway-node` header).
+fn by_node(sink: &WebhookSink) -> BTreeMap<String, BTreeSet<Ev>> {
+    let mut seen = HashSet::new();
+    let mut out: BTreeMap<String, BTreeSet<Ev>> = BTreeMap::new();
+    for r in sink.received() {
+        let node = r.header("x-gateway-node").unwrap_or_default().to_owned();
+        for e in r.events() {
+            if seen.insert(e["id"].as_str().unwrap_or_default().to_owned()) {
+                out.entry(node.clone()).or_default().insert(key(&e));
+            }
+        }
+    }
+    out
+}
+
+fn evs(name: &str, channel: &str, user: &str) -> Ev {
+    (name.to_owned(), channel.to_owned(), user.to_owned())
+}
+
+/// Occupied + member_added of `user` for each of `channels`.
+fn joined(user: &str, channels: &[String]) -> BTreeSet<Ev> {
+    channels
+        .iter()
+        .flat_map(|c| [evs("channel_occupied", c, ""), evs("member_added", c, user)])
+        .collect()
+}
+
+#[tokio::test]
+async fn receiver_down_for_10_s_then_the_cluster_delivers_up_to_each_nodes_bound() -> Result<()> {
+    const BOUND: usize = 20;
+    let mut sink = WebhookSink::start().await?;
+    let cluster = Cluster::builder("wh_cluster_outage")
+        .env("GATEWAY_WEBHOOK_URL", sink.url())
+        .env("GATEWAY_WEBHOOK_SECRET", SECRET)
+        .env(
+            "GATEWAY_WEBHOOK_EVENTS",
+            "channel_occupied,channel_vacated,member_added,member_removed",
+        )
+        .env("GATEWAY_WEBHOOK_BATCH_MAX_WAIT_MS", "20")
+        .env("GATEWAY_WEBHOOK_RETRY_INITIAL_MS", 100)
+        .env("GATEWAY_WEBHOOK_RETRY_MAX_MS", 1000)
+        .env("GATEWAY_WEBHOOK_QUEUE_SIZE", BOUND)
+        .start()
+        .await?;
+    let apis: Vec<Api> = (1..=3).map(|n| cluster.api(n)).collect();
+    // The path works first.
+    let mut probe = cluster.node(1).connect_user("probe").await?;
+    probe.subscribe("chat:probe").await?;
+    sink.wait_events(EVENTUALLY, "the probe's events", |e| e.len() >= 2)
+        .await?;
+    sink.stop().await?;
+    let down = Instant::now();
+
+    let chans =
+        |p: &str, n: usize| -> Vec<String> { (1..=n).map(|i| format!("chat:{p}{i}")).collect() };
+    // Node 1: alice occupies 4 channels, then leaves one that bob (node 3)
+    // keeps occupied: 9 events, within the bound.
+    let (o, p, d) = (chans("o", 4), chans("p", 3), chans("d", 15));
+    let mut alice = cluster.node(1).connect_user("alice").await?;
+    for c in &o {
+        alice.subscribe(c).await?;
+    }
+    let mut want1 = joined("alice", &o);
+    // Node 3: bob joins alice's first channel, carol occupies 3: 7 events.
+    // (Each step waits for the channel's count, so which node occupies
+    // and vacates is not a race between two nodes' flushes.)
+    let o1 = |want: u64| {
+        let api = apis[0].clone();
+        let ch = o[0].clone();
+        async move {
+            eventually(EVENTUALLY, &format!("{ch} has {want}"), || async {
+                let r = api.get(&format!("/api/channels/{ch}")).await;
+                r.is_ok_and(|r| r.body["subscribers"].as_u64() == Some(want))
+            })
+            .await
+        }
+    };
+    o1(1).await?;
+    let mut bob = cluster.node(3).connect_user("bob").await?;
+    bob.subscribe(&o[0]).await?;
+    o1(2).await?;
+    let mut carol = cluster.node(3).connect_user("carol").await?;
+    for c in &p {
+        carol.subscribe(c).await?;
+    }
+    let mut want3 = joined("carol", &p);
+    want3.insert(evs("member_added", &o[0], "bob"));
+    alice.unsubscribe(&o[0]).await?;
+    want1.insert(evs("member_removed", &o[0], "alice"));
+    // Node 2: dave occupies 15 channels: 30 events, 10 beyond the bound.
+    let mut dave = cluster.node(2).connect_user("dave").await?;
+    for c in &d {
+        dave.subscribe(c).await?;
+    }
+    let want2 = joined("dave", &d);
+    eventually(EVENTUALLY, "node 2 drops 10 as queue_full", || async {
+        labelled_sum(
+            &apis[1..2],
+            "gateway_webhook_events_dropped_total",
+            "reason",
+            "queue_full",
+        )
+        .await
+        .is_ok_and(|n| n == (want2.len() - BOUND) as f64)
+    })
+    .await?;
+
+    // The outage lasts 10 s; in every 2.5 s of it every node's retries go on.
+    let retries = |n: usize| {
+        let api = apis[n].clone();
+        async move { labelled_sum(&[api], "gateway_webhook_batches_total", "outcome", "retry").await }
+    };
+    let mut last = [retries(0).await?, retries(1).await?, retries(2).await?];
+    while down.elapsed() < Duration::from_secs(10) {
+        let window = Duration::from_millis(2500);
+        for n in 0..3 {
+            eventually(
+                window + Duration::from_secs(2),
+                "retries go on while down",
+                || async { retries(n).await.is_ok_and(|r| r > last[n]) },
+            )
+            .await?;
+            last[n] = retries(n).await?;
+        }
+        // Not a sync sleep: the scenario's duration, with the retry
+        // counters asserted throughout.
+        tokio::time::sleep(window.min(Duration::from_secs(10).saturating_sub(down.elapsed())))
+            .await;
+    }
+    ensure!(
+        sink.received().iter().all(|r| r.at < down),
+        "nothing arrives while down"
+    );
+    sink.restart().await?;
+    let total = want1.len() + want3.len() + BOUND;
+    eventually(EVENTUALLY, "every held event after the outage", || {
+        let n: usize = by_node(&sink).values().map(BTreeSet::len).sum();
+        async move { n >= total + 2 }
+    })
+    .await
+    .with_context(|| format!("got {:?}", by_node(&sink)))?;
+    // Markers: once each node's is in, nothing it held is still coming.
+    let mut markers = Vec::new();
+    for n in 1..=3 {
+        let mut c = cluster.node(n).connect_user(&format!("m{n}")).await?;
+        c.subscribe(&format!("chat:marker{n}")).await?;
+        markers.push(c);
+    }
+    sink.wait_events(EVENTUALLY, "a marker from every node", |events| {
+        (1..=3).all(|n| {
+            events
+                .iter()
+                .any(|e| e["name"] == "member_added" && e["channel"] == format!("chat:marker{n}"))
+        })
+    })
+    .await?;
+    let mut got = by_node(&sink);
+    for (n, set) in got.iter_mut() {
+        set.retain(|(_, c, _)| !c.starts_with("chat:marker") && c != "chat:probe");
+        ensure!(n.starts_with('n'), "node header {n:?}");
+    }
+    let got1 = got.remove("n1").unwrap_or_default();
+    let got2 = got.remove("n2").unwrap_or_default();
+    let got3 = got.remove("n3").unwrap_or_default();
+    ensure!(
+        got1 == want1,
+        "node 1 delivers all it held: {got1:?} vs {want1:?}"
+    );
+    ensure!(
+        got3 == want3,
+        "node 3 delivers all it held: {got3:?} vs {want3:?}"
+    );
+    ensure!(
+        got2.len() == BOUND && got2.is_subset(&want2),
+        "node 2 delivers exactly its bound, of its own events: {got2:?}"
+    );
+    ensure!(got.is_empty(), "events from no other node: {got:?}");
+    ensure!(
+        labelled_sum(
+            &apis,
+            "gateway_webhook_events_dropped_total",
+            "reason",
+            "queue_full"
+        )
+        .await?
+            == (want2.len() - BOUND) as f64,
+        "drops only on node 2"
+    );
+    for r in sink.received() {
+        ensure!(verify(SECRET, &r), "bad signature: {}", r.summary());
+    }
+    drop((bob, carol, dave, markers));
+    sink.stop().await?;
+    Ok(())
+}
