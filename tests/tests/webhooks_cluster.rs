@@ -330,14 +330,15 @@ async fn receiver_down_for_10_s_then_the_cluster_delivers_up_to_each_nodes_bound
     let mut last = [retries(0).await?, retries(1).await?, retries(2).await?];
     while down.elapsed() < Duration::from_secs(10) {
         let window = Duration::from_millis(2500);
-        for n in 0..3 {
+        for (n, seen) in last.iter_mut().enumerate() {
+            let before = *seen;
             eventually(
                 window + Duration::from_secs(2),
                 "retries go on while down",
-                || async { retries(n).await.is_ok_and(|r| r > last[n]) },
+                || async { retries(n).await.is_ok_and(|r| r > before) },
             )
             .await?;
-            last[n] = retries(n).await?;
+            *seen = retries(n).await?;
         }
         // Not a sync sleep: the scenario's duration, with the retry
         // counters asserted throughout.
