@@ -131,6 +131,163 @@ async fn subscribe_hook_allows_and_refuses() -> Result<()> {
 }
 
 #[tokio::test]
+async fn subscribe_hook_info_is_the_members_presence_info() -> Result<()> {
+    let big = "x".repeat(5000);
+    let backend = Backend::start(move |hook, body| match (hook, body["channel"].as_str()) {
+        ("connect", _) => BackendReply::ok(json!({"user": "mod", "info": {"name": "Mo"}})),
+        ("subscribe", Some("chat:staff")) => {
+            BackendReply::ok(json!({"info": {"role": "moderator"}}))
+        }
+        ("subscribe", Some("chat:huge")) => BackendReply::ok(json!({"info": big})),
+        _ => BackendReply::ok(json!({})),
+    })
+    .await?;
+    let gw = gateway(
+        "proxy_subscribe_info",
+        backend.proxy_toml(&["connect", "subscribe"], 1000, 16),
+    )
+    .await?;
+    let mut c = gw.client().connect().await?;
+    c.subscribe("chat:staff").await?;
+    c.subscribe("chat:lobby").await?;
+    let info_in = |body: &Value| body["members"][0]["info"].clone();
+    let staff = gw
+        .api()
+        .get("/api/channels/chat:staff/presence")
+        .await?
+        .ok()?;
+    ensure!(
+        info_in(&staff) == json!({"role": "moderator"}),
+        "the subscription's own info: {staff}"
+    );
+    let lobby = gw
+        .api()
+        .get("/api/channels/chat:lobby/presence")
+        .await?
+        .ok()?;
+    ensure!(
+        info_in(&lobby) == json!({"name": "Mo"}),
+        "no info from the hook: the connection's: {lobby}"
+    );
+    // The client's presence op shows the same.
+    let p = c
+        .request_ok(
+            json!({"op": "presence", "channel": "chat:staff"}),
+            "presence",
+        )
+        .await?;
+    ensure!(info_in(&p) == json!({"role": "moderator"}), "{p}");
+    // More than 4096 bytes of info: an unusable answer, the subscribe is
+    // refused as the backend being unavailable, and counted.
+    let r = c
+        .request(json!({"op": "subscribe", "channel": "chat:huge"}))
+        .await?;
+    tests::check_error(&r, "unavailable")?;
+    let errors = metric(
+        &gw.api(),
+        "gateway_proxy_requests_total{hook=\"subscribe\",outcome=\"error\"}",
+    )
+    .await?;
+    ensure!(errors == 1.0, "the bad answer counted: {errors}");
+    c.request_ok(json!({"op": "ping"}), "pong").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_has_its_own_hook_backend_or_none() -> Result<()> {
+    let allow = |_: &str, _: &Value| BackendReply::ok(json!({}));
+    let global = Backend::start(allow).await?;
+    let orders = Backend::start(|hook, body| match (hook, body["channel"].as_str()) {
+        ("subscribe", Some("orders:vip")) => BackendReply::refuse("forbidden", "not yours"),
+        _ => BackendReply::ok(json!({})),
+    })
+    .await?;
+    let config = format!(
+        "{}{}
+[namespaces.orders]
+client_publish = true
+[namespaces.orders.proxy]
+publish = false
+[namespaces.orders.proxy.subscribe]
+url = \"{}\"
+timeout_ms = 500
+
+[namespaces.public]
+client_publish = true
+[namespaces.public.proxy]
+subscribe = false
+",
+        tests::STANDARD_CONFIG,
+        global.proxy_toml(&["subscribe", "publish"], 1000, 16),
+        orders.url("subscribe"),
+    );
+    let gw = GatewayBuilder::new()
+        .name("proxy_per_namespace")
+        .config(&config)
+        .env("GATEWAY_JWT_SECRET", SECRET)
+        .spawn()
+        .await?;
+    let token = jwt::hs256(SECRET, &jwt::claims("n"))?;
+    let mut c = gw.client().bearer(&token).connect().await?;
+    c.subscribe("chat:a").await?;
+    c.subscribe("orders:1").await?;
+    let r = c
+        .request(json!({"op": "subscribe", "channel": "orders:vip"}))
+        .await?;
+    tests::check_error(&r, "forbidden")?;
+    c.subscribe("public:1").await?;
+    let channels = |b: &Backend, hook: &str| -> Vec<String> {
+        b.requests_of(hook)
+            .iter()
+            .map(|r| r.body["channel"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    ensure!(
+        channels(&global, "subscribe") == ["chat:a"],
+        "global: only the namespace without its own: {:?}",
+        global.requests()
+    );
+    ensure!(
+        channels(&orders, "subscribe") == ["orders:1", "orders:vip"],
+        "{:?}",
+        orders.requests()
+    );
+    // Publish: off for orders, global for public.
+    c.publish("orders:1", json!(1)).await?;
+    c.publish("public:1", json!(2)).await?;
+    ensure!(
+        channels(&global, "publish") == ["public:1"],
+        "{:?}",
+        global.requests()
+    );
+    ensure!(channels(&orders, "publish").is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_hook_set_to_true_or_with_a_bad_url_exits_64() -> Result<()> {
+    for (toml, needle) in [
+        (
+            "[namespaces.orders.proxy]\nsubscribe = true\n",
+            "orders.proxy.subscribe",
+        ),
+        (
+            "[namespaces.orders.proxy.publish]\nurl = \"ftp://x\"\n",
+            "orders.proxy.publish: url",
+        ),
+    ] {
+        let (status, stderr) = GatewayBuilder::new()
+            .name("proxy_ns_bad")
+            .config(toml)
+            .run_to_exit(Duration::from_secs(15))
+            .await?;
+        ensure!(status.code() == Some(64), "exit {status:?}: {stderr}");
+        ensure!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn publish_hook_rewrites_and_refuses() -> Result<()> {
     let backend = Backend::start(|hook, body| match hook {
         "publish" if body["data"] == "bad" => BackendReply::refuse("forbidden", "no"),

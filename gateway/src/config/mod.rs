@@ -16,7 +16,7 @@ mod webhooks;
 pub use self::clients::ClientLimits;
 pub use self::edge::EdgeLimits;
 pub use self::namespaces::NamespaceOptions;
-pub use self::proxy::{Hook, HookSettings, ProxyConfig, ProxySettings};
+pub use self::proxy::{Hook, HookRoute, HookSettings, ProxyConfig, ProxySettings};
 pub use self::redis::{RedisAuth, RedisTopology, SentinelTopology};
 pub use self::settings::Settings;
 pub use self::webhooks::WebhookConfig;
@@ -400,7 +400,11 @@ impl Config {
         {
             opts.validate(name, redis_topology.is_some())?;
         }
-        let proxy = ProxyConfig::merge(pick!(proxy))?;
+        let proxy = ProxyConfig::merge(
+            pick!(proxy),
+            std::iter::once(("", &default_namespace.proxy))
+                .chain(namespaces.iter().map(|(n, o)| (n.as_str(), &o.proxy))),
+        )?;
         Ok(Config {
             listen,
             admin_listen,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::proxy::NamespaceProxySettings;
 use super::{invalid, ConfigError};
 
 /// Options of a channel namespace (the part of a channel name before `:`).
@@ -32,6 +33,10 @@ pub struct NamespaceOptions {
     /// Send a `client_publish` webhook after each client publish (when
     /// webhooks are on). Default false (docs/backend.md, "Webhooks").
     pub webhook_client_publish: bool,
+    /// This namespace's own subscribe and publish hooks, or `false` to
+    /// turn the global one off (`[namespaces.<ns>.proxy]`; docs/backend.md,
+    /// "Proxy"). Default: the global hooks.
+    pub proxy: NamespaceProxySettings,
 }
 
 impl Default for NamespaceOptions {
@@ -45,6 +50,7 @@ impl Default for NamespaceOptions {
             allow_anonymous: false,
             history_min_replicas: 0,
             webhook_client_publish: false,
+            proxy: NamespaceProxySettings::default(),
         }
     }
 }

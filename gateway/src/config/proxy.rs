@@ -2,7 +2,10 @@
 //! URL answers each hook, its timeout and concurrency bound, and which
 //! request headers of the upgrade are forwarded. File only (a `[proxy]`
 //! table); with no table nothing is proxied and the node behaves as before.
+//! A namespace may give its channels' subscribe and publish hooks their own
+//! backend, or turn the global one off (`[namespaces.<ns>.proxy]`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,7 +18,7 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_MAX_CONCURRENCY: usize = 256;
 
 /// One hook as the file gives it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HookSettings {
     /// Backend URL (http or https); required.
@@ -46,6 +49,49 @@ pub struct ProxySettings {
     pub headers: Vec<String>,
 }
 
+/// A namespace's channel hook as the file gives it: a table (this
+/// namespace's own backend) or `false` (no hook for its channels, even
+/// with a global one).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum NamespaceHookSettings {
+    /// `false`: off for this namespace (`true` is refused: omit it).
+    Enabled(bool),
+    /// This namespace's own hook.
+    Own(HookSettings),
+}
+
+/// The `[namespaces.<ns>.proxy]` table: absent hooks use the global
+/// `[proxy.<hook>]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceProxySettings {
+    /// Subscribe hook of the namespace's channels.
+    pub subscribe: Option<NamespaceHookSettings>,
+    /// Publish hook of the namespace's channels.
+    pub publish: Option<NamespaceHookSettings>,
+}
+
+/// Which backend answers one channel hook for a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookRoute {
+    /// The global `[proxy.<hook>]` (none when it is not configured).
+    Global,
+    /// No hook for this namespace.
+    Off,
+    /// The namespace's own.
+    Own(Hook),
+}
+
+/// A namespace's validated channel hook routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceHooks {
+    /// Subscribe hook.
+    pub subscribe: HookRoute,
+    /// Publish hook.
+    pub publish: HookRoute,
+}
+
 /// One validated hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
@@ -73,6 +119,9 @@ pub struct ProxyConfig {
     /// Forwarded headers, lower case: `cookie`, `authorization` and the
     /// configured ones.
     pub headers: Vec<String>,
+    /// Namespaces (by name, "" for the default namespace) whose channel
+    /// hooks differ from the global ones.
+    pub namespaces: BTreeMap<String, NamespaceHooks>,
 }
 
 fn hook(h: Option<HookSettings>, setting: &'static str) -> Result<Option<Hook>, ConfigError> {
@@ -100,9 +149,54 @@ fn hook(h: Option<HookSettings>, setting: &'static str) -> Result<Option<Hook>, 
     }))
 }
 
+fn route(
+    h: Option<NamespaceHookSettings>,
+    namespace: &str,
+    hook_name: &str,
+) -> Result<HookRoute, ConfigError> {
+    let at = if namespace.is_empty() {
+        format!("default_namespace.proxy.{hook_name}")
+    } else {
+        format!("{namespace}.proxy.{hook_name}")
+    };
+    match h {
+        None => Ok(HookRoute::Global),
+        Some(NamespaceHookSettings::Enabled(false)) => Ok(HookRoute::Off),
+        Some(NamespaceHookSettings::Enabled(true)) => Err(invalid(
+            "namespaces",
+            format!(
+                "{at}: true is the default (the global hook): omit it, or give a table with url"
+            ),
+        )),
+        // `hook` names `proxy` in its errors; name this one instead.
+        Some(NamespaceHookSettings::Own(h)) => match hook(Some(h), "proxy") {
+            Ok(h) => Ok(h.map_or(HookRoute::Global, HookRoute::Own)),
+            Err(ConfigError::Invalid { message, .. }) => {
+                Err(invalid("namespaces", format!("{at}: {message}")))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
 impl ProxyConfig {
-    /// Validate the file's `[proxy]` table (absent: nothing proxied).
-    pub fn merge(file: Option<ProxySettings>) -> Result<Self, ConfigError> {
+    /// Validate the file's `[proxy]` table (absent: nothing proxied) and
+    /// the namespaces' `proxy` tables (`namespaces`: name and settings, ""
+    /// for the default namespace).
+    pub fn merge<'a>(
+        file: Option<ProxySettings>,
+        namespaces: impl IntoIterator<Item = (&'a str, &'a NamespaceProxySettings)>,
+    ) -> Result<Self, ConfigError> {
+        let mut routes = BTreeMap::new();
+        for (name, ns) in namespaces {
+            let hooks = NamespaceHooks {
+                subscribe: route(ns.subscribe.clone(), name, "subscribe")?,
+                publish: route(ns.publish.clone(), name, "publish")?,
+            };
+            if hooks.subscribe != HookRoute::Global || hooks.publish != HookRoute::Global {
+                routes.insert(name.to_owned(), hooks);
+            }
+        }
         let s = file.unwrap_or_default();
         let mut headers = vec!["cookie".to_owned(), "authorization".to_owned()];
         for h in &s.headers {
@@ -124,6 +218,7 @@ impl ProxyConfig {
             publish: hook(s.publish, "proxy.publish")?,
             rpc: hook(s.rpc, "proxy.rpc")?,
             headers,
+            namespaces: routes,
         })
     }
 }
@@ -134,12 +229,12 @@ mod tests {
 
     #[test]
     fn absent_is_off_and_defaults_apply() {
-        let c = ProxyConfig::merge(None).unwrap();
+        let c = ProxyConfig::merge(None, []).unwrap();
         assert!(c.connect.is_none() && c.rpc.is_none());
         let s: ProxySettings =
             toml::from_str("headers = [\"X-Tenant\"]\n[connect]\nurl = \"http://127.0.0.1:1/c\"\n")
                 .unwrap();
-        let c = ProxyConfig::merge(Some(s)).unwrap();
+        let c = ProxyConfig::merge(Some(s), []).unwrap();
         let h = c.connect.unwrap();
         assert_eq!(h.timeout, Duration::from_millis(1000));
         assert_eq!(h.max_concurrency, 256);
@@ -148,10 +243,38 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        let bad = |t: &str| ProxyConfig::merge(Some(toml::from_str(t).unwrap())).is_err();
+        let bad = |t: &str| ProxyConfig::merge(Some(toml::from_str(t).unwrap()), []).is_err();
         assert!(bad("[rpc]\nurl = \"ftp://x\"\n"));
         assert!(bad("[rpc]\nurl = \"http://x\"\ntimeout_ms = 0\n"));
         assert!(bad("[rpc]\nurl = \"http://x\"\nmax_concurrency = 0\n"));
         assert!(bad("headers = [\"a b\"]\n"));
+    }
+
+    #[test]
+    fn a_namespace_routes_its_channel_hooks() {
+        let ns = |t: &str| -> NamespaceProxySettings { toml::from_str(t).unwrap() };
+        let own =
+            ns("subscribe = false\n[publish]\nurl = \"http://127.0.0.1:1/p\"\ntimeout_ms = 50\n");
+        let plain = ns("");
+        let c = ProxyConfig::merge(None, [("orders", &own), ("chat", &plain)]).unwrap();
+        assert_eq!(
+            c.namespaces.len(),
+            1,
+            "a namespace without its own is not listed"
+        );
+        let o = &c.namespaces["orders"];
+        assert_eq!(o.subscribe, HookRoute::Off);
+        let HookRoute::Own(p) = &o.publish else {
+            panic!("{:?}", o.publish)
+        };
+        assert_eq!(p.timeout, Duration::from_millis(50));
+        let err = |t: &str| {
+            ProxyConfig::merge(None, [("orders", &ns(t))])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("subscribe = true\n").contains("orders.proxy.subscribe"));
+        assert!(err("[publish]\nurl = \"ftp://x\"\n").contains("orders.proxy.publish: url"));
+        assert!(toml::from_str::<NamespaceProxySettings>("rpc = false\n").is_err());
     }
 }

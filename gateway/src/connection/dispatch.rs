@@ -52,12 +52,14 @@ impl Reader {
                 }
                 // Boxed, and only when configured: the proxy's request
                 // future is large and most nodes have no hook.
-                if node.proxy.has(HookKind::Subscribe) {
-                    Box::pin(self.proxy_subscribe(&channel)).await?;
-                }
+                let info = if node.proxy.has_in(HookKind::Subscribe, &channel) {
+                    Box::pin(self.proxy_subscribe(&channel)).await?
+                } else {
+                    None
+                };
                 // "Already subscribed" is also the hub's answer (it knows).
                 let replayed = node
-                    .subscribe(&self.handle, &channel, ns, since, id)
+                    .subscribe(&self.handle, &channel, ns, since, id, info)
                     .await?;
                 self.channels.push(channel.into_boxed_str());
                 if replayed > 0 {
@@ -88,7 +90,7 @@ impl Reader {
             } => {
                 metrics::counter!(m::MESSAGES_RECEIVED, "op" => "publish").increment(1);
                 let ns = access::publish(&node.config, actor, &channel)?;
-                let data = if node.proxy.has(HookKind::Publish) {
+                let data = if node.proxy.has_in(HookKind::Publish, &channel) {
                     Box::pin(self.proxy_publish(&channel, data)).await?
                 } else {
                     data

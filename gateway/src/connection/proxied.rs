@@ -30,8 +30,12 @@ impl Reader {
         r.error
     }
 
-    /// The subscribe hook, when configured.
-    pub(super) async fn proxy_subscribe(&self, channel: &str) -> Result<(), ReplyError> {
+    /// The subscribe hook, when configured: the subscription's own
+    /// presence info, if the backend gave one.
+    pub(super) async fn proxy_subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<Option<Box<RawValue>>, ReplyError> {
         let request = ChannelRequest {
             conn: &self.handle.id,
             user: self.identity.user.as_deref(),
@@ -41,11 +45,12 @@ impl Reader {
         let answer = self
             .node
             .proxy
-            .call::<SubscribeResult>(HookKind::Subscribe, &request)
+            .call_in::<SubscribeResult>(HookKind::Subscribe, Some(channel), &request)
             .await
             .map_err(|e| e.reply())?;
         match answer {
-            None | Some(Answer::Result(_)) => Ok(()),
+            None => Ok(None),
+            Some(Answer::Result(r)) => Ok(r.info),
             Some(Answer::Refused(r)) => Err(self.refused(r)),
         }
     }
@@ -57,7 +62,7 @@ impl Reader {
         channel: &str,
         data: Box<RawValue>,
     ) -> Result<Box<RawValue>, ReplyError> {
-        if !self.node.proxy.has(HookKind::Publish) {
+        if !self.node.proxy.has_in(HookKind::Publish, channel) {
             return Ok(data);
         }
         let request = ChannelRequest {
@@ -69,7 +74,7 @@ impl Reader {
         let answer = self
             .node
             .proxy
-            .call::<PublishResult>(HookKind::Publish, &request)
+            .call_in::<PublishResult>(HookKind::Publish, Some(channel), &request)
             .await
             .map_err(|e| e.reply())?;
         match answer {
@@ -216,7 +221,7 @@ impl Reader {
             return Err(ReplyError::bad_request("already subscribed"));
         }
         self.check_channel_limit()?;
-        node.subscribe(&self.handle, channel, ns, None, None)
+        node.subscribe(&self.handle, channel, ns, None, None, None)
             .await?;
         self.channels.push(channel.into());
         Ok(())

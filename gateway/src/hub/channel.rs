@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 
 use crate::metrics as m;
 use crate::outbox::ConnHandle;
@@ -122,6 +123,10 @@ struct Subscriber {
     /// subscriber of a channel without history costs its key and three
     /// pointers.
     last: Option<Box<Position>>,
+    /// Presence info of this subscription (the subscribe hook's `info`),
+    /// shown instead of the connection's. Thin-boxed: a subscription
+    /// without one pays a pointer.
+    info: Option<Box<Box<RawValue>>>,
 }
 
 impl Subscriber {
@@ -163,8 +168,9 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Add `conn` in pending mode; false when it was already subscribed.
-    pub fn add(&self, conn: &Arc<ConnHandle>) -> bool {
+    /// Add `conn` in pending mode, with the subscription's own presence
+    /// `info` if any; false when it was already subscribed.
+    pub fn add(&self, conn: &Arc<ConnHandle>, info: Option<Box<RawValue>>) -> bool {
         let mut subs = self.subs.lock();
         if subs.contains_key(&conn.id) {
             return false;
@@ -175,6 +181,7 @@ impl Channel {
                 conn: conn.clone(),
                 pending: Some(Box::default()),
                 last: None,
+                info: info.map(Box::new),
             },
         );
         true
@@ -248,6 +255,14 @@ impl Channel {
     pub fn for_each(&self, mut f: impl FnMut(&ConnHandle)) {
         for sub in self.subs.lock().values() {
             f(&sub.conn);
+        }
+    }
+
+    /// Call `f` for every subscriber's connection and the subscription's
+    /// own presence info (if any), under the channel lock.
+    pub fn for_each_member(&self, mut f: impl FnMut(&ConnHandle, Option<&RawValue>)) {
+        for sub in self.subs.lock().values() {
+            f(&sub.conn, sub.info.as_deref().map(|b| &**b));
         }
     }
 

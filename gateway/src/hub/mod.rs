@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 
 use self::channel::Channel;
 pub use self::channel::{At, Position};
@@ -228,8 +229,14 @@ impl Hub {
 
     /// Add `conn` to `channel` in pending mode: deliveries are parked until
     /// [`Hub::finish_subscribe`]. The channel's first subscriber turns the
-    /// channel topic on.
-    pub fn add_subscriber(&self, channel: &str, conn: &Arc<ConnHandle>) -> AddOutcome {
+    /// channel topic on. `info`: the subscription's own presence info
+    /// (shown instead of the connection's).
+    pub fn add_subscriber(
+        &self,
+        channel: &str,
+        conn: &Arc<ConnHandle>,
+        info: Option<Box<RawValue>>,
+    ) -> AddOutcome {
         let mut shard = self.channels.shard(channel).lock();
         let entry = match shard.get(channel) {
             Some(c) => c.clone(),
@@ -241,7 +248,7 @@ impl Hub {
                 c
             }
         };
-        if !entry.add(conn) {
+        if !entry.add(conn, info) {
             return AddOutcome::AlreadySubscribed;
         }
         self.subscription_count.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +318,7 @@ impl Hub {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (name, ch) in channels {
-            ch.for_each(|conn| out.push((name.to_string(), self.member(conn))));
+            ch.for_each_member(|conn, info| out.push((name.to_string(), self.member(conn, info))));
         }
         out
     }
@@ -338,13 +345,14 @@ impl Hub {
         entry.is_some_and(|c| c.is_live(conn))
     }
 
-    /// The presence member describing `conn`.
-    pub fn member(&self, conn: &ConnHandle) -> Member {
+    /// The presence member describing `conn`, with the subscription's own
+    /// `info` when it has one (else the connection's).
+    pub fn member(&self, conn: &ConnHandle, info: Option<&RawValue>) -> Member {
         Member {
             user: conn.user.as_deref().unwrap_or_default().to_owned(),
             conn: conn.id.to_string(),
             node: self.node_id.clone(),
-            info: conn.info.clone(),
+            info: info.map(RawValue::to_owned).or_else(|| conn.info.clone()),
         }
     }
 
@@ -556,12 +564,40 @@ mod tests {
     }
 
     #[test]
+    fn a_subscriptions_own_info_is_its_presence_info() {
+        let (hub, _) = hub();
+        let conn_info = RawValue::from_string(r#"{"name":"Mo"}"#.to_owned()).unwrap();
+        let (c, _out) =
+            ConnHandle::new("n.1.1".into(), Some("mo".into()), Some(conn_info), 1 << 20);
+        assert!(hub.add_conn(&c));
+        let own = RawValue::from_string(r#"{"role":"mod"}"#.to_owned()).unwrap();
+        hub.add_subscriber("a", &c, Some(own));
+        hub.add_subscriber("b", &c, None);
+        let mut infos: Vec<(String, String)> = (0..SHARDS)
+            .flat_map(|s| hub.presence_members(s, |_| true))
+            .map(|(ch, m)| (ch, m.info.map(|i| i.get().to_owned()).unwrap_or_default()))
+            .collect();
+        infos.sort();
+        assert_eq!(
+            infos,
+            [
+                ("a".to_owned(), r#"{"role":"mod"}"#.to_owned()),
+                ("b".to_owned(), r#"{"name":"Mo"}"#.to_owned())
+            ],
+            "what the presence refresh and restore write"
+        );
+    }
+
+    #[test]
     fn pending_subscriber_gets_reply_then_unseen_parked_messages() {
         let (hub, _) = hub();
         let (c, mut out) = ConnHandle::new("n.1.1".into(), None, None, 1 << 20);
         assert!(hub.add_conn(&c));
-        assert_eq!(hub.add_subscriber("ch", &c), AddOutcome::Added);
-        assert_eq!(hub.add_subscriber("ch", &c), AddOutcome::AlreadySubscribed);
+        assert_eq!(hub.add_subscriber("ch", &c, None), AddOutcome::Added);
+        assert_eq!(
+            hub.add_subscriber("ch", &c, None),
+            AddOutcome::AlreadySubscribed
+        );
         hub.deliver(Envelope::Message(publication("ch", Some(5))));
         hub.deliver(Envelope::Message(publication("ch", Some(6))));
         assert!(next(&mut out).is_none(), "parked while pending");
@@ -595,7 +631,7 @@ mod tests {
         let (hub, _) = hub();
         let (c, mut out) = ConnHandle::new("n.1.1".into(), None, None, 1 << 20);
         assert!(hub.add_conn(&c));
-        hub.add_subscriber("ch", &c);
+        hub.add_subscriber("ch", &c, None);
         assert!(hub.finish_subscribe("ch", &c, vec![], at(5)));
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
         // Publications the reply already covered, arriving 10 s late.
@@ -623,7 +659,7 @@ mod tests {
         let (hub, _) = hub();
         let (c, mut out) = ConnHandle::new("n.1.1".into(), None, None, 1 << 20);
         assert!(hub.add_conn(&c));
-        hub.add_subscriber("ch", &c);
+        hub.add_subscriber("ch", &c, None);
         let mut own = publication("ch", Some(1));
         own.exclude = Some("n.1.1".into());
         hub.deliver(Envelope::Message(own.clone()));
@@ -644,7 +680,7 @@ mod tests {
         let (b, _ob) = ConnHandle::new("n.1.2".into(), Some("u".into()), None, 1 << 20);
         for c in [&a, &b] {
             assert!(hub.add_conn(c));
-            hub.add_subscriber("ch", c);
+            hub.add_subscriber("ch", c, None);
         }
         hub.remove_subscriber("ch", &a);
         hub.remove_conn(&a);
@@ -671,7 +707,7 @@ mod tests {
         let (b, mut out_b) = ConnHandle::new("n.1.2".into(), Some("u".into()), None, 1 << 20);
         for c in [&a, &b] {
             assert!(hub.add_conn(c));
-            hub.add_subscriber("ch", c);
+            hub.add_subscriber("ch", c, None);
             hub.finish_subscribe("ch", c, vec![], None);
         }
         assert_eq!(hub.channel_count(), 1);

@@ -77,7 +77,9 @@ impl Node {
     /// (the channel's first local subscriber turns the node's interest on),
     /// wait until the node receives the channel, read history, join
     /// presence, then queue the reply, the replay and whatever arrived
-    /// meanwhile, in that order, with no gap and no duplicate.
+    /// meanwhile, in that order, with no gap and no duplicate. `info`: the
+    /// subscription's own presence info (the subscribe hook's), shown
+    /// instead of the connection's.
     pub async fn subscribe(
         &self,
         conn: &Arc<ConnHandle>,
@@ -85,12 +87,18 @@ impl Node {
         ns: &NamespaceOptions,
         since: Option<Since>,
         id: Option<&Value>,
+        info: Option<Box<RawValue>>,
     ) -> Result<usize, ReplyError> {
-        if self.hub.add_subscriber(channel, conn) == AddOutcome::AlreadySubscribed {
+        let member = ns
+            .tracks_presence()
+            .then(|| self.hub.member(conn, info.as_deref()));
+        if self.hub.add_subscriber(channel, conn, info) == AddOutcome::AlreadySubscribed {
             return Err(ReplyError::bad_request("already subscribed"));
         }
         self.occupancy.touch(channel);
-        let result = self.subscribe_rest(conn, channel, ns, since, id).await;
+        let result = self
+            .subscribe_rest(conn, channel, ns, since, id, member)
+            .await;
         if result.is_err() {
             self.hub.remove_subscriber(channel, conn);
         }
@@ -106,6 +114,7 @@ impl Node {
         ns: &NamespaceOptions,
         since: Option<Since>,
         id: Option<&Value>,
+        member: Option<Member>,
     ) -> Result<usize, ReplyError> {
         self.backplane
             .ready(&Topic::Channel(channel.to_owned()))
@@ -152,8 +161,7 @@ impl Node {
             }
             epoch = Some(read.position.epoch);
         }
-        if ns.tracks_presence() {
-            let member = self.hub.member(conn);
+        if let Some(member) = member {
             let first = self
                 .presence
                 .join(channel, &member)

@@ -321,8 +321,8 @@ mod tests {
         shutdown.tracker.close();
         shutdown.tracker.wait().await;
         let (a, b) = (conn(1), conn(2));
-        hub.add_subscriber("x", &a);
-        hub.add_subscriber("x", &b);
+        hub.add_subscriber("x", &a, None);
+        hub.add_subscriber("x", &b, None);
         occ.touch("x");
         occ.touch("x");
         assert_eq!(occ.pending(), 1);
@@ -337,7 +337,7 @@ mod tests {
         // count, no transition.
         hub.remove_subscriber("x", &a);
         occ.touch("x");
-        hub.add_subscriber("x", &a);
+        hub.add_subscriber("x", &a, None);
         occ.touch("x");
         occ.flush().await;
         assert_eq!(store.subscribers("x", &[]).await.unwrap(), 2);

@@ -185,7 +185,30 @@ pub struct ChannelRequest<'a> {
 /// Subscribe hook result.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct SubscribeResult {}
+pub struct SubscribeResult {
+    /// Presence info of this subscription, shown instead of the
+    /// connection's; at most [`MAX_SUBSCRIBE_INFO`] bytes (a larger one
+    /// makes the answer unusable: outcome `error`).
+    #[serde(deserialize_with = "bounded_info")]
+    pub info: Option<Box<RawValue>>,
+}
+
+/// A subscribe hook's `info`: `null` is none, longer than
+/// [`MAX_SUBSCRIBE_INFO`] is an error.
+fn bounded_info<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    if raw.get().len() > MAX_SUBSCRIBE_INFO {
+        return Err(serde::de::Error::custom(format!(
+            "info is {} bytes, more than {MAX_SUBSCRIBE_INFO}",
+            raw.get().len()
+        )));
+    }
+    Ok((raw.get() != "null").then_some(raw))
+}
+
+/// The largest `info` a subscribe hook may attach (bytes of JSON): each
+/// subscription holds its own copy.
+pub const MAX_SUBSCRIBE_INFO: usize = 4096;
 
 /// Publish hook result.
 #[derive(Debug, Default, Deserialize)]

@@ -2,8 +2,9 @@
 //! JSON to the backend's URL for a hook (connect, refresh, subscribe,
 //! publish, rpc) and reads its answer.
 //!
-//! Owns one HTTP client and, per configured hook, a semaphore of
-//! `max_concurrency` permits. Invariants: a request never waits for a
+//! Owns one HTTP client and, per configured hook (global, or a namespace's
+//! own subscribe or publish hook), a semaphore of `max_concurrency`
+//! permits. Invariants: a request never waits for a
 //! permit (a full hook answers [`ProxyError::Overloaded`] at once, so the
 //! waiting work is bounded); every request is bounded by the hook's
 //! timeout, answer body included; every request is counted once in
@@ -14,6 +15,7 @@
 
 pub mod hooks;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::config::{Hook, ProxyConfig};
+use crate::config::{Hook, HookRoute, ProxyConfig};
 use crate::metrics as m;
 use crate::protocol::{ErrorCode, ReplyError};
 
@@ -88,6 +90,42 @@ struct Endpoint {
     failing: AtomicBool,
 }
 
+impl Endpoint {
+    fn new(hook: Hook) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(hook.max_concurrency)),
+            hook,
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Where one channel hook of a namespace goes.
+enum Route {
+    /// The global hook (if any).
+    Global,
+    /// No hook.
+    Off,
+    /// The namespace's own.
+    Own(Endpoint),
+}
+
+impl Route {
+    fn new(r: &HookRoute) -> Self {
+        match r {
+            HookRoute::Global => Route::Global,
+            HookRoute::Off => Route::Off,
+            HookRoute::Own(h) => Route::Own(Endpoint::new(h.clone())),
+        }
+    }
+}
+
+/// A namespace's channel hooks that are not the global ones.
+struct NamespaceRoutes {
+    subscribe: Route,
+    publish: Route,
+}
+
 /// The proxy of one node.
 pub struct Proxy {
     client: reqwest::Client,
@@ -96,6 +134,9 @@ pub struct Proxy {
     subscribe: Option<Endpoint>,
     publish: Option<Endpoint>,
     rpc: Option<Endpoint>,
+    /// By namespace name ("" the default namespace); a namespace not here
+    /// uses the global hooks.
+    namespaces: HashMap<String, NamespaceRoutes>,
     /// Forwarded upgrade headers, lower case.
     pub headers: Vec<String>,
 }
@@ -104,13 +145,18 @@ impl Proxy {
     /// Build from validated config; with no hook configured it never
     /// sends anything.
     pub fn new(config: &ProxyConfig) -> Result<Self, reqwest::Error> {
-        let endpoint = |h: &Option<Hook>| {
-            h.clone().map(|hook| Endpoint {
-                permits: Arc::new(Semaphore::new(hook.max_concurrency)),
-                hook,
-                failing: AtomicBool::new(false),
+        let endpoint = |h: &Option<Hook>| h.clone().map(Endpoint::new);
+        let namespaces = config
+            .namespaces
+            .iter()
+            .map(|(name, hooks)| {
+                let routes = NamespaceRoutes {
+                    subscribe: Route::new(&hooks.subscribe),
+                    publish: Route::new(&hooks.publish),
+                };
+                (name.clone(), routes)
             })
-        };
+            .collect();
         Ok(Self {
             // Redirects are not followed: a hook's answer is its own.
             client: reqwest::Client::builder()
@@ -121,23 +167,50 @@ impl Proxy {
             subscribe: endpoint(&config.subscribe),
             publish: endpoint(&config.publish),
             rpc: endpoint(&config.rpc),
+            namespaces,
             headers: config.headers.clone(),
         })
     }
 
-    fn endpoint(&self, kind: HookKind) -> Option<&Endpoint> {
-        match kind {
-            HookKind::Connect => self.connect.as_ref(),
-            HookKind::Refresh => self.refresh.as_ref(),
+    /// The endpoint of `kind`; for the subscribe and publish hooks, the
+    /// one of `channel`'s namespace.
+    fn endpoint(&self, kind: HookKind, channel: Option<&str>) -> Option<&Endpoint> {
+        let global = match kind {
+            HookKind::Connect => return self.connect.as_ref(),
+            HookKind::Refresh => return self.refresh.as_ref(),
+            HookKind::Rpc => return self.rpc.as_ref(),
             HookKind::Subscribe => self.subscribe.as_ref(),
             HookKind::Publish => self.publish.as_ref(),
-            HookKind::Rpc => self.rpc.as_ref(),
+        };
+        let Some(channel) = channel.filter(|_| !self.namespaces.is_empty()) else {
+            return global;
+        };
+        let ns = channel.split_once(':').map_or("", |(ns, _)| ns);
+        let Some(routes) = self.namespaces.get(ns) else {
+            return global;
+        };
+        let route = if kind == HookKind::Subscribe {
+            &routes.subscribe
+        } else {
+            &routes.publish
+        };
+        match route {
+            Route::Global => global,
+            Route::Off => None,
+            Route::Own(ep) => Some(ep),
         }
     }
 
-    /// Whether `kind` is configured.
+    /// Whether the global hook `kind` is configured (for the subscribe and
+    /// publish hooks of a channel, see [`Proxy::has_in`]).
     pub fn has(&self, kind: HookKind) -> bool {
-        self.endpoint(kind).is_some()
+        self.endpoint(kind, None).is_some()
+    }
+
+    /// Whether the subscribe or publish hook `kind` is configured for
+    /// `channel` (its namespace's own, else the global one).
+    pub fn has_in(&self, kind: HookKind, channel: &str) -> bool {
+        self.endpoint(kind, Some(channel)).is_some()
     }
 
     /// POST `body` to the hook and parse its answer. `Ok(None)` when the
@@ -147,7 +220,18 @@ impl Proxy {
         kind: HookKind,
         body: &impl Serialize,
     ) -> Result<Option<Answer<T>>, ProxyError> {
-        let Some(ep) = self.endpoint(kind) else {
+        self.call_in(kind, None, body).await
+    }
+
+    /// [`Proxy::call`] for a hook of `channel` (the subscribe and publish
+    /// hooks: its namespace's own, else the global one).
+    pub async fn call_in<T: DeserializeOwned + Send>(
+        &self,
+        kind: HookKind,
+        channel: Option<&str>,
+        body: &impl Serialize,
+    ) -> Result<Option<Answer<T>>, ProxyError> {
+        let Some(ep) = self.endpoint(kind, channel) else {
             return Ok(None);
         };
         let hook = kind.label();
