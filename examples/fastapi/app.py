@@ -184,7 +184,7 @@ async def chat_send(request: Request, room: str, body: dict = Body(...)):
     if not text:
         raise HTTPException(400, "empty message")
     conn = body.get("conn")
-    data = {"user": user, "text": text, "ts": time.time()}
+    data = {"user": user, "text": text, "ts": int(time.time() * 1000)}
     res = await gw.publish(f"chat:{room}", data, exclude=conn if isinstance(conn, str) and conn else None)
     return {"offset": res.offset, "data": data}
 
@@ -216,7 +216,7 @@ async def notify(request: Request, user: str, body: dict = Body(...)):
     sender = require_user(request)
     if not NAME.match(user):
         raise HTTPException(400, "bad user name")
-    data = {"kind": "notification", "from": sender, "text": str(body.get("text", ""))[:500], "ts": time.time()}
+    data = {"kind": "notification", "from": sender, "text": str(body.get("text", ""))[:500], "ts": int(time.time() * 1000)}
     if body.get("persist"):
         await gw.publish(f"user:{user}", data)
     else:
@@ -238,7 +238,7 @@ async def run_task(task_id: str, lines: int, interval: float) -> None:
             last = i == lines
             level = "warning" if i % 5 == 0 and not last else "info"
             message = "done" if last else f"step {i} of {lines}"
-            await task_log(gw, task_id, level, message, progress=round(i / lines, 4), finished=last)
+            await task_log(gw, task_id, level, message, progress=round(100 * i / lines, 2), finished=last)
             state["lines"] = i
         state["state"] = "finished"
     except asyncio.CancelledError:

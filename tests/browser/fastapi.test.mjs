@@ -267,7 +267,7 @@ test("a task page opened late shows every line in order: history first, then liv
     offset: m.offset,
     level: m.data.level,
     message: m.data.message,
-    pct: `${Math.round(m.data.progress * 100)}%`,
+    pct: `${Math.round(m.data.progress)}%`,
   }));
   assert.deepEqual(
     lines.map(({ kind, ...l }) => l),
@@ -292,7 +292,8 @@ test("a task page opened late shows every line in order: history first, then liv
   assert.ok(kinds.slice(0, firstLive).every((k) => k === "replayed"));
   assert.ok(kinds.slice(firstLive).every((k) => k === "live"));
   assert.equal(await page.textContent("#summary"), `${subscribedAt} line(s) from history, ${LINES - subscribedAt} live`);
-  assert.equal(await page.$eval("#progress", (p) => p.value), 1);
+  assert.equal(await page.$eval("#progress", (p) => p.value), 100);
+  assert.equal(history.messages.at(-1).data.progress, 100);
   assert.equal(await page.textContent("#progress-text"), "100%");
   assert.equal(await page.isHidden("#gap"), true, "nothing was lost");
 

@@ -26,12 +26,13 @@ function render(data, ctx) {
   const li = el("li", ctx.replayed ? "replayed" : "live");
   li.dataset.offset = String(ctx.offset);
   li.dataset.level = String(data.level ?? "info");
-  const ts = typeof data.ts === "number" ? new Date(data.ts * 1000).toLocaleTimeString() : "";
+  // task_log: progress in percent (0-100) or null, ts in unix milliseconds.
+  const ts = typeof data.ts === "number" ? new Date(data.ts).toLocaleTimeString() : "";
   li.append(
     el("span", "ts", ts),
     el("span", `level ${data.level ?? "info"}`, String(data.level ?? "info")),
     el("span", "message", String(data.message ?? "")),
-    el("span", "pct", typeof data.progress === "number" ? `${Math.round(data.progress * 100)}%` : ""),
+    el("span", "pct", typeof data.progress === "number" ? `${Math.round(data.progress)}%` : ""),
     el("span", "tag", ctx.replayed ? "history" : "live"),
   );
   $("lines").append(li);
@@ -39,7 +40,7 @@ function render(data, ctx) {
   summary();
   if (typeof data.progress === "number") {
     $("progress").value = data.progress;
-    $("progress-text").textContent = `${Math.round(data.progress * 100)}%`;
+    $("progress-text").textContent = `${Math.round(data.progress)}%`;
   }
   if (data.finished) {
     const failed = data.level === "error";
