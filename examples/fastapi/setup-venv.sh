@@ -19,22 +19,28 @@ die() {
     exit 1
 }
 
-command -v "$PY" >/dev/null 2>&1 || die "$PY not found: install Python 3.9 or newer"
 [ -d "$ROOT/clients/python" ] || die "no SDK at clients/python"
+
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "need $*, and there is no apt-get to install it"
+    echo "installing $* (apt-get)" >&2
+    local sudo_=()
+    [ "$(id -u)" -eq 0 ] || sudo_=(sudo)
+    "${sudo_[@]}" timeout 120 apt-get -q update >&2
+    "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive timeout 300 \
+        apt-get -q install -y --no-install-recommends "$@" >&2
+}
+
+command -v "$PY" >/dev/null 2>&1 || apt_install python3 python3-venv
+command -v "$PY" >/dev/null 2>&1 || die "$PY not found: install Python 3.9 or newer"
 
 if [ ! -x "$VENV/bin/python" ]; then
     rm -rf "$VENV"
     mkdir -p "$(dirname "$VENV")"
     if ! "$PY" -m venv "$VENV" >/dev/null 2>&1; then
         rm -rf "$VENV"
-        command -v apt-get >/dev/null 2>&1 || die "$PY cannot create a venv and there is no apt-get to install python3-venv"
-        echo "installing python3-venv (apt-get)" >&2
-        sudo_=()
-        [ "$(id -u)" -eq 0 ] || sudo_=(sudo)
-        "${sudo_[@]}" timeout 120 apt-get -q update >&2
-        "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive timeout 300 \
-            apt-get -q install -y --no-install-recommends python3-venv >&2
-        "$PY" -m venv "$VENV" || die "$PY -m venv still fails after installing python3-venv"
+        apt_install python3-venv
+        "$PY" -m venv "$VENV" >&2 || die "$PY -m venv still fails after installing python3-venv"
     fi
 fi
 
