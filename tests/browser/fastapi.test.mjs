@@ -226,7 +226,8 @@ test("the gateway lets the app's origin in and refuses other sites' pages", asyn
 
 test("a task page opened late shows every line in order: history first, then live, then finished; status answers from channel info", async () => {
   const LINES = 30;
-  const task = await appApi("POST", "/tasks", { lines: LINES, interval_ms: 150 });
+  // 30 lines over 6 s: the page opens after the 5th, well before the last.
+  const task = await appApi("POST", "/tasks", { lines: LINES, interval_ms: 200 });
   const channel = `task:${task.id}`;
 
   // Nobody watches yet, but the lines are kept: wait for some of them.
@@ -399,5 +400,35 @@ test("chat: broadcast to others, presence, one user on two devices, notification
   } finally {
     await aliceCtx.close();
     await bobCtx.close();
+  }
+});
+
+test("a task page whose node dies reconnects through the other node and still shows every line once, in order", async () => {
+  // Last: node A does not come back.
+  const LINES = 40;
+  const task = await appApi("POST", "/tasks", { lines: LINES, interval_ms: 100 });
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 1100 } });
+  ctx.setDefaultTimeout(10000);
+  try {
+    const page = await openAs(ctx, "carol", task.page, "task-failover");
+    await page.waitForSelector('#state[data-node="node-a"]');
+    await page.waitForFunction(() => document.querySelectorAll("#lines li.live").length >= 3);
+    nodeA.signal("SIGKILL");
+    await nodeA.exited;
+    // The SDK reconnects to the next URL (node B) and resubscribes from the
+    // last line it showed: what was published meanwhile is replayed.
+    await page.waitForSelector('#state[data-state="connected"][data-node="node-b"]', { timeout: 15000 });
+    await page.waitForSelector('#task-state[data-state="finished"]', { timeout: 30000 });
+    await shot(page, "04-task-after-failover");
+    assert.equal(await page.getAttribute("#lines", "data-resubscribed"), "true", "resubscribed with recovered: true");
+    assert.match(await page.textContent("#note"), /^reconnected to node node-b: \d+ missed line\(s\) recovered from history$/);
+    const offsets = await page.$$eval("#lines li", (lis) => lis.map((li) => Number(li.dataset.offset)));
+    assert.deepEqual(offsets, Array.from({ length: LINES }, (_, i) => i + 1), "no gap, no duplicate across the failover");
+    const history = await gwApi(nodeB, "GET", `/api/channels/task:${task.id}/history?since=0&limit=1000`);
+    assert.deepEqual(await texts(page, "#lines .message"), history.messages.map((m) => m.data.message));
+    assert.equal(await page.isHidden("#gap"), true, "recovered: nothing was lost");
+    assert.deepEqual(pageErrors, [], "no uncaught errors in the pages");
+  } finally {
+    await ctx.close();
   }
 });

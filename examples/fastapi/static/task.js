@@ -56,6 +56,16 @@ const sub = client.subscribe(channel, { since: { offset: 0 } });
 sub.on("message", render);
 sub.on("subscribed", (info) => {
   $("lines").dataset.subscribedAt = String(info.offset);
+  if (info.resubscribed) {
+    // After a reconnect (possibly to another node): the lines published
+    // while this page was away follow now, from history.
+    const missed = info.offset - (sub.position?.offset ?? info.offset);
+    $("lines").dataset.resubscribed = String(info.recovered);
+    $("note").hidden = false;
+    $("note").textContent = info.recovered
+      ? `reconnected to node ${client.node}: ${missed} missed line(s) recovered from history`
+      : `reconnected to node ${client.node}: some lines could not be recovered`;
+  }
   // recovered false: the oldest lines were trimmed (history_size) or had
   // expired (history_ttl_secs), or the stream was lost; show what is left.
   if (info.recovered === false) $("gap").hidden = false;
