@@ -39,7 +39,7 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional, Set
 
 from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
@@ -66,8 +66,8 @@ gw: AsyncClient  # set in lifespan()
 
 # Tasks this process started: id -> {"state", "lines", "total"}. The log
 # lines themselves live in the gateway's history, not here.
-TASKS: dict[str, dict[str, Any]] = {}
-_running: set[asyncio.Task] = set()
+TASKS: Dict[str, Dict[str, Any]] = {}
+_running: Set[asyncio.Task] = set()
 
 
 @asynccontextmanager
@@ -96,7 +96,7 @@ async def gateway_error(_request: Request, exc: GatewayError):
 # --- login (a name in a cookie: a stand-in for your real session) -----------
 
 
-def current_user(request: Request) -> str | None:
+def current_user(request: Request) -> Optional[str]:
     name = request.cookies.get("user")
     return name if name and NAME.match(name) else None
 
@@ -108,7 +108,7 @@ def require_user(request: Request) -> str:
     return user
 
 
-def safe_next(path: str | None) -> str:
+def safe_next(path: Optional[str]) -> str:
     # Only paths on this site (no //host, no scheme).
     if path and path.startswith("/") and not path.startswith("//") and "\\" not in path:
         return path
@@ -116,7 +116,7 @@ def safe_next(path: str | None) -> str:
 
 
 @app.get("/login")
-async def login(name: str | None = None, next: str | None = None):
+async def login(name: Optional[str] = None, next: Optional[str] = None):
     if name is None:
         return FileResponse(HERE / "static" / "login.html")
     if not NAME.match(name):

@@ -3,6 +3,8 @@
 #
 #   examples/fastapi/setup-venv.sh     # -> ${CARGO_TARGET_DIR:-<repo>/target}/fastapi-venv
 #
+# Needs Python 3.11+ (the pinned fastapi and starlette require it).
+#
 # FASTAPI_VENV overrides the location, PYTHON the interpreter (python3).
 # Installs python3-venv with apt-get when the interpreter cannot create a
 # venv (Debian ships venv/ensurepip separately). Skips pip when neither
@@ -32,7 +34,9 @@ apt_install() {
 }
 
 command -v "$PY" >/dev/null 2>&1 || apt_install python3 python3-venv
-command -v "$PY" >/dev/null 2>&1 || die "$PY not found: install Python 3.9 or newer"
+command -v "$PY" >/dev/null 2>&1 || die "$PY not found: install Python 3.11 or newer"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    die "$("$PY" --version 2>&1) is too old: the pinned fastapi needs Python 3.11 or newer (set PYTHON=python3.11)"
 
 if [ ! -x "$VENV/bin/python" ]; then
     rm -rf "$VENV"

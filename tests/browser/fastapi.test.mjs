@@ -9,7 +9,9 @@
 // order (the early ones replayed from history, then the live ones) and the
 // finished state; /tasks/{id}/status answers from the channel info API.
 // Then chat between two users (one of them on two devices): broadcast to
-// others, presence, notifications to every device of a user.
+// others, presence, notifications to every device of a user. Last, node A
+// is killed under an open task page, which reconnects through node B and
+// recovers the lines it missed. Screenshots: target/browser-artifacts/fastapi/.
 //
 // Env: CHROMIUM (default /usr/bin/chromium), GATEWAY_BIN, FASTAPI_VENV
 // (default ${CARGO_TARGET_DIR:-target}/fastapi-venv, made by
