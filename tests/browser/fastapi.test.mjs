@@ -102,17 +102,30 @@ async function startApp(port) {
   proc.stderr.pipe(log);
   const exited = new Promise((resolve) => proc.once("exit", (code, signal) => resolve({ code, signal })));
   let dead = null;
+  let ready = false;
   exited.then((e) => (dead = e));
+  // Whatever happens, uvicorn dies with the test process.
+  const killOnExit = () => proc.kill("SIGKILL");
+  process.once("exit", killOnExit);
+  exited.then(() => process.off("exit", killOnExit));
   const url = `http://127.0.0.1:${port}`;
-  await waitFor(
-    async () => {
-      if (dead) throw new Error(`uvicorn exited (${JSON.stringify(dead)}); log: ${logPath}\n${readFileSync(logPath, "utf8")}`);
-      const res = await fetch(`${url}/login`, { signal: AbortSignal.timeout(1000) });
-      return res.status === 200;
-    },
-    30000,
-    `the FastAPI app on ${url} (log: ${logPath})`,
-  );
+  try {
+    await Promise.race([
+      waitFor(
+        async () => dead === null && (await fetch(`${url}/login`, { signal: AbortSignal.timeout(1000) })).status === 200,
+        30000,
+        `the FastAPI app on ${url} (log: ${logPath})`,
+      ),
+      // An app that exits (bad venv, import error, port taken) fails at once.
+      exited.then((e) => {
+        if (!ready) throw new Error(`uvicorn exited (${JSON.stringify(e)}); log: ${logPath}\n${readFileSync(logPath, "utf8")}`);
+      }),
+    ]);
+    ready = true;
+  } catch (e) {
+    proc.kill("SIGKILL");
+    throw e;
+  }
   return {
     proc,
     url,
