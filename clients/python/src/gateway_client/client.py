@@ -9,7 +9,7 @@ import httpx
 
 from . import _ops as ops
 from . import models as m
-from .errors import GatewayError
+from .errors import ApiError, GatewayError
 
 __all__ = ["Client", "DEFAULT_TIMEOUT", "DEFAULT_RETRIES"]
 
@@ -88,13 +88,14 @@ class Client:
             try:
                 resp = self._http.request(call.method, call.path, **kw)
             except httpx.TransportError as e:
-                err, retryable = ops.transport_failure(call, self.url, e)
+                failure, retryable = ops.transport_failure(call, self.url, e)
+                err: GatewayError = failure
                 cause: Optional[BaseException] = e
             else:
-                value, failure, retryable = ops.outcome(call, resp)
-                if failure is None:
-                    return value  # type: ignore[return-value]
-                err, cause = failure, None
+                try:
+                    return ops.outcome(call, resp)
+                except ApiError as e:
+                    err, retryable, cause = e, ops.retry_answer(call, e), None
             if retryable and attempt < self.retries:
                 time.sleep(ops.backoff(attempt))
                 attempt += 1
@@ -189,7 +190,7 @@ class Client:
 
     def nodes(self) -> List[m.NodeInfo]:
         """The live nodes of the cluster."""
-        return self._call(ops.nodes())  # type: ignore[no-any-return]
+        return self._call(ops.nodes())
 
     def channel(self, channel: str) -> m.ChannelInfo:
         """Cluster-wide subscribers, presence and history summary of a channel."""
