@@ -10,7 +10,7 @@ import httpx
 
 from . import _ops as ops
 from . import models as m
-from .client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, TimeoutArg, _check_retries, _headers, _http_timeout
+from .client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, POOL_LIMITS, TimeoutArg, _check_retries, _headers, _http_timeout
 from .errors import ApiError, GatewayError
 
 __all__ = ["AsyncClient"]
@@ -40,6 +40,7 @@ class AsyncClient:
             timeout=_http_timeout(timeout),
             transport=transport,
             follow_redirects=False,
+            limits=POOL_LIMITS,
         )
 
     # --- plumbing -------------------------------------------------------

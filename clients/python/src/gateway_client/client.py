@@ -20,6 +20,11 @@ DEFAULT_RETRIES = 2
 
 TimeoutArg = Union[float, httpx.Timeout, None]
 
+#: Idle pooled connections are dropped after 5 s, before the gateway closes
+#: them (its keep-alive idle limit is ``header_timeout_ms``, 10 s by
+#: default), so a request rarely meets a connection closing under it.
+POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+
 
 def _http_timeout(timeout: TimeoutArg) -> httpx.Timeout:
     if isinstance(timeout, httpx.Timeout):
@@ -77,6 +82,7 @@ class Client:
             timeout=_http_timeout(timeout),
             transport=transport,
             follow_redirects=False,
+            limits=POOL_LIMITS,
         )
 
     # --- plumbing -------------------------------------------------------
