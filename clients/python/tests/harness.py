@@ -49,6 +49,7 @@ client_publish = true
 [namespaces.hist]
 history_size = 100
 history_ttl_secs = 300
+client_publish = true
 
 [namespaces.task]
 history_size = 1000
@@ -206,7 +207,8 @@ class Gateway:
                     done.set()
             done.set()  # stdout closed: the process exited
 
-        threading.Thread(target=read, daemon=True, name=f"{self.name}-stdout").start()
+        self._reader = threading.Thread(target=read, daemon=True, name=f"{self.name}-stdout")
+        self._reader.start()
         if not done.wait(START_TIMEOUT) or "addr" not in found:
             self.kill()
             raise RuntimeError(
@@ -241,6 +243,12 @@ class Gateway:
 
     def kill(self) -> None:
         _kill(self.proc)
+        # The reader sees EOF once the process is gone; then close the pipe.
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.join(timeout=5)
+        if self.proc.stdout is not None and not (reader and reader.is_alive()):
+            self.proc.stdout.close()
 
 
 # --- webhook sink -----------------------------------------------------------

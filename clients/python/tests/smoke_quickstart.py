@@ -92,6 +92,8 @@ def main() -> int:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
         log.close()
 
 

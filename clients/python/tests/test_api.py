@@ -185,6 +185,17 @@ def test_history_since_and_limit(client):
     assert empty.messages == [] and empty.offset == 0
 
 
+def test_history_names_the_publishing_user(client, ws):
+    ch = unique("hist:")
+    pub = ws("writer")
+    rid = pub.send("publish", channel=ch, data="by a client")
+    assert pub.expect(lambda f: f.get("id") == rid, "published")["type"] == "published"
+    client.publish(ch, "by the API")
+    msgs = client.history(ch).messages
+    assert [(m.data, m.from_) for m in msgs] == [("by a client", "writer"), ("by the API", None)]
+    assert msgs[0]["from"] == "writer"
+
+
 def test_user_status_online_and_offline(client, ws, gw):
     user = unique("user")
     conns = [ws(user, node=i) for i in range(len(gw.ws_all))]

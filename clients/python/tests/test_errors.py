@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from harness import API_KEY, JWT_SECRET, Gateway, eventually, free_port, unique
+from harness import API_KEY, JWT_SECRET, Gateway, Redis, eventually, free_port, unique
 
 from gateway_client import (
     ApiError,
@@ -20,7 +20,11 @@ from gateway_client import (
     GatewayError,
     GatewayTimeout,
     GatewayUnavailable,
+    Forbidden,
+    InternalError,
     NotFound,
+    RateLimited,
+    TooLarge,
     Unauthorized,
     Unavailable,
 )
@@ -85,6 +89,12 @@ def test_bad_body_is_bad_request(client):
         client.request("POST", "/api/publish", json={"channel": "plain:x"})
     with pytest.raises(BadRequest):
         client.request("POST", "/api/broadcast", json=[1, 2])
+
+
+def test_oversized_body_is_too_large(client):
+    with pytest.raises(TooLarge) as e:
+        client.publish(unique("plain:"), "x" * (2 * 1024 * 1024))
+    assert (e.value.status, e.value.code) == (413, "too_large")
 
 
 def test_unknown_route_is_not_found(client):
@@ -213,6 +223,37 @@ async def test_gateway_killed_mid_test_async():
         gw.kill()
 
 
+def test_redis_down_is_unavailable_and_not_ready():
+    redis = Redis()
+    gw = Gateway(
+        "redis-down",
+        {
+            "GATEWAY_API_KEY": API_KEY,
+            "GATEWAY_JWT_SECRET": JWT_SECRET,
+            "GATEWAY_REDIS_URL": redis.url,
+            "GATEWAY_REDIS_PREFIX": unique("pysdk"),
+            "GATEWAY_REDIS_TIMEOUT_MS": "300",
+        },
+    )
+    try:
+        with Client(gw.http, API_KEY, timeout=3, retries=0) as c:
+            eventually(c.ready, "the cluster node is ready")
+            assert c.publish(unique("hist:"), 1).offset == 1
+            redis.stop()
+            start = time.monotonic()
+            with pytest.raises(Unavailable) as e:
+                c.publish(unique("hist:"), 2)
+            assert time.monotonic() - start < 3
+            assert (e.value.status, e.value.code) == (503, "unavailable")
+            assert isinstance(e.value, GatewayUnavailable) and e.value.sent is True
+            with pytest.raises(Unavailable):
+                c.history(unique("hist:"))
+            eventually(lambda: c.ready() is False, "/readyz says not ready without Redis")
+    finally:
+        gw.kill()
+        redis.stop()
+
+
 def test_frozen_gateway_times_out_and_publish_is_not_retried():
     gw = _own_gateway("frozen")
     try:
@@ -291,6 +332,30 @@ def test_unavailable_answer_retries_get_but_not_publish():
         t.steps = [UNAVAILABLE, (200, {"nodes": []})]
         assert c.nodes() == []
         assert len(t.seen) == 3
+
+
+@pytest.mark.parametrize(
+    "status,code,cls",
+    [
+        (400, "bad_request", BadRequest),
+        (401, "unauthorized", Unauthorized),
+        (403, "forbidden", Forbidden),
+        (404, "not_found", NotFound),
+        (413, "too_large", TooLarge),
+        (429, "rate_limited", RateLimited),
+        (503, "unavailable", Unavailable),
+        (500, "internal", InternalError),
+        (418, "teapot", ApiError),
+    ],
+)
+def test_every_api_code_has_its_class(status, code, cls):
+    t = Script((status, {"error": {"code": code, "message": f"m-{code}"}}))
+    with Client("http://gw.invalid", transport=t, retries=0) as c:
+        with pytest.raises(cls) as e:
+            c.send_user("u", 1)
+    assert type(e.value) is cls
+    assert (e.value.status, e.value.code, e.value.message) == (status, code, f"m-{code}")
+    assert f"{status} {code}: m-{code}" in str(e.value)
 
 
 def test_retries_zero_means_one_attempt():

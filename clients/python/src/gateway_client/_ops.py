@@ -241,8 +241,9 @@ def request_kwargs(call: Call[Any]) -> Dict[str, Any]:
     return kw
 
 
-def outcome(call: Call[T], resp: httpx.Response) -> Tuple[Optional[T], Optional[GatewayError], bool]:
-    """(value, error, retryable) for an answer."""
+def outcome(call: Call[T], resp: httpx.Response) -> T:
+    """The parsed answer; raises :class:`ApiError` for an error answer and
+    :class:`GatewayError` for one that is not the gateway's JSON."""
     text = resp.text
     try:
         body = json.loads(text) if text else None
@@ -250,18 +251,20 @@ def outcome(call: Call[T], resp: httpx.Response) -> Tuple[Optional[T], Optional[
         body = None
     if 200 <= resp.status_code < 300:
         if not call.expect_json:
-            return call.parse(None), None, False
+            return call.parse(None)
         if body is None and text:
             snippet = text.strip()[:200]
-            return None, GatewayError(
-                f"{call.method} {call.path}: the answer is not JSON (is this the gateway?): {snippet!r}"
-            ), False
+            raise GatewayError(f"{call.method} {call.path}: the answer is not JSON (is this the gateway?): {snippet!r}")
         try:
-            return call.parse({} if body is None else body), None, False
+            return call.parse({} if body is None else body)
         except (KeyError, TypeError, ValueError) as e:
-            return None, GatewayError(f"{call.method} {call.path}: unexpected answer {body!r} ({e!r})"), False
-    err = error_from_response(resp.status_code, body, text, call.method, call.path)
-    return None, err, call.idempotent and resp.status_code in RETRY_STATUSES
+            raise GatewayError(f"{call.method} {call.path}: unexpected answer {body!r} ({e!r})") from None
+    raise error_from_response(resp.status_code, body, text, call.method, call.path)
+
+
+def retry_answer(call: Call[Any], err: ApiError) -> bool:
+    """Whether an error answer may be retried: only a GET's, and only a "later"."""
+    return call.idempotent and err.status in RETRY_STATUSES
 
 
 def transport_failure(call: Call[Any], base_url: str, exc: httpx.TransportError) -> Tuple[GatewayError, bool]:

@@ -10,8 +10,8 @@ import httpx
 
 from . import _ops as ops
 from . import models as m
-from .client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, TimeoutArg, _check_retries, _headers, _http_timeout
-from .errors import GatewayError
+from .client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, POOL_LIMITS, TimeoutArg, _check_retries, _headers, _http_timeout
+from .errors import ApiError, GatewayError
 
 __all__ = ["AsyncClient"]
 
@@ -40,6 +40,7 @@ class AsyncClient:
             timeout=_http_timeout(timeout),
             transport=transport,
             follow_redirects=False,
+            limits=POOL_LIMITS,
         )
 
     # --- plumbing -------------------------------------------------------
@@ -51,13 +52,14 @@ class AsyncClient:
             try:
                 resp = await self._http.request(call.method, call.path, **kw)
             except httpx.TransportError as e:
-                err, retryable = ops.transport_failure(call, self.url, e)
+                failure, retryable = ops.transport_failure(call, self.url, e)
+                err: GatewayError = failure
                 cause: Optional[BaseException] = e
             else:
-                value, failure, retryable = ops.outcome(call, resp)
-                if failure is None:
-                    return value  # type: ignore[return-value]
-                err, cause = failure, None
+                try:
+                    return ops.outcome(call, resp)
+                except ApiError as e:
+                    err, retryable, cause = e, ops.retry_answer(call, e), None
             if retryable and attempt < self.retries:
                 await asyncio.sleep(ops.backoff(attempt))
                 attempt += 1
@@ -151,7 +153,7 @@ class AsyncClient:
 
     async def nodes(self) -> List[m.NodeInfo]:
         """See :meth:`gateway_client.Client.nodes`."""
-        return await self._call(ops.nodes())  # type: ignore[no-any-return]
+        return await self._call(ops.nodes())
 
     async def channel(self, channel: str) -> m.ChannelInfo:
         """See :meth:`gateway_client.Client.channel`."""

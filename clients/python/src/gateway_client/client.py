@@ -9,7 +9,7 @@ import httpx
 
 from . import _ops as ops
 from . import models as m
-from .errors import GatewayError
+from .errors import ApiError, GatewayError
 
 __all__ = ["Client", "DEFAULT_TIMEOUT", "DEFAULT_RETRIES"]
 
@@ -19,6 +19,11 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRIES = 2
 
 TimeoutArg = Union[float, httpx.Timeout, None]
+
+#: Idle pooled connections are dropped after 5 s, before the gateway closes
+#: them (its keep-alive idle limit is ``header_timeout_ms``, 10 s by
+#: default), so a request rarely meets a connection closing under it.
+POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
 
 
 def _http_timeout(timeout: TimeoutArg) -> httpx.Timeout:
@@ -77,6 +82,7 @@ class Client:
             timeout=_http_timeout(timeout),
             transport=transport,
             follow_redirects=False,
+            limits=POOL_LIMITS,
         )
 
     # --- plumbing -------------------------------------------------------
@@ -88,13 +94,14 @@ class Client:
             try:
                 resp = self._http.request(call.method, call.path, **kw)
             except httpx.TransportError as e:
-                err, retryable = ops.transport_failure(call, self.url, e)
+                failure, retryable = ops.transport_failure(call, self.url, e)
+                err: GatewayError = failure
                 cause: Optional[BaseException] = e
             else:
-                value, failure, retryable = ops.outcome(call, resp)
-                if failure is None:
-                    return value  # type: ignore[return-value]
-                err, cause = failure, None
+                try:
+                    return ops.outcome(call, resp)
+                except ApiError as e:
+                    err, retryable, cause = e, ops.retry_answer(call, e), None
             if retryable and attempt < self.retries:
                 time.sleep(ops.backoff(attempt))
                 attempt += 1
@@ -189,7 +196,7 @@ class Client:
 
     def nodes(self) -> List[m.NodeInfo]:
         """The live nodes of the cluster."""
-        return self._call(ops.nodes())  # type: ignore[no-any-return]
+        return self._call(ops.nodes())
 
     def channel(self, channel: str) -> m.ChannelInfo:
         """Cluster-wide subscribers, presence and history summary of a channel."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import jwt
 
@@ -66,7 +66,7 @@ def mint_token(
     if clash:
         raise ValueError(f"pass the user and expires_in instead of the claims {clash}")
     now = int(time.time())
-    payload: dict = {"sub": user, "iat": now, "exp": now + int(expires_in)}
+    payload: Dict[str, Any] = {"sub": user, "iat": now, "exp": now + int(expires_in)}
     if info is not None:
         payload["info"] = info
     for name, value in (("channels", channels), ("subs", subs), ("publish", publish)):
