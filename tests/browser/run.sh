@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Browser-side tests, the last stage of scripts/test:
 #   1. the client SDK's tests (clients/js, Node's test runner, real gateway);
-#   2. /demo and /status end to end in headless Chromium on a 2-node cluster.
+#   2. /demo and /status end to end in headless Chromium on a 2-node cluster;
+#   3. the FastAPI example (examples/fastapi) in Chromium on a 2-node cluster,
+#      the app run by uvicorn from a venv that examples/fastapi/setup-venv.sh
+#      makes at ${CARGO_TARGET_DIR:-target}/fastapi-venv (python3 needed;
+#      python3-venv is installed via apt-get when missing).
 #
 # Installs what is missing: Chromium (Debian's `chromium` via apt-get) and the
 # node packages (`npm ci` in clients/js and tests/browser). Needs Node 20+
@@ -63,4 +67,10 @@ echo "SDK tests (clients/js)"
 
 echo "browser tests (tests/browser)"
 (cd tests/browser && timeout 120 node --test --test-concurrency=1 cluster.test.mjs)
+
+echo "FastAPI example venv"
+FASTAPI_VENV="$(timeout 600 examples/fastapi/setup-venv.sh)"
+export FASTAPI_VENV
+echo "browser tests of the FastAPI example (tests/browser)"
+(cd tests/browser && timeout 180 node --test --test-concurrency=1 fastapi.test.mjs)
 echo "screenshots: ${CARGO_TARGET_DIR:-$ROOT/target}/browser-artifacts/"
