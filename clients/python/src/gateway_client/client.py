@@ -93,7 +93,7 @@ class Client:
         while True:
             try:
                 resp = self._http.request(call.method, call.path, **kw)
-            except httpx.TransportError as e:
+            except httpx.RequestError as e:
                 failure, retryable = ops.transport_failure(call, self.url, e)
                 err: GatewayError = failure
                 cause: Optional[BaseException] = e
