@@ -166,6 +166,7 @@ def test_presence_lists_members_with_info(client, ws):
     assert by_conn[a.id].node == a.node
     assert by_conn[b.id].info is None
     assert p["members"][0]["conn"] in by_conn
+    assert p.to_dict() == {"channel": ch, "members": p.raw["members"]}
 
 
 def test_history_since_and_limit(client):
