@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from harness import eventually, unique
 
 from gateway_client import (

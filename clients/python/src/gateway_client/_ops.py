@@ -278,7 +278,9 @@ def transport_failure(call: Call[Any], base_url: str, exc: httpx.RequestError) -
     elif isinstance(exc, httpx.ConnectError):
         err = GatewayUnavailable(f"cannot reach the gateway: {where}: {detail}", sent=False)
     else:
-        err = GatewayUnavailable(f"connection to the gateway failed ({type(exc).__name__}): {where}: {detail}", sent=True)
+        err = GatewayUnavailable(
+            f"connection to the gateway failed ({type(exc).__name__}): {where}: {detail}", sent=True
+        )
     return err, not_sent or call.idempotent
 
 

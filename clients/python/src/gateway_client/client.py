@@ -209,7 +209,9 @@ class Client:
         default 100); pass ``next_cursor`` as ``cursor`` for the next page."""
         return self._call(ops.channels(prefix, limit, cursor))
 
-    def iter_channels(self, prefix: Optional[str] = None, *, page_size: Optional[int] = None) -> Iterator[m.ChannelEntry]:
+    def iter_channels(
+        self, prefix: Optional[str] = None, *, page_size: Optional[int] = None
+    ) -> Iterator[m.ChannelEntry]:
         """Every channel with subscribers whose name starts with ``prefix``,
         following the cursors page by page."""
         cursor: Optional[str] = None
