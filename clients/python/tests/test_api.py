@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from harness import eventually, unique
 
 from gateway_client import (
@@ -166,6 +165,7 @@ def test_presence_lists_members_with_info(client, ws):
     assert by_conn[a.id].node == a.node
     assert by_conn[b.id].info is None
     assert p["members"][0]["conn"] in by_conn
+    assert p.to_dict() == {"channel": ch, "members": p.raw["members"]}
 
 
 def test_history_since_and_limit(client):

@@ -267,7 +267,7 @@ def retry_answer(call: Call[Any], err: ApiError) -> bool:
     return call.idempotent and err.status in RETRY_STATUSES
 
 
-def transport_failure(call: Call[Any], base_url: str, exc: httpx.TransportError) -> Tuple[GatewayError, bool]:
+def transport_failure(call: Call[Any], base_url: str, exc: httpx.RequestError) -> Tuple[GatewayError, bool]:
     """(error, retryable) for a request that got no answer."""
     where = f"{call.method} {base_url}{call.path}"
     not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
@@ -278,7 +278,9 @@ def transport_failure(call: Call[Any], base_url: str, exc: httpx.TransportError)
     elif isinstance(exc, httpx.ConnectError):
         err = GatewayUnavailable(f"cannot reach the gateway: {where}: {detail}", sent=False)
     else:
-        err = GatewayUnavailable(f"connection to the gateway failed ({type(exc).__name__}): {where}: {detail}", sent=True)
+        err = GatewayUnavailable(
+            f"connection to the gateway failed ({type(exc).__name__}): {where}: {detail}", sent=True
+        )
     return err, not_sent or call.idempotent
 
 

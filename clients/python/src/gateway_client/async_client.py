@@ -51,7 +51,7 @@ class AsyncClient:
         while True:
             try:
                 resp = await self._http.request(call.method, call.path, **kw)
-            except httpx.TransportError as e:
+            except httpx.RequestError as e:
                 failure, retryable = ops.transport_failure(call, self.url, e)
                 err: GatewayError = failure
                 cause: Optional[BaseException] = e

@@ -93,7 +93,7 @@ class Client:
         while True:
             try:
                 resp = self._http.request(call.method, call.path, **kw)
-            except httpx.TransportError as e:
+            except httpx.RequestError as e:
                 failure, retryable = ops.transport_failure(call, self.url, e)
                 err: GatewayError = failure
                 cause: Optional[BaseException] = e
@@ -209,7 +209,9 @@ class Client:
         default 100); pass ``next_cursor`` as ``cursor`` for the next page."""
         return self._call(ops.channels(prefix, limit, cursor))
 
-    def iter_channels(self, prefix: Optional[str] = None, *, page_size: Optional[int] = None) -> Iterator[m.ChannelEntry]:
+    def iter_channels(
+        self, prefix: Optional[str] = None, *, page_size: Optional[int] = None
+    ) -> Iterator[m.ChannelEntry]:
         """Every channel with subscribers whose name starts with ``prefix``,
         following the cursors page by page."""
         cursor: Optional[str] = None

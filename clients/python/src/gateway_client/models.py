@@ -41,6 +41,11 @@ class Model:
         """``raw.get(key, default)``."""
         return self.raw.get(key, default)
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON object as the gateway sent it (a shallow copy of ``raw``),
+        e.g. to return from a web framework handler."""
+        return dict(self.raw)
+
 
 def _obj(v: Any, what: str) -> Dict[str, Any]:
     if not isinstance(v, dict):
