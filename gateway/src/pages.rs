@@ -130,6 +130,14 @@ pub fn serve(index: usize, headers: &HeaderMap) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if asset.path.starts_with("/sdk/") {
+        // The SDK is public code: an app on another origin may import it
+        // as a module (which needs CORS); it carries no credentials.
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    }
     if asset.content_type == HTML {
         h.insert(
             header::CONTENT_SECURITY_POLICY,
@@ -176,6 +184,11 @@ mod tests {
         assert_eq!(h[header::CACHE_CONTROL], "no-cache");
         assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert!(h.get(header::CONTENT_SECURITY_POLICY).is_none());
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "*",
+            "importable as a module from another origin"
+        );
         let etag = h[header::ETAG].clone();
         assert!(etag.to_str().is_ok_and(|e| e.len() == 18));
 

@@ -210,6 +210,8 @@ export type SubscriptionEvents = {
     join: [event: PresenceEvent];
     leave: [event: PresenceEvent];
     subscribed: [info: SubscribedInfo];
+    /** The server ended the subscription (an `unsubscribed` push: the HTTP API). */
+    unsubscribed: [];
     error: [error: GatewayError];
 };
 /** Subscription state. */
@@ -223,6 +225,11 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     position: StreamPosition | null;
     /** Why the subscription failed, when `state` is `"failed"`. */
     error: GatewayError | null;
+    /**
+     * Whether the server made this subscription (JWT or connect proxy
+     * `subs`, or the HTTP API) rather than {@link GatewayClient.subscribe}.
+     */
+    server: boolean;
     private readonly client;
     private readyWaiters;
     /** Resolves once subscribed (at once if it already is); rejects if it failed. */
@@ -259,6 +266,14 @@ export type ClientEvents = {
     refreshed: [exp: number];
     /** An in-band refresh failed (the server closes with 4002 at `exp`; the reconnect fetches a new token). */
     refreshFailed: [error: GatewayError];
+    /**
+     * The server subscribed this connection to a channel the app had not
+     * subscribed (JWT or connect proxy `subs`, the HTTP API): attach
+     * handlers to `sub` here; its messages follow this event. Like any
+     * subscription it is kept across reconnects (resubscribed with
+     * recovery unless the server subscribes it again first).
+     */
+    serverSubscribed: [sub: Subscription];
 };
 type Frame = Record<string, unknown> & {
     type: string;
@@ -365,6 +380,8 @@ export declare class GatewayClient extends Emitter<ClientEvents> {
     private sendSubscribe;
     private onSubscribed;
     private onFrame;
+    /** A `subscribed` or `unsubscribed` push (null id): the server's doing. */
+    private onServerSubscription;
     private onMessage;
     private onReply;
 }

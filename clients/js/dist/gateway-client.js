@@ -85,6 +85,11 @@ export class Subscription extends Emitter {
         this._top = null;
         /** @internal whether the client has been subscribed at least once. */
         this._everSubscribed = false;
+        /**
+         * Whether the server made this subscription (JWT or connect proxy
+         * `subs`, or the HTTP API) rather than {@link GatewayClient.subscribe}.
+         */
+        this.server = false;
         /** @internal */
         this._retry = 0;
         this.readyWaiters = [];
@@ -725,6 +730,14 @@ export class GatewayClient extends Emitter {
                 }
                 return;
             }
+            case "subscribed":
+            case "unsubscribed":
+                if (frame.id === null || frame.id === undefined) {
+                    this.onServerSubscription(frame);
+                    return;
+                }
+                this.onReply(frame);
+                return;
             case "broadcast":
                 this.emit("broadcast", frame.data);
                 return;
@@ -734,6 +747,34 @@ export class GatewayClient extends Emitter {
             default:
                 this.onReply(frame);
         }
+    }
+    /** A `subscribed` or `unsubscribed` push (null id): the server's doing. */
+    onServerSubscription(frame) {
+        const channel = String(frame.channel);
+        let sub = this.subs.get(channel);
+        if (frame.type === "unsubscribed") {
+            if (!sub)
+                return;
+            sub.state = "unsubscribed";
+            this.subs.delete(channel);
+            sub._settle(null, new GatewayError("closed", "unsubscribed by the server"));
+            sub._emit("unsubscribed");
+            return;
+        }
+        if (sub && sub.state === "pending") {
+            // The app's own subscribe (new, or resent after a reconnect) met the
+            // server's: the server's counts (no `since`, so nothing recovered),
+            // and the reply to ours ("already subscribed") is then ignored.
+            this.onSubscribed(sub, frame, null, sub._everSubscribed);
+            return;
+        }
+        if (sub && sub.state === "subscribed")
+            return;
+        sub = new Subscription(this, channel, null);
+        sub.server = true;
+        this.subs.set(channel, sub);
+        this.emit("serverSubscribed", sub);
+        this.onSubscribed(sub, frame, null, false);
     }
     onMessage(frame) {
         const channel = String(frame.channel);

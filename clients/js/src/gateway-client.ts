@@ -264,6 +264,8 @@ export type SubscriptionEvents = {
   join: [event: PresenceEvent];
   leave: [event: PresenceEvent];
   subscribed: [info: SubscribedInfo];
+  /** The server ended the subscription (an `unsubscribed` push: the HTTP API). */
+  unsubscribed: [];
   error: [error: GatewayError];
 };
 
@@ -285,6 +287,11 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   _top: number | null = null;
   /** @internal whether the client has been subscribed at least once. */
   _everSubscribed = false;
+  /**
+   * Whether the server made this subscription (JWT or connect proxy
+   * `subs`, or the HTTP API) rather than {@link GatewayClient.subscribe}.
+   */
+  server = false;
   /** @internal */
   _retry = 0;
   private readonly client: GatewayClient;
@@ -364,6 +371,14 @@ export type ClientEvents = {
   refreshed: [exp: number];
   /** An in-band refresh failed (the server closes with 4002 at `exp`; the reconnect fetches a new token). */
   refreshFailed: [error: GatewayError];
+  /**
+   * The server subscribed this connection to a channel the app had not
+   * subscribed (JWT or connect proxy `subs`, the HTTP API): attach
+   * handlers to `sub` here; its messages follow this event. Like any
+   * subscription it is kept across reconnects (resubscribed with
+   * recovery unless the server subscribes it again first).
+   */
+  serverSubscribed: [sub: Subscription];
 };
 
 interface Pending {
@@ -984,6 +999,14 @@ export class GatewayClient extends Emitter<ClientEvents> {
         }
         return;
       }
+      case "subscribed":
+      case "unsubscribed":
+        if (frame.id === null || frame.id === undefined) {
+          this.onServerSubscription(frame);
+          return;
+        }
+        this.onReply(frame);
+        return;
       case "broadcast":
         this.emit("broadcast", frame.data);
         return;
@@ -993,6 +1016,33 @@ export class GatewayClient extends Emitter<ClientEvents> {
       default:
         this.onReply(frame);
     }
+  }
+
+  /** A `subscribed` or `unsubscribed` push (null id): the server's doing. */
+  private onServerSubscription(frame: Frame): void {
+    const channel = String(frame.channel);
+    let sub = this.subs.get(channel);
+    if (frame.type === "unsubscribed") {
+      if (!sub) return;
+      sub.state = "unsubscribed";
+      this.subs.delete(channel);
+      sub._settle(null, new GatewayError("closed", "unsubscribed by the server"));
+      sub._emit("unsubscribed");
+      return;
+    }
+    if (sub && sub.state === "pending") {
+      // The app's own subscribe (new, or resent after a reconnect) met the
+      // server's: the server's counts (no `since`, so nothing recovered),
+      // and the reply to ours ("already subscribed") is then ignored.
+      this.onSubscribed(sub, frame, null, sub._everSubscribed);
+      return;
+    }
+    if (sub && sub.state === "subscribed") return;
+    sub = new Subscription(this, channel, null);
+    sub.server = true;
+    this.subs.set(channel, sub);
+    this.emit("serverSubscribed", sub);
+    this.onSubscribed(sub, frame, null, false);
   }
 
   private onMessage(frame: Frame): void {

@@ -443,3 +443,60 @@ test("a refused in-band refresh is reported and the server still closes at exp",
   const info = await once(c, "disconnected", 5000);
   assert.equal(info.code, 4002);
 });
+
+test("server-side subscriptions: JWT subs and the HTTP API surface as subscriptions, kept across a reconnect", async () => {
+  const secret = "test-secret-0123456789";
+  const g = await gateway({ name: "server-subs", env: { GATEWAY_JWT_SECRET: secret, GATEWAY_AUTH_REQUIRED: "true" } });
+  const token = () => signJwt(secret, { sub: "alice", exp: Math.floor(Date.now() / 1000) + 600, subs: ["chat:srv"] });
+  const c = client({ url: g.ws, token });
+  const server = [];
+  const got = {};
+  c.on("serverSubscribed", (sub) => {
+    server.push(sub.channel);
+    got[sub.channel] = collect(sub);
+  });
+  c.connect();
+  await waitFor(() => c.getSubscription("chat:srv")?.state === "subscribed", 5000, "the JWT's subscription");
+  const srv = c.getSubscription("chat:srv");
+  assert.equal(srv.server, true);
+  await api(g.http, "POST", "/api/publish", { channel: "chat:srv", data: { n: 1 } });
+  await waitFor(() => got["chat:srv"]?.length === 1, 3000, "a message of the JWT's subscription");
+  // The app's own subscribe of it is the same subscription, not an error.
+  assert.equal(c.subscribe("chat:srv"), srv);
+
+  // From the HTTP API, for every device of the user.
+  await api(g.http, "POST", "/api/users/alice/subscribe", { channel: "chat:api" });
+  await waitFor(() => c.getSubscription("chat:api")?.state === "subscribed", 5000, "the API's subscription");
+  assert.deepEqual(server, ["chat:srv", "chat:api"]);
+  await api(g.http, "POST", "/api/publish", { channel: "chat:api", data: { n: 2 } });
+  await waitFor(() => got["chat:api"]?.length === 1, 3000, "a message of the API's subscription");
+
+  // A reconnect keeps both: the server subscribes chat:srv again (JWT),
+  // the SDK resubscribes chat:api itself, with recovery.
+  const errors = [];
+  c.on("error", (e) => errors.push(e));
+  srv.on("error", (e) => errors.push(e));
+  const disc = once(c, "disconnected");
+  await api(g.http, "POST", `/api/connections/${c.conn}/disconnect`, {});
+  await disc;
+  await connected(c);
+  await waitFor(
+    () => c.getSubscription("chat:srv")?.state === "subscribed" && c.getSubscription("chat:api")?.state === "subscribed",
+    5000,
+    "both subscriptions back",
+  );
+  assert.equal(c.getSubscription("chat:srv"), srv, "the same object");
+  await api(g.http, "POST", "/api/publish", { channel: "chat:srv", data: { n: 3 } });
+  await api(g.http, "POST", "/api/publish", { channel: "chat:api", data: { n: 4 } });
+  await waitFor(() => got["chat:srv"].length === 2 && got["chat:api"].length === 2, 3000, "messages after the reconnect");
+  assert.deepEqual(errors, [], "no error for the server's and the SDK's subscribe meeting");
+  assert.deepEqual(server, ["chat:srv", "chat:api"], "no new subscription objects");
+
+  // The server unsubscribes: the subscription ends and says so.
+  const api2 = c.getSubscription("chat:api");
+  const ended = once(api2, "unsubscribed");
+  await api(g.http, "POST", "/api/users/alice/unsubscribe", { channel: "chat:api" });
+  await ended;
+  assert.equal(api2.state, "unsubscribed");
+  assert.equal(c.getSubscription("chat:api"), undefined);
+});
