@@ -142,9 +142,9 @@ async def index(request: Request):
 
 @app.get("/static/gateway-client.js")
 async def sdk_js():
-    # The browser SDK (clients/js/dist). Served from this origin: the page is
-    # a module script, and a module imported from the gateway's origin would
-    # need CORS headers, which the gateway's /sdk route does not send.
+    # The browser SDK (clients/js/dist), served from this origin: the app
+    # ships the SDK version it was written against (the gateway's /sdk
+    # route is off once pages are off, the production setting).
     return FileResponse(SDK_JS, media_type="text/javascript")
 
 
