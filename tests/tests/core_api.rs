@@ -45,6 +45,28 @@ async fn api_errors_have_documented_shape() -> Result<()> {
     let r = api.post("/api/broadcast", &json!({})).await?;
     r.expect_error(400, "bad_request")
         .context("broadcast without data")?;
+
+    // Query strings and path segments that do not parse, and a method a
+    // route does not take: the same JSON error shape, not axum's text.
+    for path in [
+        "/api/channels/hist:x/history?limit=abc",
+        "/api/channels/hist:x/history?since=-1",
+        "/api/channels?limit=x",
+        "/api/users/%FF",
+    ] {
+        let r = api.get(path).await?;
+        r.expect_error(400, "bad_request").context(path)?;
+        ensure!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{path}: a message says what is wrong: {}",
+            r.text
+        );
+    }
+    let r = api.get("/api/publish").await?;
+    r.expect_error(405, "bad_request")
+        .context("GET on a POST route")?;
     Ok(())
 }
 

@@ -11,14 +11,14 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::ApiError;
+use super::{ApiError, ApiPath, ApiQuery};
 use crate::access::{self, Actor};
 use crate::metrics as m;
 use crate::node::Node;
@@ -59,7 +59,7 @@ async fn live_nodes(node: &Node) -> Result<Vec<String>, ApiError> {
 
 async fn info(
     State(node): State<Arc<Node>>,
-    Path(channel): Path<String>,
+    ApiPath(channel): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     if !valid_channel(&channel) {
         return Err(ApiError::new(ErrorCode::BadRequest, "invalid channel name"));
@@ -119,7 +119,7 @@ fn valid_prefix(s: &str) -> bool {
 
 async fn list(
     State(node): State<Arc<Node>>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let prefix = q.prefix.unwrap_or_default();
     if !valid_prefix(&prefix) {

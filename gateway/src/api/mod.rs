@@ -17,7 +17,8 @@ pub mod subscriptions;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -124,6 +125,36 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for JsonBody<T> {
     }
 }
 
+/// A path parameter with the API's error body when it does not parse
+/// (axum's rejection is plain text): 400 `bad_request`.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, e.body_text())),
+        }
+    }
+}
+
+/// A query string with the API's error body when it does not parse
+/// (axum's rejection is plain text): 400 `bad_request`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, e.body_text())),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
@@ -211,6 +242,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(channels::routes())
         .merge(subscriptions::routes())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
+        .method_not_allowed_fallback(|| async {
+            with_status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadRequest,
+                "method not allowed on this route",
+            )
+        })
         .layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(middleware::from_fn(observe))
         .with_state(node)
@@ -289,7 +327,7 @@ async fn broadcast(
 
 async fn send_user(
     State(node): State<Arc<Node>>,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
     JsonBody(b): JsonBody<DataBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_id("user", &user)?;
@@ -299,7 +337,7 @@ async fn send_user(
 
 async fn send_conn(
     State(node): State<Arc<Node>>,
-    Path(conn): Path<String>,
+    ApiPath(conn): ApiPath<String>,
     JsonBody(b): JsonBody<DataBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_id("connection", &conn)?;
@@ -327,7 +365,7 @@ fn close_args(b: DisconnectBody) -> Result<(u16, String), ApiError> {
 
 async fn disconnect_user(
     State(node): State<Arc<Node>>,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
     JsonBody(b): JsonBody<DisconnectBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_id("user", &user)?;
@@ -339,7 +377,7 @@ async fn disconnect_user(
 
 async fn disconnect_conn(
     State(node): State<Arc<Node>>,
-    Path(conn): Path<String>,
+    ApiPath(conn): ApiPath<String>,
     JsonBody(b): JsonBody<DisconnectBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_id("connection", &conn)?;
@@ -351,7 +389,7 @@ async fn disconnect_conn(
 
 async fn presence(
     State(node): State<Arc<Node>>,
-    Path(channel): Path<String>,
+    ApiPath(channel): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     check_channel(&channel)?;
     access::presence(&node.config, Actor::Api, &channel)?;
@@ -361,8 +399,8 @@ async fn presence(
 
 async fn history(
     State(node): State<Arc<Node>>,
-    Path(channel): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    ApiPath(channel): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     check_channel(&channel)?;
     let opts = access::history(&node.config, Actor::Api, &channel)?;
@@ -395,7 +433,7 @@ async fn history(
 
 async fn user_status(
     State(node): State<Arc<Node>>,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     check_id("user", &user)?;
     let conns: Vec<UserConn> = node.presence.user_conns(&user).await.map_err(|_| {

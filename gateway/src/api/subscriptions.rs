@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{check_id, ApiError, JsonBody};
+use super::{check_id, ApiError, ApiPath, JsonBody};
 use crate::backplane::Envelope;
 use crate::node::Node;
 use crate::protocol::{valid_channel, ErrorCode};
@@ -86,7 +86,7 @@ async fn to_conn(
 
 async fn user_subscribe(
     State(node): State<Arc<Node>>,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
     JsonBody(b): JsonBody<ChannelBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     to_user(&node, user, b.channel, true).await
@@ -94,7 +94,7 @@ async fn user_subscribe(
 
 async fn user_unsubscribe(
     State(node): State<Arc<Node>>,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
     JsonBody(b): JsonBody<ChannelBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     to_user(&node, user, b.channel, false).await
@@ -102,7 +102,7 @@ async fn user_unsubscribe(
 
 async fn conn_subscribe(
     State(node): State<Arc<Node>>,
-    Path(conn): Path<String>,
+    ApiPath(conn): ApiPath<String>,
     JsonBody(b): JsonBody<ChannelBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     to_conn(&node, conn, b.channel, true).await
@@ -110,7 +110,7 @@ async fn conn_subscribe(
 
 async fn conn_unsubscribe(
     State(node): State<Arc<Node>>,
-    Path(conn): Path<String>,
+    ApiPath(conn): ApiPath<String>,
     JsonBody(b): JsonBody<ChannelBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     to_conn(&node, conn, b.channel, false).await
