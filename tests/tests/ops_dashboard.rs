@@ -91,6 +91,14 @@ async fn dashboard_and_alerts_use_only_declared_metrics() -> Result<()> {
         "gateway_api_request_duration_seconds_bucket",
         "gateway_redis_up",
         "gateway_presence_refresh_duration_seconds_bucket",
+        "gateway_proxy_requests_total",
+        "gateway_proxy_duration_seconds_bucket",
+        "gateway_webhook_events_total",
+        "gateway_webhook_batches_total",
+        "gateway_webhook_events_dropped_total",
+        "gateway_webhook_queue_events",
+        "gateway_channel_events_total",
+        "gateway_channel_flush_errors_total",
     ] {
         ensure!(used.contains(want), "the dashboard never queries {want}");
     }

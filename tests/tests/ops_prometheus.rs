@@ -3,8 +3,10 @@
 //! rules are loaded and evaluate cleanly, and after traffic that exercises
 //! every metric (connections, refusals, publishes, fan-out, errors, rate
 //! limiting, a slow consumer, history replays, presence refreshes, and a
-//! Redis stall that makes the nodes notice, count and recover) every query
-//! of the Grafana dashboard returns data through Prometheus's HTTP API.
+//! Redis stall that makes the nodes notice, count and recover, and
+//! subscribes through a namespace's proxy hook to a real application
+//! backend) every query of the Grafana dashboard returns data through
+//! Prometheus's HTTP API.
 //! `promtool check metrics` passes on each node's real scrape.
 
 mod ops_support;
@@ -14,10 +16,11 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use ops_support::{
-    collect_exprs, dashboard, run_cmd, runnable_expr, tool, ClusterOptions, LocalCluster,
-    Prometheus,
+    collect_exprs, dashboard, deploy_path, read, run_cmd, runnable_expr, tool, ClusterOptions,
+    LocalCluster, Prometheus,
 };
 use serde_json::{json, Value};
+use tests::backend::{Backend, BackendReply};
 use tests::{
     eventually, eventually_some, metric_sum, metric_value, signal, ClientBuilder, RECV_TIMEOUT,
 };
@@ -38,9 +41,25 @@ impl Drop for Resume {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() -> Result<()> {
     let started = tokio::time::Instant::now();
+    // An application backend for the subscribe hook of a `hooked`
+    // namespace (deploy/gateway.toml plus that namespace), so the
+    // dashboard's proxy panels have data: gateway_proxy_* series appear
+    // with a hook's first request. It allows `hooked:ok` and refuses the
+    // rest.
+    let backend = Backend::start(|_, body| match body["channel"].as_str() {
+        Some("hooked:ok") => BackendReply::ok(json!({})),
+        _ => BackendReply::refuse("forbidden", "not this channel"),
+    })
+    .await?;
+    let config = format!(
+        "{}\n[namespaces.hooked]\n[namespaces.hooked.proxy.subscribe]\nurl = \"{}\"\ntimeout_ms = 1000\n",
+        read(&deploy_path("gateway.toml"))?,
+        backend.url("subscribe"),
+    );
     let cluster = LocalCluster::up(
         ClusterOptions::new("prom")
             .prometheus()
+            .config(&config)
             .env("GATEWAY_PRESENCE_REFRESH_MS", 1000)
             .env("GATEWAY_PRESENCE_TTL_MS", 5000)
             .env("GATEWAY_ALLOWED_ORIGINS", "http://allowed.example")
@@ -121,6 +140,23 @@ async fn prometheus_scrapes_every_node_and_every_dashboard_query_has_data() -> R
     api.history("task:ops", "since=0&limit=5").await?;
     api.user("p0").await?;
     api.nodes().await?;
+    // Subscribes through the proxy hook: allowed and refused, on every
+    // node (clients are spread by HAProxy).
+    for c in &mut clients {
+        c.subscribe("hooked:ok").await?;
+        let reply = c
+            .request(json!({"op": "subscribe", "channel": "hooked:no"}))
+            .await?;
+        ensure!(
+            reply["type"] == "error",
+            "the backend refuses hooked:no: {reply}"
+        );
+    }
+    ensure!(
+        backend.requests_of("subscribe").len() >= 12,
+        "the subscribe hook got {} requests",
+        backend.requests_of("subscribe").len()
+    );
     // A refused upgrade (origin) and a rate-limited client.
     let refused = lb
         .clone()

@@ -40,6 +40,12 @@ async fn promtool_checks_config_and_rules_and_rule_tests_pass() -> Result<()> {
         "GatewayDeliveryLagHigh",
         "GatewaySlowConsumerSpike",
         "GatewayConnectionRefusals",
+        "GatewayProxyHookFailing",
+        "GatewayProxyHookSlow",
+        "GatewayWebhookDeliveryFailing",
+        "GatewayWebhookEventsDropped",
+        "GatewayWebhookQueueBacklog",
+        "GatewayChannelFlushErrors",
     ] {
         ensure!(alerts.contains(want), "alerts.yml lacks {want}: {alerts:?}");
     }
