@@ -66,7 +66,7 @@ pub struct Identity {
     pub subscribe: Option<Vec<String>>,
     /// Channel patterns it may publish to; `None` = any.
     pub publish: Option<Vec<String>>,
-    /// Presence info.
+    /// Presence info (moved to the connection's handle at the upgrade).
     pub info: Option<Box<RawValue>>,
     /// Channels subscribed on connect (server-side subscriptions).
     pub subs: Vec<String>,

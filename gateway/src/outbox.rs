@@ -45,10 +45,10 @@ pub struct ConnHandle {
     /// Set by the node's pinger; the writer sends a WebSocket ping.
     ping_due: AtomicBool,
     /// Server-side (un)subscriptions for the connection's own task (the
-    /// reader owns the channel list), at most [`CONTROL_QUEUE`].
+    /// reader owns the channel list), at most [`CONTROL_QUEUE`]. Queuing
+    /// one wakes the `closed` waiters (see [`ConnHandle::attention`]): no
+    /// second `Notify`, and the reader keeps a single waiter.
     control: Mutex<VecDeque<Control>>,
-    /// Wakes the reader for `control` (notify_one: a wake-up is kept).
-    control_ready: Notify,
 }
 
 /// Server-side subscription requests one connection may hold queued; past
@@ -140,7 +140,6 @@ impl ConnHandle {
             closed: Notify::new(),
             ping_due: AtomicBool::new(false),
             control: Mutex::new(VecDeque::new()),
-            control_ready: Notify::new(),
         });
         let outbox = Outbox {
             handle: handle.clone(),
@@ -221,7 +220,9 @@ impl ConnHandle {
         }
         q.push_back(c);
         drop(q);
-        self.control_ready.notify_one();
+        // Every waiter of `closed` wakes; those waiting for the close alone
+        // see it is not and wait again (rare: HTTP API requests only).
+        self.closed.notify_waiters();
         true
     }
 
@@ -230,9 +231,18 @@ impl ConnHandle {
         self.control.lock().pop_front()
     }
 
-    /// Resolves after [`ConnHandle::control`] queued something.
-    pub async fn control_queued(&self) {
-        self.control_ready.notified().await;
+    /// Resolves once the connection is closing or a control request is
+    /// queued (the reader's one waiter for both).
+    pub async fn attention(&self) {
+        loop {
+            // Created before the checks: `notify_waiters` wakes every
+            // `Notified` that exists when it runs, polled or not.
+            let notified = self.closed.notified();
+            if self.is_closing() || !self.control.lock().is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Ask the writer to send a WebSocket ping.

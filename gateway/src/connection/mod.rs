@@ -128,7 +128,7 @@ pub async fn ws_handler(
         .and_then(crate::auth::bearer);
     let token = bearer.or(query.token.as_deref());
     let proxied = token.is_none() && node.proxy.has(crate::proxy::HookKind::Connect);
-    let identity = if proxied {
+    let mut identity = if proxied {
         let addr = client_addr(&node, peer, &headers);
         match proxied::connect_identity(&node, addr, &headers).await {
             Ok(id) => id,
@@ -190,10 +190,12 @@ pub async fn ws_handler(
         _ip: ip_guard,
     };
     let id = node.next_conn_id();
+    // The info moves to the handle (presence reads it there): the reader's
+    // identity does not keep a second copy for the connection's life.
     let (handle, outbox) = ConnHandle::new(
         id.clone(),
         identity.user.as_deref().map(Arc::from),
-        identity.info.clone(),
+        identity.info.take(),
         node.config.queue_bytes,
     );
     // First in the queue, before the hub can queue anything for this user.

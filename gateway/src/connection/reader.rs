@@ -96,16 +96,25 @@ impl Reader {
         // wheel), instead of a new timer per frame.
         let heartbeat = sleep_until(Instant::now() + silence);
         let token_expiry = sleep_until(expires.unwrap_or_else(Instant::now));
-        // Created once: a new close waiter per frame would lock the
-        // handle's `Notify` twice per frame (register, deregister).
+        // Created once (again only after a control request): a new waiter
+        // per frame would lock the handle's `Notify` twice per frame
+        // (register, deregister). One waiter for the close and the
+        // server-side subscription requests.
         let handle = self.handle.clone();
-        let closed = handle.closed();
-        let control = handle.control_queued();
-        tokio::pin!(heartbeat, token_expiry, closed, control);
+        let attention = handle.attention();
+        tokio::pin!(heartbeat, token_expiry, attention);
         loop {
             tokio::select! {
                 biased;
-                _ = &mut closed => break,
+                _ = &mut attention => {
+                    if handle.is_closing() {
+                        break;
+                    }
+                    while let Some(c) = self.handle.take_control() {
+                        Box::pin(self.on_control(c)).await;
+                    }
+                    attention.set(handle.attention());
+                }
                 _ = &mut token_expiry, if expires.is_some() => {
                     if self.identity.session {
                         // The reader waits for the hook (bounded by its
@@ -121,12 +130,6 @@ impl Reader {
                         }
                     } else {
                         self.handle.close(CloseReason::new(close::TOKEN_EXPIRED, "token_expired"));
-                    }
-                }
-                _ = &mut control => {
-                    control.set(handle.control_queued());
-                    while let Some(c) = self.handle.take_control() {
-                        Box::pin(self.on_control(c)).await;
                     }
                 }
                 _ = &mut heartbeat => {
