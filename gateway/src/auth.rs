@@ -69,7 +69,7 @@ pub struct Identity {
     /// Presence info (moved to the connection's handle at the upgrade).
     pub info: Option<Box<RawValue>>,
     /// Channels subscribed on connect (server-side subscriptions).
-    pub subs: Vec<String>,
+    pub subs: Box<[String]>,
     /// Whether `exp` is a proxied session's (connect proxy `expire_at`):
     /// at expiry the refresh hook is asked instead of closing at once.
     pub session: bool,
@@ -211,7 +211,7 @@ impl Auth {
             subscribe: c.channels,
             publish: c.publish,
             info: c.info,
-            subs: c.subs.unwrap_or_default(),
+            subs: c.subs.unwrap_or_default().into(),
             session: false,
         })
     }

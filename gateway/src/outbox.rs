@@ -48,7 +48,10 @@ pub struct ConnHandle {
     /// reader owns the channel list), at most [`CONTROL_QUEUE`]. Queuing
     /// one wakes the `closed` waiters (see [`ConnHandle::attention`]): no
     /// second `Notify`, and the reader keeps a single waiter.
-    control: Mutex<VecDeque<Control>>,
+    /// Boxed, and only while requests are queued: most connections never
+    /// get one. (A `VecDeque` inline would cost every connection 32 bytes.)
+    #[allow(clippy::box_collection)]
+    control: Mutex<Option<Box<VecDeque<Control>>>>,
 }
 
 /// Server-side subscription requests one connection may hold queued; past
@@ -139,7 +142,7 @@ impl ConnHandle {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             ping_due: AtomicBool::new(false),
-            control: Mutex::new(VecDeque::new()),
+            control: Mutex::new(None),
         });
         let outbox = Outbox {
             handle: handle.clone(),
@@ -211,15 +214,16 @@ impl ConnHandle {
         if self.is_closing() {
             return false;
         }
-        let mut q = self.control.lock();
+        let mut slot = self.control.lock();
+        let q = slot.get_or_insert_with(Box::default);
         if q.len() >= CONTROL_QUEUE {
-            drop(q);
+            drop(slot);
             metrics::counter!(crate::metrics::DROPPED, "reason" => "control_full").increment(1);
             tracing::debug!(conn.id = %self.id, "control queue full, server-side subscription dropped");
             return false;
         }
         q.push_back(c);
-        drop(q);
+        drop(slot);
         // Every waiter of `closed` wakes; those waiting for the close alone
         // see it is not and wait again (rare: HTTP API requests only).
         self.closed.notify_waiters();
@@ -228,7 +232,14 @@ impl ConnHandle {
 
     /// Take the next queued control request.
     pub fn take_control(&self) -> Option<Control> {
-        self.control.lock().pop_front()
+        let mut slot = self.control.lock();
+        let q = slot.as_mut()?;
+        let c = q.pop_front();
+        if q.is_empty() {
+            // Back to no allocation: `Some` means requests are queued.
+            *slot = None;
+        }
+        c
     }
 
     /// Resolves once the connection is closing or a control request is
@@ -238,7 +249,7 @@ impl ConnHandle {
             // Created before the checks: `notify_waiters` wakes every
             // `Notified` that exists when it runs, polled or not.
             let notified = self.closed.notified();
-            if self.is_closing() || !self.control.lock().is_empty() {
+            if self.is_closing() || self.control.lock().is_some() {
                 return;
             }
             notified.await;

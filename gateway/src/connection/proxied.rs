@@ -340,7 +340,7 @@ pub async fn connect_identity(
         subscribe: c.channels,
         publish: c.publish,
         info: c.info,
-        subs: c.subs,
+        subs: c.subs.into(),
         session: c.expire_at.is_some(),
     })
 }
