@@ -174,6 +174,24 @@ impl RedisCluster {
             )
             .await?;
         }
+        // After a restart a node may still flag another `fail` (or
+        // `fail?`) for a while although `cluster_state` is ok: a gateway
+        // reading its slot map then sees that primary failed and refuses
+        // its slots. The cluster is back when no node's view flags any.
+        for node in &self.nodes {
+            eventually(
+                READY_TIMEOUT,
+                "no node flagged failed in any node's view",
+                || async move {
+                    let Some(t) = text(node, &["CLUSTER", "NODES"]).await else {
+                        return false;
+                    };
+                    let nodes = parse_nodes(&t);
+                    nodes.len() == 6 && nodes.iter().all(|n| !n.failed)
+                },
+            )
+            .await?;
+        }
         Ok(())
     }
 
