@@ -57,7 +57,7 @@ pub use redis::{unique_prefix, RedisServer, Resp};
 pub use redis_cluster::RedisCluster;
 pub use redis_proxy::RedisProxy;
 pub use redis_sentinel::RedisSentinel;
-pub use scrape::{metric, metric_sum, metric_value};
+pub use scrape::{metric, metric_labelled, metric_sum, metric_value};
 pub use wait::{eventually, eventually_some};
 pub use webhook_sink::{Received, WebhookSink};
 

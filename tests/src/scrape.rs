@@ -36,6 +36,22 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The sum of the series of `name` whose labels include `label="value"`.
+pub fn metric_labelled(text: &str, name: &str, label: &str, value: &str) -> f64 {
+    let want = format!("{label}=\"{value}\"");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, v) = rest.rsplit_once("} ")?;
+            labels
+                .split(',')
+                .any(|kv| kv == want)
+                .then(|| v.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// One metric of a node: the sum of its series in `GET /metrics`.
 pub async fn metric(api: &Api, name: &str) -> Result<f64> {
     let text = api.metrics().await.context("reading /metrics")?;

@@ -46,19 +46,7 @@ fn builder(name: &str, sink: &WebhookSink) -> GatewayBuilder {
 /// The value of the series of `name` whose labels include `label="value"`.
 async fn labelled(gw: &Gateway, name: &str, label: &str, value: &str) -> Result<f64> {
     let text = gw.api().metrics().await?;
-    let want = format!("{label}=\"{value}\"");
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-            let (labels, v) = rest.rsplit_once("} ")?;
-            labels
-                .split(',')
-                .any(|kv| kv == want)
-                .then(|| v.trim().parse::<f64>().ok())?
-        })
-        .sum())
+    Ok(tests::metric_labelled(&text, name, label, value))
 }
 
 async fn gauge(gw: &Gateway, name: &str) -> Result<f64> {

@@ -193,22 +193,10 @@ tests::topologies!(channel_and_member_events_arrive_once_each);
 /// The sum over `apis` of the series of `name` whose labels include
 /// `label="value"`.
 async fn labelled_sum(apis: &[Api], name: &str, label: &str, value: &str) -> Result<f64> {
-    let want = format!("{label}=\"{value}\"");
     let mut sum = 0.0;
     for api in apis {
         let text = api.metrics().await?;
-        sum += text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-                let (labels, v) = rest.rsplit_once("} ")?;
-                labels
-                    .split(',')
-                    .any(|kv| kv == want)
-                    .then(|| v.trim().parse::<f64>().ok())?
-            })
-            .sum::<f64>();
+        sum += tests::metric_labelled(&text, name, label, value);
     }
     Ok(sum)
 }
