@@ -72,15 +72,16 @@ pub struct NamespaceProxySettings {
     pub publish: Option<NamespaceHookSettings>,
 }
 
-/// Which backend answers one channel hook for a namespace.
+/// Which backend answers one channel hook for a namespace (`H`: the
+/// validated [`Hook`] here, the proxy's live endpoint at run time).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookRoute {
+pub enum HookRoute<H = Hook> {
     /// The global `[proxy.<hook>]` (none when it is not configured).
     Global,
     /// No hook for this namespace.
     Off,
     /// The namespace's own.
-    Own(Hook),
+    Own(H),
 }
 
 /// A namespace's validated channel hook routes.

@@ -100,23 +100,14 @@ impl Endpoint {
     }
 }
 
-/// Where one channel hook of a namespace goes.
-enum Route {
-    /// The global hook (if any).
-    Global,
-    /// No hook.
-    Off,
-    /// The namespace's own.
-    Own(Endpoint),
-}
+/// Where one channel hook of a namespace goes, with its live endpoint.
+type Route = HookRoute<Endpoint>;
 
-impl Route {
-    fn new(r: &HookRoute) -> Self {
-        match r {
-            HookRoute::Global => Route::Global,
-            HookRoute::Off => Route::Off,
-            HookRoute::Own(h) => Route::Own(Endpoint::new(h.clone())),
-        }
+fn route(r: &HookRoute) -> Route {
+    match r {
+        HookRoute::Global => HookRoute::Global,
+        HookRoute::Off => HookRoute::Off,
+        HookRoute::Own(h) => HookRoute::Own(Endpoint::new(h.clone())),
     }
 }
 
@@ -151,8 +142,8 @@ impl Proxy {
             .iter()
             .map(|(name, hooks)| {
                 let routes = NamespaceRoutes {
-                    subscribe: Route::new(&hooks.subscribe),
-                    publish: Route::new(&hooks.publish),
+                    subscribe: route(&hooks.subscribe),
+                    publish: route(&hooks.publish),
                 };
                 (name.clone(), routes)
             })
@@ -195,9 +186,9 @@ impl Proxy {
             &routes.publish
         };
         match route {
-            Route::Global => global,
-            Route::Off => None,
-            Route::Own(ep) => Some(ep),
+            HookRoute::Global => global,
+            HookRoute::Off => None,
+            HookRoute::Own(ep) => Some(ep),
         }
     }
 
