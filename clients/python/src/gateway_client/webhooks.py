@@ -86,7 +86,7 @@ def check_webhook(
             raise WebhookVerificationError(
                 f"{TIMESTAMP_HEADER} is {age:.0f} s away from now (tolerance {tolerance} s): stale or replayed"
             )
-    want = "sha256=" + hmac.new(key, ts.encode() + b"." + raw, hashlib.sha256).hexdigest()
+    want = sign_webhook(key, raw, ts)
     if not hmac.compare_digest(want.encode(), signature.strip().encode("utf-8", "replace")):
         raise WebhookVerificationError(f"{SIGNATURE_HEADER} does not match the body (wrong secret or tampered body)")
 
