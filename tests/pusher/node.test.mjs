@@ -11,8 +11,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
 import { startBackend, userInfo } from "./lib/backend.mjs";
-import { APP, QUIET_APP, startCluster, serverLib } from "./lib/cluster.mjs";
-import { connect, connected, subscribe, collect, disconnectAll, waitFor } from "./lib/clients.mjs";
+import { APP, QUIET_APP, SLOW_APP, startCluster, serverLib } from "./lib/cluster.mjs";
+import { connect, connected, subscribe, collect, disconnectAll, errorCode, waitFor } from "./lib/clients.mjs";
 
 const T = { timeout: 30000 };
 const run = Date.now().toString(36);
@@ -54,7 +54,7 @@ test("connection_established: a socket_id like 123.456, an activity timeout", T,
 
 test("unknown app key: pusher:error 4001 and the connection is refused", T, async () => {
   const c = connect(n1.port, { ...opts(), key: "no-such-key" });
-  await waitFor(() => c.errors.some((e) => e?.data?.code === 4001), 5000, "error 4001");
+  await waitFor(() => c.errors.some((e) => errorCode(e) === 4001), 5000, "error 4001");
   // 4000-4099 means "do not reconnect" to pusher-js.
   await c.waitState("disconnected");
   c.disconnect();
@@ -226,6 +226,30 @@ test("client events are off when the app does not allow them: pusher:error 4301"
   b.disconnect();
 });
 
+test("client events over the app's client_event_rate: pusher:error 4301, the excess is dropped", T, async () => {
+  const slow = serverLib(n1, SLOW_APP);
+  const channelAuthorization = {
+    customHandler: ({ socketId, channelName }, cb) => cb(null, slow.authorizeChannel(socketId, channelName)),
+  };
+  const a = await connected(n1.port, { ...opts(), key: SLOW_APP.key, extra: { channelAuthorization } });
+  const b = await connected(n2.port, { ...opts(), key: SLOW_APP.key, extra: { channelAuthorization } });
+  const ch = `private-slow-${run}`;
+  const [sa, sb] = await Promise.all([subscribe(a, ch), subscribe(b, ch)]);
+  const eb = collect(sb.channel, ["client-burst"]);
+  const rest = collect(sb.channel);
+  const sent = 4 * SLOW_APP.client_event_rate;
+  for (let i = 0; i < sent; i++) sa.channel.trigger("client-burst", { i });
+  const err = await a.frame((f) => f.event === "pusher:error", 5000, "pusher:error 4301 for the burst");
+  assert.equal(err.data.code, 4301, JSON.stringify(err.data));
+  // Barrier: an event from the server after the burst.
+  await slow.trigger(ch, "barrier", {});
+  await rest.wait("barrier");
+  assert.ok(eb.events.length < sent, `rate-limited: ${eb.events.length} of ${sent} delivered`);
+  assert.ok(eb.events.length >= SLOW_APP.client_event_rate - 1, `the burst allowance went through: ${eb.events.length}`);
+  a.disconnect();
+  b.disconnect();
+});
+
 test("trigger with socket_id excludes that connection only", T, async () => {
   const alice = await connected(n1.port, opts("alice"));
   const bob = await connected(n2.port, opts("bob"));
@@ -285,7 +309,7 @@ test("signin with a forged signature: pusher:error 4009 and close 4009", T, asyn
   const m = await connected(n1.port, { ...opts(), extra: { userAuthentication } });
   m.pusher.signin();
   await waitFor(() => m.frames.some((f) => f.event === "pusher:error" && f.data?.code === 4009), 5000, "pusher:error 4009");
-  await waitFor(() => m.errors.some((e) => e?.data?.code === 4009 && e.type === "PusherError" && m.state !== "connected"), 5000, "close 4009");
+  await waitFor(() => m.errors.some((e) => errorCode(e) === 4009) && m.state !== "connected", 5000, "close 4009");
   await m.waitState("disconnected");
   m.disconnect();
 });
@@ -300,7 +324,7 @@ test("terminateUserConnections closes every connection of that user (4009), nobo
   assert.equal(res.status, 200);
   for (const c of [alice1, alice2]) {
     await c.waitState("disconnected", 5000);
-    assert.ok(c.errors.some((e) => e?.data?.code === 4009), `closed with 4009: ${JSON.stringify(c.errors)}`);
+    assert.ok(c.errors.some((e) => errorCode(e) === 4009), `closed with 4009: ${JSON.stringify(c.errors)}`);
   }
   // bob is still there and still reachable.
   await waitFor(() => bob.pusher.user.serverToUserChannel?.subscribed, 5000, "bob's #server-to-user");

@@ -71,6 +71,10 @@ else
 fi
 echo "pusher compatibility tests (tests/pusher): ${files[*]}"
 # One file at a time: each starts its own redis-server and two gateways.
+# --test-force-exit: pusher-js's bundled faye-websocket arms a 30 s timer when
+# it closes a socket the server already closed (4009, 4001), which would keep
+# each file's process alive for 30 s after its last test; every child process
+# has been stopped by then (the after hooks, and the harness's exit handler).
 (cd tests/pusher && timeout 240 node "${ws_flag[@]}" --no-warnings --test --test-concurrency=1 \
-    --test-timeout=120000 "${files[@]}")
+    --test-force-exit --test-timeout=120000 "${files[@]}")
 echo "logs: ${CARGO_TARGET_DIR:-$ROOT/target}/test-logs/pusher/, screenshots: ${CARGO_TARGET_DIR:-$ROOT/target}/pusher-artifacts/"

@@ -86,6 +86,11 @@ export async function startBackend(app) {
       res.end();
       return;
     }
+    if (req.method === "GET" && url.pathname === "/favicon.ico") {
+      res.writeHead(204, CORS);
+      res.end();
+      return;
+    }
     if (req.method === "GET" && STATIC[url.pathname]) {
       const [file, type] = STATIC[url.pathname];
       reply(res, 200, readFileSync(file, "utf8"), type);

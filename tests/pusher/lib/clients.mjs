@@ -72,6 +72,16 @@ export function record(pusher) {
   };
 }
 
+/**
+ * The Pusher error code in a pusher-js connection "error" event: a
+ * pusher:error frame or close code on an open connection gives
+ * {type: "PusherError", data: {code}}, one during the handshake is wrapped
+ * as {type: "WebSocketError", error: {type: "PusherError", data: {code}}}.
+ */
+export function errorCode(e) {
+  return e?.data?.code ?? e?.error?.data?.code;
+}
+
 /** Disconnect every client `connect` made (after each test file). */
 export function disconnectAll() {
   for (const p of open) p.disconnect();

@@ -10,6 +10,8 @@ import Pusher from "pusher";
 export const APP = { id: "app-1", key: "app-key", secret: "app-secret" };
 /** A second app with client events off (the default). */
 export const QUIET_APP = { id: "app-2", key: "quiet-key", secret: "quiet-secret" };
+/** A third app with client events on and a low client event rate. */
+export const SLOW_APP = { id: "app-3", key: "slow-key", secret: "slow-secret", client_event_rate: 5 };
 
 export const WEBHOOK_EVENTS = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"];
 
@@ -29,6 +31,13 @@ webhook_events = ${JSON.stringify(WEBHOOK_EVENTS)}
 id = "${QUIET_APP.id}"
 key = "${QUIET_APP.key}"
 secret = "${QUIET_APP.secret}"
+
+[[pusher.apps]]
+id = "${SLOW_APP.id}"
+key = "${SLOW_APP.key}"
+secret = "${SLOW_APP.secret}"
+client_events = true
+client_event_rate = ${SLOW_APP.client_event_rate}
 `;
 }
 
