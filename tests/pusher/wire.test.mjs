@@ -12,6 +12,7 @@ import { APP, startCluster } from "./lib/cluster.mjs";
 import { waitFor } from "./lib/clients.mjs";
 
 const T = { timeout: 30000 };
+const ACTIVITY = 2;
 
 let backend;
 let cluster;
@@ -20,7 +21,8 @@ const sockets = new Set();
 
 before(async () => {
   backend = await startBackend(APP);
-  cluster = await startCluster({ name: "wire", webhookUrl: backend.webhookUrl });
+  // A short activity timeout, so that a silent connection is closed within the test.
+  cluster = await startCluster({ name: "wire", webhookUrl: backend.webhookUrl, pusherTable: `activity_timeout_secs = ${ACTIVITY}` });
   [n1] = cluster.nodes;
 });
 
@@ -30,20 +32,29 @@ after(async () => {
   await backend?.close();
 });
 
-/** A raw connection: { ws, frames (parsed, data left as sent), closed (promise of {code, reason}), next(pred) }. */
+/**
+ * A raw connection: { ws, frames (parsed, data left as sent), closed (promise
+ * of {code, reason}), closeInfo (the same, once closed), send, next(pred) }.
+ */
 function raw(query = "protocol=7&client=js&version=8.4.0", key = APP.key) {
   const ws = new WebSocket(`ws://127.0.0.1:${n1.port}/app/${key}?${query}`);
   sockets.add(ws);
   const frames = [];
   ws.addEventListener("message", (ev) => frames.push(JSON.parse(ev.data)));
-  const closed = new Promise((resolve) => ws.addEventListener("close", (ev) => resolve({ code: ev.code, reason: ev.reason })));
-  return {
+  const c = { closeInfo: null };
+  const closed = new Promise((resolve) =>
+    ws.addEventListener("close", (ev) => {
+      c.closeInfo = { code: ev.code, reason: ev.reason };
+      resolve(c.closeInfo);
+    }),
+  );
+  return Object.assign(c, {
     ws,
     frames,
     closed,
     send: (event, data, extra = {}) => ws.send(JSON.stringify({ event, data, ...extra })),
     next: (pred, what = "frame") => waitFor(() => frames.find(pred), 5000, what),
-  };
+  });
 }
 
 const sign = (text) => `${APP.key}:${createHmac("sha256", APP.secret).update(text).digest("hex")}`;
@@ -53,7 +64,7 @@ async function established(c) {
   assert.equal(typeof f.data, "string", "data is a JSON string");
   const data = JSON.parse(f.data);
   assert.match(data.socket_id, /^\d+\.\d+$/);
-  assert.equal(typeof data.activity_timeout, "number");
+  assert.equal(data.activity_timeout, ACTIVITY, "the configured activity_timeout_secs");
   return data.socket_id;
 }
 
@@ -128,4 +139,22 @@ test("pusher:signin with a valid signature: signin_success with the user_data", 
   c.send("pusher:subscribe", { channel: "#server-to-user-wire-user" });
   await c.next((f) => f.event === "pusher_internal:subscription_succeeded" && f.channel === "#server-to-user-wire-user", "#server-to-user subscribed");
   c.ws.close();
+});
+
+test("a connection that stays silent is closed with 4201; one that pings stays open", T, async () => {
+  const silent = raw();
+  const chatty = raw();
+  await established(silent);
+  await established(chatty);
+  const started = Date.now();
+  const timer = setInterval(() => chatty.send("pusher:ping", {}), (ACTIVITY * 1000) / 2);
+  try {
+    const { code } = await waitFor(() => silent.closeInfo, 20000, "the silent connection closed");
+    assert.equal(code, 4201, `close code of the silent connection`);
+    assert.ok(Date.now() - started >= ACTIVITY * 1000, "not before the activity timeout");
+    assert.equal(chatty.ws.readyState, WebSocket.OPEN, "the pinging connection is still open");
+  } finally {
+    clearInterval(timer);
+  }
+  chatty.ws.close();
 });

@@ -15,9 +15,12 @@ export const SLOW_APP = { id: "app-3", key: "slow-key", secret: "slow-secret", c
 
 export const WEBHOOK_EVENTS = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"];
 
-/** The TOML config of both nodes. */
-export function pusherConfig(webhookUrl) {
+/** The TOML config of both nodes; `pusherTable` adds lines to `[pusher]`. */
+export function pusherConfig(webhookUrl, pusherTable = "") {
   return `
+[pusher]
+${pusherTable}
+
 [[pusher.apps]]
 id = "${APP.id}"
 key = "${APP.key}"
@@ -43,12 +46,13 @@ client_event_rate = ${SLOW_APP.client_event_rate}
 
 /**
  * Start redis-server and two gateways sharing it under a fresh prefix.
- * `name` names the log files. Returns { redis, nodes: [n1, n2], config,
+ * `name` names the log files; `pusherTable` (TOML lines) goes into
+ * `[pusher]`. Returns { redis, nodes: [n1, n2], config,
  * env, restart(i), stop() }.
  */
-export async function startCluster({ name, webhookUrl }) {
+export async function startCluster({ name, webhookUrl, pusherTable }) {
   const redis = await startRedis();
-  const config = pusherConfig(webhookUrl);
+  const config = pusherConfig(webhookUrl, pusherTable);
   const prefix = `pt${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
   const env = {
     GATEWAY_REDIS_URL: redis.url,
