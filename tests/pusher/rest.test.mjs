@@ -12,7 +12,7 @@ import { createHash, createHmac } from "node:crypto";
 
 import { startBackend } from "./lib/backend.mjs";
 import { APP, startCluster, serverLib } from "./lib/cluster.mjs";
-import { connected, subscribe, collect, disconnectAll, waitFor } from "./lib/clients.mjs";
+import { connected, subscribe, collect, disconnectAll, eventually, waitFor } from "./lib/clients.mjs";
 
 const T = { timeout: 30000 };
 
@@ -138,28 +138,42 @@ test("GET /channels, /channels/{c} and /channels/{c}/users see the whole cluster
     return res.json();
   };
 
+  // The listings may lag a subscription on another node by a moment:
+  // each check is retried for a bounded time.
   // Presence channels only, with their user count, from either node.
   for (const api of [api1, api2]) {
-    const body = await get(api, "/channels", { filter_by_prefix: "presence-", info: "user_count" });
-    assert.deepEqual(body, { channels: { "presence-lobby": { user_count: 2 } } });
+    await eventually(async () => {
+      const body = await get(api, "/channels", { filter_by_prefix: "presence-", info: "user_count" });
+      assert.deepEqual(body, { channels: { "presence-lobby": { user_count: 2 } } });
+    });
   }
-  const all = await get(api1, "/channels");
-  for (const ch of ["presence-lobby", "info-public", "private-info"]) assert.ok(ch in all.channels, `${ch} listed: ${JSON.stringify(all)}`);
-  const priv = await get(api2, "/channels", { filter_by_prefix: "private-" });
-  assert.deepEqual(Object.keys(priv.channels), ["private-info"]);
+  await eventually(async () => {
+    const all = await get(api1, "/channels");
+    for (const ch of ["presence-lobby", "info-public", "private-info"]) assert.ok(ch in all.channels, `${ch} listed: ${JSON.stringify(all)}`);
+  });
+  await eventually(async () => {
+    const priv = await get(api2, "/channels", { filter_by_prefix: "private-" });
+    assert.deepEqual(Object.keys(priv.channels), ["private-info"]);
+  });
 
-  const lobby = await get(api1, "/channels/presence-lobby", { info: "user_count,subscription_count" });
-  assert.equal(lobby.occupied, true);
-  assert.equal(lobby.user_count, 2, JSON.stringify(lobby));
-  assert.equal(lobby.subscription_count, 3, JSON.stringify(lobby));
-  const pub = await get(api2, "/channels/info-public", { info: "subscription_count" });
-  assert.equal(pub.occupied, true);
-  assert.equal(pub.subscription_count, 2, JSON.stringify(pub));
+  await eventually(async () => {
+    const lobby = await get(api1, "/channels/presence-lobby", { info: "user_count,subscription_count" });
+    assert.equal(lobby.occupied, true);
+    assert.equal(lobby.user_count, 2, JSON.stringify(lobby));
+    assert.equal(lobby.subscription_count, 3, JSON.stringify(lobby));
+  });
+  await eventually(async () => {
+    const pub = await get(api2, "/channels/info-public", { info: "subscription_count" });
+    assert.equal(pub.occupied, true);
+    assert.equal(pub.subscription_count, 2, JSON.stringify(pub));
+  });
   const empty = await get(api2, "/channels/nobody-here");
   assert.equal(empty.occupied, false, JSON.stringify(empty));
 
-  const users = await get(api2, "/channels/presence-lobby/users");
-  assert.deepEqual(users.users.map((u) => u.id).sort(), ["alice", "bob"]);
+  await eventually(async () => {
+    const users = await get(api2, "/channels/presence-lobby/users");
+    assert.deepEqual(users.users.map((u) => u.id).sort(), ["alice", "bob"]);
+  });
 
   // Leaving shows up everywhere.
   bob.disconnect();

@@ -132,6 +132,27 @@ export function collect(bindable, names) {
   };
 }
 
+/**
+ * Run `fn` (assertions) until it passes or `ms` runs out; then throw its
+ * last failure. For what the cluster may take a moment to agree on (counts
+ * and listings over REST while a node learns of another node's change).
+ */
+export async function eventually(fn, ms = 5000) {
+  let last;
+  try {
+    return await waitFor(async () => {
+      try {
+        return (await fn()) ?? true;
+      } catch (e) {
+        last = e;
+        return false;
+      }
+    }, ms);
+  } catch (timeout) {
+    throw last ?? timeout;
+  }
+}
+
 /** Connect and wait until connected. */
 export async function connected(port, opts) {
   const client = connect(port, opts);
