@@ -10,6 +10,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
+import nacl from "tweetnacl";
+
 import { startBackend, userInfo } from "./lib/backend.mjs";
 import { APP, QUIET_APP, SLOW_APP, startCluster, serverLib } from "./lib/cluster.mjs";
 import { connect, connected, subscribe, collect, disconnectAll, errorCode, waitFor } from "./lib/clients.mjs";
@@ -121,6 +123,24 @@ test("private channel: authorized through the backend; a forged signature is ref
     "a refusal of the subscribe without auth",
   );
   assert.equal(a.got("pusher_internal:subscription_succeeded", `private-noauth-${run}`).length, 0);
+  a.disconnect();
+  b.disconnect();
+});
+
+test("private-encrypted channel: the gateway relays the ciphertext, pusher-js decrypts it", T, async () => {
+  const a = await connected(n1.port, { ...opts("alice"), extra: { nacl } });
+  const b = await connected(n2.port, { ...opts("bob"), extra: { nacl } });
+  const ch = `private-encrypted-vault-${run}`;
+  const [sa, sb] = await Promise.all([subscribe(a, ch), subscribe(b, ch)]);
+  const ea = collect(sa.channel);
+  const eb = collect(sb.channel);
+  await api1.trigger(ch, "secret", { code: "1234" });
+  await ea.wait("secret", (d) => d.code === "1234");
+  await eb.wait("secret", (d) => d.code === "1234");
+  // On the wire it was nonce + ciphertext, as the server library made it.
+  const frame = b.got("secret", ch)[0];
+  assert.equal(typeof frame.data.ciphertext, "string");
+  assert.equal(typeof frame.data.nonce, "string");
   a.disconnect();
   b.disconnect();
 });

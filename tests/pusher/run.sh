@@ -6,6 +6,9 @@
 #     channels, presence, client events, users (node.test.mjs), the REST API
 #     and its refusals (rest.test.mjs), webhooks (webhooks.test.mjs),
 #     reconnecting after a node is killed (reconnect.test.mjs);
+#   - the wire format with a bare WebSocket (wire.test.mjs); configuration:
+#     one app from GATEWAY_PUSHER_APP_*, exit 64 on bad settings,
+#     user_authentication (config.test.mjs);
 #   - Laravel Echo on pusher-js (echo.test.mjs);
 #   - pusher-js's browser build in headless Chromium (chromium.test.mjs).
 #
@@ -60,14 +63,14 @@ echo "$(node --version); npm $(npm --version); $("$CHROMIUM" --version 2>/dev/nu
 echo "npm ci in tests/pusher"
 (cd tests/pusher && timeout 90 npm ci --no-audit --no-fund --loglevel=error)
 
-# Node 22+ has a global WebSocket (wire.test.mjs uses it); Node 20 needs the flag.
+# Node 22+ has a global WebSocket (wire and config tests use it); Node 20 needs the flag.
 ws_flag=()
 node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || ws_flag=(--experimental-websocket)
 
 if [ "$#" -gt 0 ]; then
     files=("$@")
 else
-    files=(wire.test.mjs node.test.mjs rest.test.mjs webhooks.test.mjs echo.test.mjs reconnect.test.mjs chromium.test.mjs)
+    files=(wire.test.mjs config.test.mjs node.test.mjs rest.test.mjs webhooks.test.mjs echo.test.mjs reconnect.test.mjs chromium.test.mjs)
 fi
 echo "pusher compatibility tests (tests/pusher): ${files[*]}"
 # One file at a time: each starts its own redis-server and two gateways.

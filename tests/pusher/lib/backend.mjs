@@ -2,7 +2,8 @@
 // port using the official `pusher` server library, as a user's backend would.
 //
 //   POST /pusher/auth        channel authorization (pusher.authorizeChannel);
-//                            presence channel_data from the user
+//                            presence channel_data from the user, the
+//                            shared_secret of private-encrypted- channels
 //   POST /pusher/user-auth   user authentication (pusher.authenticateUser)
 //   POST /pusher/webhooks    webhook receiver, each delivery checked with
 //                            pusher.webhook({headers, rawBody}).isValid()
@@ -25,6 +26,8 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import Pusher from "pusher";
+
+import { ENCRYPTION_MASTER_KEY_BASE64 } from "./cluster.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const STATIC = {
@@ -50,7 +53,14 @@ export const userInfo = (id) => ({ id, name: `User ${id}` });
  * { valid, headers, body, events } in arrival order.
  */
 export async function startBackend(app) {
-  const pusher = new Pusher({ appId: app.id, key: app.key, secret: app.secret, host: "127.0.0.1", useTLS: false });
+  const pusher = new Pusher({
+    appId: app.id,
+    key: app.key,
+    secret: app.secret,
+    host: "127.0.0.1",
+    useTLS: false,
+    encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY_BASE64,
+  });
   const webhooks = [];
   const authRequests = [];
 

@@ -6,6 +6,12 @@
 import { startGateway, startRedis } from "../../../clients/js/test/harness.mjs";
 import Pusher from "pusher";
 
+/**
+ * End-to-end encryption key of private-encrypted- channels: known to the
+ * backend and the server library only; the gateway relays ciphertext.
+ */
+export const ENCRYPTION_MASTER_KEY_BASE64 = Buffer.alloc(32, 7).toString("base64");
+
 /** The app every scenario uses: client events on, webhooks to the backend. */
 export const APP = { id: "app-1", key: "app-key", secret: "app-secret" };
 /** A second app with client events off (the default). */
@@ -90,6 +96,7 @@ export function serverLib(node, app = APP, extra = {}) {
     port: String(node.port),
     useTLS: false,
     timeout: 5000,
+    encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY_BASE64,
     ...extra,
   });
 }
