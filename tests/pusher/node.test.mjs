@@ -283,6 +283,40 @@ test("client events over the app's client_event_rate: pusher:error 4301, the exc
   b.disconnect();
 });
 
+test("presence limits: max_presence_members and max_presence_member_bytes refuse the subscription", T, async () => {
+  const slow = serverLib(n1, SLOW_APP);
+  const as = (user, info) => ({
+    ...opts(),
+    key: SLOW_APP.key,
+    extra: {
+      channelAuthorization: {
+        customHandler: ({ socketId, channelName }, cb) => cb(null, slow.authorizeChannel(socketId, channelName, { user_id: user, user_info: info })),
+      },
+    },
+  });
+  const ch = `presence-small-${run}`;
+  const refusedOn = async (c, name) => {
+    const errors = c.got("pusher:error").length;
+    c.pusher.subscribe(name);
+    await c.frame((f) => (f.event === "pusher:subscription_error" && f.channel === name) || c.got("pusher:error").length > errors, 5000, `a refusal of ${name}`);
+    assert.equal(c.got("pusher_internal:subscription_succeeded", name).length, 0, `${name} not joined`);
+  };
+  const u1 = await connected(n1.port, as("u1", { n: 1 }));
+  const u2 = await connected(n2.port, as("u2", { n: 2 }));
+  await subscribe(u1, ch);
+  await subscribe(u2, ch);
+  // A third member, on either node, is one too many.
+  const u3 = await connected(n1.port, as("u3", { n: 3 }));
+  await refusedOn(u3, ch);
+  // A second connection of a member is not a new member.
+  const u1b = await connected(n2.port, as("u1", { n: 1 }));
+  await subscribe(u1b, ch);
+  // user_info over max_presence_member_bytes.
+  const big = await connected(n2.port, as("big", { blob: "x".repeat(SLOW_APP.max_presence_member_bytes * 2) }));
+  await refusedOn(big, `presence-roomy-${run}`);
+  for (const c of [u1, u2, u3, u1b, big]) c.disconnect();
+});
+
 test("trigger with socket_id excludes that connection only", T, async () => {
   const alice = await connected(n1.port, opts("alice"));
   const bob = await connected(n2.port, opts("bob"));

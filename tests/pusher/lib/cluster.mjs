@@ -16,8 +16,15 @@ export const ENCRYPTION_MASTER_KEY_BASE64 = Buffer.alloc(32, 7).toString("base64
 export const APP = { id: "app-1", key: "app-key", secret: "app-secret" };
 /** A second app with client events off (the default). */
 export const QUIET_APP = { id: "app-2", key: "quiet-key", secret: "quiet-secret" };
-/** A third app with client events on and a low client event rate. */
-export const SLOW_APP = { id: "app-3", key: "slow-key", secret: "slow-secret", client_event_rate: 5 };
+/** A third app with client events on and low limits. */
+export const SLOW_APP = {
+  id: "app-3",
+  key: "slow-key",
+  secret: "slow-secret",
+  client_event_rate: 5,
+  max_presence_members: 2,
+  max_presence_member_bytes: 64,
+};
 
 export const WEBHOOK_EVENTS = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"];
 
@@ -47,6 +54,8 @@ key = "${SLOW_APP.key}"
 secret = "${SLOW_APP.secret}"
 client_events = true
 client_event_rate = ${SLOW_APP.client_event_rate}
+max_presence_members = ${SLOW_APP.max_presence_members}
+max_presence_member_bytes = ${SLOW_APP.max_presence_member_bytes}
 `;
 }
 
