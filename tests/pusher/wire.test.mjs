@@ -78,7 +78,7 @@ test("connection_established carries its data as a JSON string; pusher:ping gets
 
 test("unknown key: pusher:error 4001, then close 4001", T, async () => {
   const c = raw(undefined, "no-such-key");
-  const { code } = await c.closed;
+  const { code } = await waitFor(() => c.closeInfo, 10000, "the close");
   const err = c.frames.find((f) => f.event === "pusher:error");
   assert.ok(err, `pusher:error before the close: ${JSON.stringify(c.frames)}`);
   const data = typeof err.data === "string" ? JSON.parse(err.data) : err.data;
@@ -93,7 +93,7 @@ for (const [query, what] of [
 ]) {
   test(`${what}: refused with 4006/4007`, T, async () => {
     const c = raw(query);
-    const { code } = await c.closed;
+    const { code } = await waitFor(() => c.closeInfo, 10000, "the close");
     assert.ok([4006, 4007].includes(code), `close code ${code}; frames ${JSON.stringify(c.frames)}`);
   });
 }
