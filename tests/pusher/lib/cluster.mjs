@@ -62,10 +62,10 @@ max_presence_member_bytes = ${SLOW_APP.max_presence_member_bytes}
 /**
  * Start redis-server and two gateways sharing it under a fresh prefix.
  * `name` names the log files; `pusherTable` (TOML lines) goes into
- * `[pusher]`. Returns { redis, nodes: [n1, n2], config,
+ * `[pusher]`; `env` adds GATEWAY_* settings. Returns { redis, nodes: [n1, n2], config,
  * env, restart(i), stop() }.
  */
-export async function startCluster({ name, webhookUrl, pusherTable }) {
+export async function startCluster({ name, webhookUrl, pusherTable, env: extraEnv = {} }) {
   const redis = await startRedis();
   const config = pusherConfig(webhookUrl, pusherTable);
   const prefix = `pt${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
@@ -75,6 +75,7 @@ export async function startCluster({ name, webhookUrl, pusherTable }) {
     // A killed node's presence entries expire fast enough for a test.
     GATEWAY_PRESENCE_REFRESH_MS: "1000",
     GATEWAY_PRESENCE_TTL_MS: "4000",
+    ...extraEnv,
   };
   const start = (i, port) =>
     startGateway({ name: `${name}-node${i + 1}`, logDir: "pusher", config, port, env: { ...env, GATEWAY_NODE_ID: `node-${i + 1}` } });
