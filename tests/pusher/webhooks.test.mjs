@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 
 import { startBackend } from "./lib/backend.mjs";
 import { APP, startCluster, serverLib } from "./lib/cluster.mjs";
-import { connected, subscribe, collect, disconnectAll, waitFor } from "./lib/clients.mjs";
+import { connected, subscribe, collect, disconnectAll, eventually, waitFor } from "./lib/clients.mjs";
 
 const T = { timeout: 30000 };
 
@@ -32,6 +32,11 @@ after(async () => {
 
 const opts = (user) => ({ backend: backend.url, user });
 const events = (name, channel) => backend.webhookEvents().filter((e) => e.name === name && e.channel === channel);
+/** The deliveries about `channel`, for failure messages: [time_ms, node, name]. */
+const story = (channel) =>
+  JSON.stringify(
+    backend.webhooks.flatMap((w) => w.events.filter((e) => e.channel === channel).map((e) => [w.body?.time_ms, w.headers["x-gateway-node"], e.name])),
+  );
 const hook = (name, channel, pred = () => true, ms = 10000) =>
   waitFor(() => events(name, channel).find(pred), ms, `webhook ${name} for ${channel}`);
 
@@ -42,20 +47,60 @@ test("channel_occupied and channel_vacated, once for the cluster", T, async () =
   await subscribe(a, ch);
   await hook("channel_occupied", ch);
   await subscribe(b, ch);
+  // Node 1 has learnt of b's subscription on node 2 (the cluster's
+  // occupancy is eventually consistent; the race when a leaves before that
+  // is the todo test below).
+  const api1 = serverLib(n1);
+  await eventually(async () => {
+    const info = await (await api1.get({ path: `/channels/${ch}`, params: { info: "subscription_count" } })).json();
+    assert.equal(info.subscription_count, 2);
+  });
   a.disconnect();
   // Barrier: something that happens after both, on the same app.
   const c = await connected(n1.port, opts());
   await subscribe(c, "hooked-barrier");
   await hook("channel_occupied", "hooked-barrier");
-  assert.equal(events("channel_vacated", ch).length, 0, "still occupied by b on node 2");
+  assert.equal(events("channel_vacated", ch).length, 0, `still occupied by b on node 2; webhooks: ${story(ch)}`);
   b.disconnect();
   await hook("channel_vacated", ch);
-  assert.equal(events("channel_occupied", ch).length, 1, "occupied once, though subscribed on two nodes");
+  assert.equal(events("channel_occupied", ch).length, 1, `occupied once, though subscribed on two nodes; webhooks: ${story(ch)}`);
   c.disconnect();
   await hook("channel_vacated", "hooked-barrier");
-  assert.equal(events("channel_vacated", ch).length, 1);
+  assert.equal(events("channel_vacated", ch).length, 1, story(ch));
   const order = backend.webhookEvents().filter((e) => e.channel === ch).map((e) => e.name);
   assert.deepEqual(order, ["channel_occupied", "channel_vacated"]);
+});
+
+// Known gateway race: each node writes its own subscriber counts to Redis
+// every 50 ms (occupancy::FLUSH_INTERVAL), and the transitions come from the
+// sum. When the last subscriber on node 1 leaves right after a subscriber on
+// node 2 got subscription_succeeded, before node 2's next write, node 1
+// sends channel_vacated (and node 2 channel_occupied again), though the
+// channel never was empty. A todo test: it runs and reports, it does not
+// fail the stage; drop `todo` once the gateway is fixed.
+test("no channel_vacated while the channel is occupied on another node, even right after that node's subscribe", { ...T, todo: "gateway: occupancy race across nodes" }, async () => {
+  // The window is a few tens of ms: seen in 10 to 45 % of the tries.
+  for (let i = 0; i < 10; i++) {
+    const ch = `hooked-race-${i}`;
+    const a = await connected(n1.port, opts());
+    const b = await connected(n2.port, opts());
+    await subscribe(a, ch);
+    await hook("channel_occupied", ch);
+    await subscribe(b, ch);
+    a.disconnect();
+    // Barrier: a channel occupied through node 1 after a left; node 1 has
+    // written a's leave by then (its writes go out in order).
+    const c = await connected(n1.port, opts());
+    await subscribe(c, `${ch}-barrier`);
+    await hook("channel_occupied", `${ch}-barrier`);
+    c.disconnect();
+    const early = events("channel_vacated", ch).length;
+    b.disconnect();
+    await hook("channel_vacated", ch);
+    assert.equal(early, 0, `try ${i}: channel_vacated while b was subscribed on node 2; webhooks ${story(ch)}`);
+    const order = backend.webhookEvents().filter((e) => e.channel === ch).map((e) => e.name);
+    assert.deepEqual(order, ["channel_occupied", "channel_vacated"], `try ${i}: webhooks ${story(ch)}`);
+  }
 });
 
 test("member_added and member_removed for users on both nodes", T, async () => {
