@@ -6,6 +6,14 @@
 import { startGateway, startRedis } from "../../../clients/js/test/harness.mjs";
 import Pusher from "pusher";
 
+// The harness kills its children (gateways, redis-server) in an "exit"
+// handler, which a signal bypasses: the test runner stops a file that ran
+// out of time with SIGTERM, and timeout(1) and Ctrl-C send one too. Turn
+// them into an exit so nothing is left running.
+for (const [signal, code] of [["SIGTERM", 143], ["SIGINT", 130], ["SIGHUP", 129]]) {
+  process.once(signal, () => process.exit(code));
+}
+
 /**
  * End-to-end encryption key of private-encrypted- channels: known to the
  * backend and the server library only; the gateway relays ciphertext.
