@@ -49,7 +49,7 @@ test("channel_occupied and channel_vacated, once for the cluster", T, async () =
   await subscribe(b, ch);
   // Node 1 has learnt of b's subscription on node 2 (the cluster's
   // occupancy is eventually consistent; the race when a leaves before that
-  // is the todo test below).
+  // was a gateway bug, tested below).
   const api1 = serverLib(n1);
   await eventually(async () => {
     const info = await (await api1.get({ path: `/channels/${ch}`, params: { info: "subscription_count" } })).json();
@@ -71,14 +71,13 @@ test("channel_occupied and channel_vacated, once for the cluster", T, async () =
   assert.deepEqual(order, ["channel_occupied", "channel_vacated"]);
 });
 
-// Known gateway race: each node writes its own subscriber counts to Redis
-// every 50 ms (occupancy::FLUSH_INTERVAL), and the transitions come from the
-// sum. When the last subscriber on node 1 leaves right after a subscriber on
-// node 2 got subscription_succeeded, before node 2's next write, node 1
-// sends channel_vacated (and node 2 channel_occupied again), though the
-// channel never was empty. A todo test: it runs and reports, it does not
-// fail the stage; drop `todo` once the gateway is fixed.
-test("no channel_vacated while the channel is occupied on another node, even right after that node's subscribe", { ...T, todo: "gateway: occupancy race across nodes" }, async () => {
+// Each node flushes its subscriber counts every 50 ms, and the transitions
+// come from the sum; a channel's first subscriber on a node writes its count
+// before its subscribe is answered (docs/pusher.md), so the last subscriber
+// on node 1 leaving right after a subscriber on node 2 got
+// subscription_succeeded must not vacate the channel. Before that fix this
+// failed in 10 to 45 % of the tries.
+test("no channel_vacated while the channel is occupied on another node, even right after that node's subscribe", T, async () => {
   // The window is a few tens of ms: seen in 10 to 45 % of the tries.
   for (let i = 0; i < 10; i++) {
     const ch = `hooked-race-${i}`;
