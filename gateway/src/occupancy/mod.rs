@@ -179,7 +179,10 @@ impl Occupancy {
     /// a `channel_vacated` then `channel_occupied` while it was subscribed
     /// throughout. A failed write leaves the channel to the next flush.
     pub async fn write_now(&self, channel: &str) {
-        let counts = [(channel.to_owned(), self.hub.subscriber_count(channel) as u64)];
+        let counts = [(
+            channel.to_owned(),
+            self.hub.subscriber_count(channel) as u64,
+        )];
         let written = self.store.write(&counts).await;
         self.emit(written.transitions);
         if let Some(e) = written.error {

@@ -440,11 +440,7 @@ impl Delivery {
         for (name, value) in signing {
             request = request.header(name, value);
         }
-        let sent = request
-            .timeout(timeout)
-            .body(body.clone())
-            .send()
-            .await;
+        let sent = request.timeout(timeout).body(body.clone()).send().await;
         let outcome = match sent {
             Err(e) => Outcome::Retry(e.without_url().to_string()),
             Ok(mut response) => {
