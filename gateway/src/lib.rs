@@ -25,6 +25,8 @@ pub mod pages;
 pub mod presence;
 pub mod protocol;
 pub mod proxy;
+pub mod pusher;
+pub mod pusher_server;
 pub mod ratelimit;
 pub mod redis;
 pub mod server;

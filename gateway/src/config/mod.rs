@@ -9,6 +9,7 @@ mod clients;
 mod edge;
 mod namespaces;
 mod proxy;
+mod pusher;
 mod redis;
 mod settings;
 mod webhooks;
@@ -17,6 +18,7 @@ pub use self::clients::ClientLimits;
 pub use self::edge::EdgeLimits;
 pub use self::namespaces::NamespaceOptions;
 pub use self::proxy::{Hook, HookRoute, HookSettings, ProxyConfig, ProxySettings};
+pub use self::pusher::{AppConfig, AppSettings, PusherConfig, PusherSettings, WEBHOOK_EVENTS};
 pub use self::redis::{RedisAuth, RedisTopology, SentinelTopology};
 pub use self::settings::Settings;
 pub use self::webhooks::WebhookConfig;
@@ -150,6 +152,8 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// The application backend proxy (docs/backend.md); off by default.
     pub proxy: ProxyConfig,
+    /// Pusher apps (docs/pusher.md); none: the Pusher endpoints are off.
+    pub pusher: PusherConfig,
 }
 
 /// Upper bound of every `*_ms` setting: one day.
@@ -450,6 +454,7 @@ impl Config {
             namespaces,
             webhooks: WebhookConfig::merge(&cli, &file)?,
             proxy,
+            pusher: PusherConfig::merge(&cli, &file)?,
         })
     }
 

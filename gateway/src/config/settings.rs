@@ -288,4 +288,20 @@ pub struct Settings {
     /// The application backend proxy, `[proxy]` (file only; docs/backend.md).
     #[arg(skip)]
     pub proxy: Option<super::ProxySettings>,
+    /// Pusher apps, `[pusher]` / `[[pusher.apps]]` (file only; docs/pusher.md).
+    #[arg(skip)]
+    pub pusher: Option<super::PusherSettings>,
+    /// One Pusher app from the environment: its `app_id` (with
+    /// pusher_app_key and pusher_app_secret; docs/pusher.md).
+    #[arg(long, env = "GATEWAY_PUSHER_APP_ID")]
+    pub pusher_app_id: Option<String>,
+    /// The env app's key.
+    #[arg(long, env = "GATEWAY_PUSHER_APP_KEY")]
+    pub pusher_app_key: Option<String>,
+    /// The env app's secret.
+    #[arg(long, env = "GATEWAY_PUSHER_APP_SECRET", hide_env_values = true)]
+    pub pusher_app_secret: Option<String>,
+    /// The env app allows client events. Default false.
+    #[arg(long, env = "GATEWAY_PUSHER_CLIENT_EVENTS")]
+    pub pusher_client_events: Option<bool>,
 }

@@ -64,9 +64,9 @@ pub struct WsQuery {
 /// Holds a connection slot and the connection's place in the hub; gives
 /// both back when dropped, whether or not the upgrade happened: the one
 /// place a connection leaves the hub.
-struct SlotGuard {
+pub(crate) struct SlotGuard {
     node: Arc<Node>,
-    conn: Option<Arc<ConnHandle>>,
+    pub(crate) conn: Option<Arc<ConnHandle>>,
     /// The client address's place in the per-address limit (none when the
     /// address is not limited); given back with the slot.
     _ip: Option<KeyGuard<IpAddr>>,
@@ -81,7 +81,7 @@ impl Drop for SlotGuard {
     }
 }
 
-fn refuse(reason: &'static str, e: ApiError) -> Response {
+pub(crate) fn refuse(reason: &'static str, e: ApiError) -> Response {
     metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
     e.into_response()
 }
@@ -102,6 +102,78 @@ pub fn client_addr(node: &Node, peer: SocketAddr, headers: &HeaderMap) -> IpAddr
     peer.ip()
 }
 
+/// What [`enter`] admitted: the handshake permit (given back once
+/// upgraded), the connection slot (and the client address's place), and
+/// the client address.
+pub(crate) struct Entry {
+    pub(crate) permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(crate) guard: SlotGuard,
+    pub(crate) addr: IpAddr,
+}
+
+/// The checks every WebSocket protocol shares before its upgrade: the
+/// client address (behind a trusted proxy, its per-address limit, known
+/// only now from X-Forwarded-For) and a connection slot. A refusal is the
+/// HTTP answer, counted by reason.
+pub(crate) fn enter(
+    node: &Arc<Node>,
+    peer: SocketAddr,
+    admitted: Option<Extension<Admitted>>,
+    headers: &HeaderMap,
+) -> Result<Entry, Response> {
+    let addr = client_addr(node, peer, headers);
+    // The socket-level admission took the peer's place.
+    let (permit, mut ip_guard) = admitted.map(|Extension(a)| a.take()).unwrap_or_default();
+    if node.edge.is_trusted(peer.ip()) && addr != peer.ip() {
+        if let Some(key) = node.edge.ip_key(addr) {
+            match node.edge.ips.acquire(key) {
+                Ok(g) => ip_guard = Some(g),
+                Err(r) => {
+                    let (reason, body) = match r {
+                        Refusal::TooMany => ("ip_limit", "too many connections from this address"),
+                        Refusal::TooFast => {
+                            ("ip_rate", "too many new connections from this address")
+                        }
+                    };
+                    return Err(refuse(reason, ApiError::new(ErrorCode::RateLimited, body)));
+                }
+            }
+        }
+    }
+    if !node.take_slot() {
+        return Err(refuse(
+            "max_connections",
+            ApiError::new(ErrorCode::Unavailable, "node is at its connection limit"),
+        ));
+    }
+    let guard = SlotGuard {
+        node: node.clone(),
+        conn: None,
+        _ip: ip_guard,
+    };
+    Ok(Entry {
+        permit,
+        guard,
+        addr,
+    })
+}
+
+/// The draining and origin checks every WebSocket protocol makes first.
+pub(crate) fn check_open(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
+    if node.is_draining() {
+        return Err(refuse(
+            "draining",
+            ApiError::new(ErrorCode::Unavailable, "node is draining"),
+        ));
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if let Err(e) = node.auth.check_origin(origin) {
+        metrics::counter!(m::AUTH_FAILURES, "reason" => e.label()).increment(1);
+        return Err(refuse("origin", ApiError::new(ErrorCode::Forbidden, e.to_string())));
+    }
+    Ok(())
+}
+
 /// `GET /ws`.
 pub async fn ws_handler(
     State(node): State<Arc<Node>>,
@@ -111,16 +183,8 @@ pub async fn ws_handler(
     Query(query): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if node.is_draining() {
-        return refuse(
-            "draining",
-            ApiError::new(ErrorCode::Unavailable, "node is draining"),
-        );
-    }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    if let Err(e) = node.auth.check_origin(origin) {
-        metrics::counter!(m::AUTH_FAILURES, "reason" => e.label()).increment(1);
-        return refuse("origin", ApiError::new(ErrorCode::Forbidden, e.to_string()));
+    if let Err(refused) = check_open(&node, &headers) {
+        return refused;
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -158,36 +222,13 @@ pub async fn ws_handler(
             );
         }
     }
-    let addr = client_addr(&node, peer, &headers);
-    // The socket-level admission took the peer's place; behind a trusted
-    // proxy the client is known only now, from X-Forwarded-For.
-    let (permit, mut ip_guard) = admitted.map(|Extension(a)| a.take()).unwrap_or_default();
-    if node.edge.is_trusted(peer.ip()) && addr != peer.ip() {
-        if let Some(key) = node.edge.ip_key(addr) {
-            match node.edge.ips.acquire(key) {
-                Ok(g) => ip_guard = Some(g),
-                Err(r) => {
-                    let (reason, body) = match r {
-                        Refusal::TooMany => ("ip_limit", "too many connections from this address"),
-                        Refusal::TooFast => {
-                            ("ip_rate", "too many new connections from this address")
-                        }
-                    };
-                    return refuse(reason, ApiError::new(ErrorCode::RateLimited, body));
-                }
-            }
-        }
-    }
-    if !node.take_slot() {
-        return refuse(
-            "max_connections",
-            ApiError::new(ErrorCode::Unavailable, "node is at its connection limit"),
-        );
-    }
-    let mut guard = SlotGuard {
-        node: node.clone(),
-        conn: None,
-        _ip: ip_guard,
+    let Entry {
+        permit,
+        mut guard,
+        addr,
+    } = match enter(&node, peer, admitted, &headers) {
+        Ok(e) => e,
+        Err(refused) => return refused,
     };
     let id = node.next_conn_id();
     // The info moves to the handle (presence reads it there): the reader's
@@ -264,7 +305,7 @@ fn run(
     let writer = node
         .shutdown
         .tracker
-        .spawn(write_loop(sink, outbox, handle.clone()));
+        .spawn(write_loop::<_, writer::V1>(sink, outbox, handle.clone()));
     let reader = Reader::new(node, handle, identity);
     async move {
         let mut reader = reader;
@@ -313,7 +354,7 @@ fn run(
 
 /// After a close: wait for the writer (it sends the close frame), then keep
 /// reading until the peer's close reply ends the stream, bounded.
-async fn finish_socket<S>(mut stream: S, writer: tokio::task::JoinHandle<()>)
+pub(crate) async fn finish_socket<S>(mut stream: S, writer: tokio::task::JoinHandle<()>)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {

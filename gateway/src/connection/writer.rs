@@ -21,9 +21,31 @@ const WRITE_BATCH: usize = 64;
 /// frame, and the peer's close reply.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// How a wire protocol ends a connection: the close frame for a close
+/// reason (the node's reasons carry v1 codes), and a last text frame
+/// before it, if the protocol sends one.
+pub trait Farewell {
+    /// The reason as this protocol's close frame says it.
+    fn close(reason: CloseReason) -> CloseReason;
+    /// A frame to send just before the close frame.
+    fn last_frame(reason: &CloseReason) -> Option<Utf8Bytes>;
+}
+
+/// The v1 protocol: the reason as is, no last frame.
+pub struct V1;
+
+impl Farewell for V1 {
+    fn close(reason: CloseReason) -> CloseReason {
+        reason
+    }
+    fn last_frame(_: &CloseReason) -> Option<Utf8Bytes> {
+        None
+    }
+}
+
 /// Drain the queue in batches, send pings, and send the close frame once
-/// the handle is closed.
-pub async fn write_loop<S>(mut sink: S, mut outbox: Outbox, handle: Arc<ConnHandle>)
+/// the handle is closed (as protocol `F` says it).
+pub async fn write_loop<S, F: Farewell>(mut sink: S, mut outbox: Outbox, handle: Arc<ConnHandle>)
 where
     S: Sink<Message> + Unpin,
 {
@@ -75,12 +97,12 @@ where
             }
         }
     }
-    Box::pin(send_close(sink, outbox, batch, handle)).await;
+    Box::pin(send_close::<S, F>(sink, outbox, batch, handle)).await;
 }
 
 /// After the handle was closed: deliver what was queued (unless the
 /// connection is a slow consumer), then send the close frame.
-async fn send_close<S>(
+async fn send_close<S, F: Farewell>(
     mut sink: S,
     mut outbox: Outbox,
     mut batch: VecDeque<Utf8Bytes>,
@@ -104,6 +126,10 @@ async fn send_close<S>(
             .await;
         }
     }
+    if let Some(last) = F::last_frame(&reason) {
+        let _ = timeout(CLOSE_GRACE, sink.send(Message::Text(last))).await;
+    }
+    let reason = F::close(reason);
     let frame = CloseFrame {
         code: reason.code,
         reason: Utf8Bytes::from(reason.reason),
@@ -156,7 +182,7 @@ mod tests {
     async fn writes_in_order_pings_on_request_and_ends_with_the_close_frame() {
         let (handle, outbox) = ConnHandle::new("n.1.1".into(), None, None, 1 << 20);
         let (tx, mut rx) = mpsc::channel::<Message>(16);
-        let writer = tokio::spawn(write_loop(PollSender::new(tx), outbox, handle.clone()));
+        let writer = tokio::spawn(write_loop::<_, V1>(PollSender::new(tx), outbox, handle.clone()));
         handle.push(&Utf8Bytes::from_static("one"));
         handle.push(&Utf8Bytes::from_static("two"));
         assert_eq!(rx.recv().await, Some(Message::Text("one".into())));
@@ -186,7 +212,7 @@ mod tests {
     async fn a_slow_consumer_gets_the_close_frame_without_its_backlog() {
         let (handle, outbox) = ConnHandle::new("n.1.2".into(), None, None, 8);
         let (tx, mut rx) = mpsc::channel::<Message>(1);
-        let writer = tokio::spawn(write_loop(PollSender::new(tx), outbox, handle.clone()));
+        let writer = tokio::spawn(write_loop::<_, V1>(PollSender::new(tx), outbox, handle.clone()));
         // Queued faster than the writer runs: the third passes the limit.
         assert!(handle.push(&Utf8Bytes::from_static("1234")));
         assert!(handle.push(&Utf8Bytes::from_static("5678")));

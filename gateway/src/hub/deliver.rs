@@ -41,7 +41,13 @@ impl Deliver for Hub {
                     let lag_us = crate::clock::now_us().saturating_sub(p.ts_us);
                     m::hot().lag.record(lag_us as f64 / 1e6);
                 }
-                let frame = message_frame(p);
+                // A Pusher channel's publication is its frame, encoded by
+                // the publisher (docs/pusher.md).
+                let frame = if crate::pusher::names::is_pusher(&p.channel) {
+                    Utf8Bytes::from(p.data.get().to_owned())
+                } else {
+                    message_frame(p)
+                };
                 let position = p
                     .offset
                     .zip(p.epoch.as_deref())

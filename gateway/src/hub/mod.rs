@@ -284,7 +284,17 @@ impl Hub {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (name, ch) in channels {
-            ch.for_each_member(|conn, info| out.push((name.to_string(), self.member(conn, info))));
+            // A Pusher presence subscription keeps its own member (the
+            // signed channel data), not the connection's user.
+            let pusher = crate::pusher::names::is_pusher(&name);
+            ch.for_each_member(|conn, info| {
+                let member = if pusher {
+                    crate::pusher::wire::presence_member(&conn.id, &self.node_id, info)
+                } else {
+                    self.member(conn, info)
+                };
+                out.push((name.to_string(), member));
+            });
         }
         out
     }

@@ -14,6 +14,14 @@ impl Node {
         Arc::from(format!("{}.{}.{n}", self.config.node_id, self.boot))
     }
 
+    /// A new Pusher socket id, `<boot>.<seq>` (digits only, as Pusher's
+    /// server libraries require): random per process, then this node's
+    /// connection counter.
+    pub fn next_socket_id(&self) -> Arc<str> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Arc::from(format!("{}.{n}", self.socket_boot))
+    }
+
     /// Take a connection slot; false when the node is full.
     pub fn take_slot(&self) -> bool {
         let prev = self.slots.fetch_add(1, Ordering::AcqRel);

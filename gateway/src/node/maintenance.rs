@@ -23,6 +23,9 @@ impl Node {
     pub async fn maintain(&self) {
         let config = self.config.clone();
         let tracks = |ch: &str| {
+            if crate::pusher::names::is_pusher(ch) {
+                return crate::pusher::names::is_presence(ch);
+            }
             config
                 .namespace(ch)
                 .is_some_and(NamespaceOptions::tracks_presence)
@@ -127,7 +130,7 @@ impl Node {
         let config = self.config.clone();
         let mut channels = self
             .hub
-            .channel_names(|ch| config.namespace(ch).is_some_and(|ns| ns.join_leave));
+            .channel_names(|ch| announces_leaves(&config, ch));
         channels.sort_unstable();
         let batch = self.config.presence_sweep_batch;
         let start = cursor
@@ -202,6 +205,9 @@ impl Node {
             Ok(users) => {
                 for (channel, user) in users {
                     self.member_event(false, &channel, &user);
+                    if crate::pusher::names::is_presence(&channel) {
+                        self.pusher_member_removed(&channel, &user).await;
+                    }
                 }
             }
             Err(e) => {
@@ -220,10 +226,13 @@ impl Node {
         envelope: fn(PresenceEvent) -> Envelope,
     ) {
         for (channel, member) in members {
-            if !self
-                .config
-                .namespace(&channel)
-                .is_some_and(|ns| ns.join_leave)
+            // Pusher presence channels announce users, not connections
+            // (`send_leaves`).
+            if crate::pusher::names::is_pusher(&channel)
+                || !self
+                    .config
+                    .namespace(&channel)
+                    .is_some_and(|ns| ns.join_leave)
             {
                 continue;
             }
@@ -350,4 +359,14 @@ impl Node {
             }
         }
     }
+}
+
+/// Whether members of `channel` that expire are announced as gone: v1
+/// join/leave channels (a leave per connection) and Pusher presence
+/// channels (a member_removed per user).
+fn announces_leaves(config: &crate::config::Config, channel: &str) -> bool {
+    if crate::pusher::names::is_pusher(channel) {
+        return crate::pusher::names::is_presence(channel);
+    }
+    config.namespace(channel).is_some_and(|ns| ns.join_leave)
 }

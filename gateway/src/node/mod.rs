@@ -89,7 +89,11 @@ pub struct Node {
     slots: AtomicUsize,
     /// The edge's admission state (handshake permits, per address, per user).
     pub edge: crate::edge::Edge,
+    /// The Pusher apps (docs/pusher.md); empty: the Pusher endpoints are off.
+    pub apps: crate::pusher::apps::Apps,
     boot: String,
+    /// The numeric part of this process's Pusher socket ids.
+    socket_boot: u32,
     seq: AtomicU64,
 }
 
@@ -149,6 +153,7 @@ impl Node {
         );
         let webhooks = Arc::new(crate::webhooks::Webhooks::start(
             &config.webhooks,
+            &config.pusher.apps,
             &config.node_id,
             &shutdown,
         )?);
@@ -159,6 +164,7 @@ impl Node {
             webhooks.clone(),
             &shutdown,
         );
+        let apps = crate::pusher::apps::Apps::new(&config.pusher);
         Ok(Arc::new(Node {
             started_at: crate::clock::now_us() / 1_000_000,
             config,
@@ -177,7 +183,9 @@ impl Node {
             draining: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
             edge,
+            apps,
             boot: format!("{:04x}", rand::random::<u16>()),
+            socket_boot: rand::random::<u32>(),
             seq: AtomicU64::new(0),
         }))
     }

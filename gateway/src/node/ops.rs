@@ -65,6 +65,40 @@ impl Node {
         Ok(position.map(|p| p.offset))
     }
 
+    /// Publish `frame`, a Pusher channel's frame already encoded, to hub
+    /// channel `hub` (no history); `exclude`: a socket that must not get it.
+    pub async fn publish_frame(
+        &self,
+        hub: &str,
+        frame: String,
+        exclude: Option<String>,
+        source: &'static str,
+    ) -> Result<(), ReplyError> {
+        let data = RawValue::from_string(frame).map_err(|_| ReplyError::unavailable())?;
+        let publication = Publication::new(hub.to_owned(), data, None, exclude);
+        self.backplane
+            .publish(publication, None)
+            .await
+            .map_err(|e| backend_error("publish", &e))?;
+        metrics::counter!(m::PUBLICATIONS, "source" => source).increment(1);
+        Ok(())
+    }
+
+    /// Tell a Pusher presence channel's members (hub name `hub`) that
+    /// `user` left (its last connection there is gone). A failure is
+    /// counted and logged by [`Node::publish_frame`].
+    pub async fn pusher_member_removed(&self, hub: &str, user: &str) {
+        let Some((_, channel)) = crate::pusher::names::split(hub) else {
+            return;
+        };
+        let frame = crate::pusher::wire::Out::MemberRemoved {
+            channel,
+            user_id: user,
+        }
+        .encode();
+        let _ = self.publish_frame(hub, frame, None, "pusher_presence").await;
+    }
+
     /// Send a directed envelope (broadcast, user, conn, disconnects).
     pub async fn send(&self, envelope: Envelope) -> Result<(), ReplyError> {
         self.backplane

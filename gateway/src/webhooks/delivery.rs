@@ -82,6 +82,18 @@ struct Body<'a> {
     events: &'a [Stamped],
 }
 
+/// How a sender's requests are shaped and signed.
+#[derive(Debug, Clone)]
+pub enum Format {
+    /// The gateway's own (docs/backend.md, "Webhooks").
+    Gateway,
+    /// Pusher's, for a Pusher app ([`super::pusher`]).
+    Pusher {
+        /// The app key (`X-Pusher-Key`).
+        key: String,
+    },
+}
+
 /// What one POST came to.
 enum Outcome {
     /// 2xx.
@@ -129,6 +141,9 @@ pub struct Delivery {
     client: reqwest::Client,
     url: reqwest::Url,
     key: hmac::Key,
+    /// The secret as given (Pusher's signature is over the body alone).
+    secret: String,
+    format: Format,
     headers: HeaderMap,
     node: String,
     batch_max_events: usize,
@@ -153,6 +168,7 @@ impl Delivery {
         config: &WebhookConfig,
         url: &str,
         secret: &str,
+        format: Format,
         node_id: &str,
         rx: mpsc::Receiver<Stamped>,
         held: Arc<Held>,
@@ -178,6 +194,10 @@ impl Delivery {
         let node_value =
             HeaderValue::from_str(node_id).map_err(|e| WebhookError::Client(e.to_string()))?;
         headers.insert(NODE_HEADER, node_value);
+        if let Format::Pusher { key } = &format {
+            let v = HeaderValue::from_str(key).map_err(|e| WebhookError::Client(e.to_string()))?;
+            headers.insert(super::pusher::KEY_HEADER, v);
+        }
         let counters = Counters {
             ok: metrics::counter!(m::WEBHOOK_BATCHES, "outcome" => "ok"),
             retry: metrics::counter!(m::WEBHOOK_BATCHES, "outcome" => "retry"),
@@ -192,6 +212,8 @@ impl Delivery {
             client,
             url,
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+            secret: secret.to_owned(),
+            format,
             headers,
             node: node_id.to_owned(),
             batch_max_events: config.batch_max_events,
@@ -304,12 +326,16 @@ impl Delivery {
     /// Send `batch` until it is accepted or rejected (true), or the
     /// shutdown flush runs out of time (false: the batch is dropped).
     async fn deliver(&mut self, batch: &[Stamped]) -> bool {
-        let body = Body {
-            time_ms: crate::clock::now_ms(),
-            node: &self.node,
-            events: batch,
+        let time_ms = crate::clock::now_ms();
+        let encoded = match self.format {
+            Format::Gateway => serde_json::to_vec(&Body {
+                time_ms,
+                node: &self.node,
+                events: batch,
+            }),
+            Format::Pusher { .. } => super::pusher::body(time_ms, batch),
         };
-        let body = match serde_json::to_vec(&body) {
+        let body = match encoded {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 // Our fault: an event that does not serialize.
@@ -375,8 +401,20 @@ impl Delivery {
 
     /// One signed POST of `body`.
     async fn attempt(&self, body: &Bytes) -> Outcome {
-        let timestamp = crate::clock::now_ms().to_string();
-        let signature = signature(&self.key, &timestamp, body);
+        let signing = match self.format {
+            Format::Gateway => {
+                let timestamp = crate::clock::now_ms().to_string();
+                let signature = signature(&self.key, &timestamp, body);
+                [(TIMESTAMP_HEADER, timestamp), (SIGNATURE_HEADER, signature)]
+            }
+            Format::Pusher { .. } => {
+                let signature = crate::pusher::sign::hmac_hex(&self.secret, &[body]);
+                [
+                    (super::pusher::SIGNATURE_HEADER, signature),
+                    (NODE_HEADER, self.node.clone()),
+                ]
+            }
+        };
         let mut timeout = self.timeout;
         if let Some(deadline) = self.flush_deadline {
             timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
@@ -389,8 +427,8 @@ impl Delivery {
             .client
             .post(self.url.clone())
             .headers(self.headers.clone())
-            .header(TIMESTAMP_HEADER, timestamp)
-            .header(SIGNATURE_HEADER, signature)
+            .header(signing[0].0, &signing[0].1)
+            .header(signing[1].0, &signing[1].1)
             .timeout(timeout)
             .body(body.clone())
             .send()

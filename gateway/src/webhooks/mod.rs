@@ -19,6 +19,7 @@
 
 pub mod delivery;
 pub mod names;
+pub mod pusher;
 
 pub use names::EventFilter;
 
@@ -73,6 +74,19 @@ pub enum Event {
         /// The publication's data.
         data: Box<RawValue>,
     },
+    /// A Pusher client sent a client event (Pusher apps only).
+    ClientEvent {
+        /// Hub channel name (`!app!channel`).
+        channel: String,
+        /// The event's name (`client-...`).
+        event: String,
+        /// Its data as sent.
+        data: Box<RawValue>,
+        /// The sender's socket id.
+        socket_id: String,
+        /// Presence channels: the sender's user id.
+        user_id: Option<String>,
+    },
     /// A connection closed.
     ConnectionClosed {
         /// Connection id.
@@ -90,7 +104,7 @@ impl Event {
     /// Every event name (the `name` field; the `webhook_events` values and
     /// the `name` label of `gateway_webhook_events_total`), indexed like
     /// [`Event::index`].
-    pub const NAMES: [&'static str; 6] = names::NAMES;
+    pub const NAMES: [&'static str; 7] = names::NAMES;
 
     /// This event's position in [`Event::NAMES`].
     pub fn index(&self) -> usize {
@@ -101,6 +115,7 @@ impl Event {
             Event::MemberRemoved { .. } => 3,
             Event::ClientPublish { .. } => 4,
             Event::ConnectionClosed { .. } => 5,
+            Event::ClientEvent { .. } => 6,
         }
     }
 
@@ -130,7 +145,27 @@ impl Event {
                 Event::ConnectionClosed {
                     conn, user, reason, ..
                 } => conn.len() + opt(user) + reason.len(),
+                Event::ClientEvent {
+                    channel,
+                    event,
+                    data,
+                    socket_id,
+                    user_id,
+                } => channel.len() + event.len() + data.get().len() + socket_id.len() + opt(user_id),
             }
+    }
+
+    /// The channel the event is about, if any.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Event::ChannelOccupied { channel }
+            | Event::ChannelVacated { channel }
+            | Event::MemberAdded { channel, .. }
+            | Event::MemberRemoved { channel, .. }
+            | Event::ClientPublish { channel, .. }
+            | Event::ClientEvent { channel, .. } => Some(channel),
+            Event::ConnectionClosed { .. } => None,
+        }
     }
 }
 
@@ -224,11 +259,84 @@ struct Sender {
     closed: metrics::Counter,
 }
 
+impl Sender {
+    /// A sender POSTing to `url` signed with `secret` in `format`; its
+    /// delivery task is spawned on `shutdown.tracker`.
+    fn start(
+        config: &WebhookConfig,
+        url: &str,
+        secret: &str,
+        filter: EventFilter,
+        format: delivery::Format,
+        node_id: &str,
+        shutdown: &Shutdown,
+    ) -> Result<Self, WebhookError> {
+        let held = Arc::new(Held::new(config.queue_size, config.queue_bytes));
+        held.gauge.set(0.0);
+        // The queue never holds more than `held` allows: `try_send` finds
+        // room whenever `Held::take` did.
+        let (tx, rx) = mpsc::channel(config.queue_size);
+        let task = delivery::Delivery::new(
+            config,
+            url,
+            secret,
+            format,
+            node_id,
+            rx,
+            held.clone(),
+            shutdown.token.clone(),
+        )?;
+        tracing::info!(url = %task.url(), "webhooks on");
+        shutdown.tracker.spawn(task.run());
+        Ok(Sender {
+            tx,
+            held,
+            filter,
+            id_prefix: format!("{node_id}:{:08x}:", rand::random::<u32>()),
+            seq: AtomicU64::new(0),
+            emitted: Event::NAMES.map(|n| metrics::counter!(m::WEBHOOK_EVENTS, "name" => n)),
+            queue_full: metrics::counter!(m::WEBHOOK_DROPPED, "reason" => "queue_full"),
+            closed: metrics::counter!(m::WEBHOOK_DROPPED, "reason" => "shutdown"),
+        })
+    }
+
+    /// See [`Webhooks::emit`].
+    fn emit(&self, event: Event) {
+        let index = event.index();
+        if !self.filter.has(index) {
+            return;
+        }
+        self.emitted[index].increment(1);
+        let weight = event.weight();
+        if !self.held.take(weight) {
+            self.queue_full.increment(1);
+            return;
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let stamped = Stamped {
+            event,
+            id: format!("{}{n}", self.id_prefix),
+            time_ms: crate::clock::now_ms(),
+            weight,
+        };
+        // Full cannot happen (see `start`); closed: the delivery task has
+        // finished its shutdown flush.
+        if self.tx.try_send(stamped).is_err() {
+            self.held.release(1, weight);
+            self.closed.increment(1);
+        }
+    }
+}
+
 /// The node's webhook sender. Disabled (every event ignored) when no
-/// `webhook_url` is configured.
+/// `webhook_url` is configured. Events of a Pusher app's channels go to
+/// that app's own sender (its `webhook_url`, Pusher's format and
+/// signature; [`pusher`]), never to the gateway's.
 #[derive(Default)]
 pub struct Webhooks {
     sender: Option<Sender>,
+    /// Pusher app id -> its sender (apps with a `webhook_url`).
+    apps: std::collections::HashMap<String, Sender>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -242,52 +350,59 @@ impl std::fmt::Debug for Webhooks {
 impl Webhooks {
     /// A sender with no webhook configured: every event is dropped.
     pub fn disabled() -> Self {
-        Self { sender: None }
+        Self::default()
     }
 
-    /// The sender `config` asks for; when a URL is set, its delivery task
-    /// is spawned on `shutdown.tracker` and flushes on `shutdown.token`.
+    /// The senders `config` and the Pusher apps ask for; each one with a
+    /// URL has its delivery task spawned on `shutdown.tracker`, flushing on
+    /// `shutdown.token`. The apps' senders share the gateway's batching,
+    /// queue and retry settings.
     pub fn start(
         config: &WebhookConfig,
+        apps: &[crate::config::AppConfig],
         node_id: &str,
         shutdown: &Shutdown,
     ) -> Result<Self, WebhookError> {
-        let (Some(url), Some(secret)) = (&config.url, &config.secret) else {
-            return Ok(Self::disabled());
+        let sender = match (&config.url, &config.secret) {
+            (Some(url), Some(secret)) => Some(Sender::start(
+                config,
+                url,
+                secret,
+                config.events,
+                delivery::Format::Gateway,
+                node_id,
+                shutdown,
+            )?),
+            _ => None,
         };
-        let held = Arc::new(Held::new(config.queue_size, config.queue_bytes));
-        held.gauge.set(0.0);
-        // The queue never holds more than `held` allows: `try_send` finds
-        // room whenever `Held::take` did.
-        let (tx, rx) = mpsc::channel(config.queue_size);
-        let task = delivery::Delivery::new(
-            config,
-            url,
-            secret,
-            node_id,
-            rx,
-            held.clone(),
-            shutdown.token.clone(),
-        )?;
-        tracing::info!(url = %task.url(), "webhooks on");
-        shutdown.tracker.spawn(task.run());
+        let mut by_app = std::collections::HashMap::new();
+        for app in apps {
+            let Some(url) = &app.webhook_url else { continue };
+            let mut filter = EventFilter::NONE;
+            for name in &app.webhook_events {
+                filter = filter.with(name).unwrap_or(filter);
+            }
+            let format = delivery::Format::Pusher {
+                key: app.key.clone(),
+            };
+            let s = Sender::start(config, url, &app.secret, filter, format, node_id, shutdown)?;
+            by_app.insert(app.id.clone(), s);
+        }
         Ok(Self {
-            sender: Some(Sender {
-                tx,
-                held,
-                filter: config.events,
-                id_prefix: format!("{node_id}:{:08x}:", rand::random::<u32>()),
-                seq: AtomicU64::new(0),
-                emitted: Event::NAMES.map(|n| metrics::counter!(m::WEBHOOK_EVENTS, "name" => n)),
-                queue_full: metrics::counter!(m::WEBHOOK_DROPPED, "reason" => "queue_full"),
-                closed: metrics::counter!(m::WEBHOOK_DROPPED, "reason" => "shutdown"),
-            }),
+            sender,
+            apps: by_app,
         })
     }
 
-    /// Whether any webhook is configured (callers may skip building events).
+    /// Whether the gateway's webhook is configured (callers may skip
+    /// building events).
     pub fn enabled(&self) -> bool {
         self.sender.is_some()
+    }
+
+    /// Whether Pusher app `app` sends events called `name`.
+    pub fn app_wants(&self, app: &str, name: &str) -> bool {
+        self.apps.get(app).is_some_and(|s| s.filter.contains(name))
     }
 
     /// Whether events called `name` are sent (webhooks on, name in
@@ -306,30 +421,13 @@ impl Webhooks {
     /// Queue `event` for delivery; never blocks. Dropped (and counted) when
     /// the queue is full; ignored when its name is filtered out.
     pub fn emit(&self, event: Event) {
-        let Some(s) = &self.sender else { return };
-        let index = event.index();
-        if !s.filter.has(index) {
-            return;
-        }
-        s.emitted[index].increment(1);
-        let weight = event.weight();
-        if !s.held.take(weight) {
-            s.queue_full.increment(1);
-            return;
-        }
-        let n = s.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let stamped = Stamped {
-            event,
-            id: format!("{}{n}", s.id_prefix),
-            time_ms: crate::clock::now_ms(),
-            weight,
+        let pusher_app = event.channel().and_then(crate::pusher::names::split);
+        let sender = match pusher_app {
+            Some((app, _)) => self.apps.get(app),
+            None => self.sender.as_ref(),
         };
-        // Full cannot happen (see `start`); closed: the delivery task has
-        // finished its shutdown flush.
-        if s.tx.try_send(stamped).is_err() {
-            s.held.release(1, weight);
-            s.closed.increment(1);
-        }
+        let Some(s) = sender else { return };
+        s.emit(event);
     }
 
     /// Emit `connection_closed` for a connection that ended with `reason`.

@@ -4,13 +4,15 @@
 /// Every event name (the `name` field; the `webhook_events` values and the
 /// `name` label of `gateway_webhook_events_total`), indexed like
 /// `Event::index`.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "channel_occupied",
     "channel_vacated",
     "member_added",
     "member_removed",
     "client_publish",
     "connection_closed",
+    // Pusher apps only (docs/pusher.md).
+    "client_event",
 ];
 
 /// A set of event names (`webhook_events`).
