@@ -1,9 +1,10 @@
 //! `fanout`: S subscribers on C channels spread over the nodes; publishers
 //! via the HTTP API or the WebSocket `publish` op, at a fixed rate or flat
 //! out; with `--protocol pusher`, Pusher subscribers and publishers on the
-//! signed REST API (`POST /apps/{id}/events`), the same payloads. Every payload carries its channel, a per-channel sequence number and
-//! the send time; subscribers check loss, duplicates and per-channel order
-//! and record the latency.
+//! signed REST API (`POST /apps/{id}/events`), the same payloads. Every
+//! payload carries its channel, a per-channel sequence number and the send
+//! time; subscribers check loss, duplicates and per-channel order and
+//! record the latency.
 //!
 //! Order is only defined per publisher, so each channel has `lanes`
 //! publishers with their own sequences; an HTTP publisher sends its next

@@ -1,8 +1,8 @@
 //! The client tasks of a worker: connect and subscribe (`setup`, v1 or
-//! Pusher as `handshake` decides), then a
-//! held client receives until it is stopped or dropped (`client`,
-//! `receive`); a churn cycle connects, subscribes, lingers and closes one of
-//! three ways (`churn_cycle`).
+//! Pusher as `handshake` decides), then a held client receives until it is
+//! stopped or dropped (`client`, `receive`; a Pusher client also answers
+//! and sends `pusher:ping`); a churn cycle connects, subscribes, lingers
+//! and closes one of three ways (`churn_cycle`).
 //!
 //! Invariants: setup (connect, upgrade, welcome, every subscribe reply) is
 //! bounded by the connect timeout; data frames that arrive during setup are
