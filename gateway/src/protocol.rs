@@ -105,7 +105,7 @@ impl CloseReason {
         }
     }
     /// Every value of [`CloseReason::label`] (a metric label set).
-    pub const LABELS: [&'static str; 10] = [
+    pub const LABELS: [&'static str; 11] = [
         "normal",
         "shutdown",
         "invalid_payload",
@@ -116,6 +116,7 @@ impl CloseReason {
         "missed_messages",
         "abuse",
         "api_disconnect",
+        "unauthorized",
     ];
 
     /// A short static label for metrics (one of [`CloseReason::LABELS`]).
@@ -130,6 +131,7 @@ impl CloseReason {
             close::HEARTBEAT_TIMEOUT => "heartbeat_timeout",
             close::MISSED_MESSAGES => "missed_messages",
             close::ABUSE => "abuse",
+            close::UNAUTHORIZED => "unauthorized",
             _ => "api_disconnect",
         }
     }
@@ -161,6 +163,9 @@ pub mod close {
     pub const MISSED_MESSAGES: u16 = 4005;
     /// Sustained rate-limit abuse; do not reconnect.
     pub const ABUSE: u16 = 4501;
+    /// Pusher connections only: a bad sign-in, or none within the app's
+    /// timeout (Pusher's 4009, "connection unauthorized").
+    pub const UNAUTHORIZED: u16 = 4009;
 }
 
 /// `since` of a subscribe: the last position the client saw.

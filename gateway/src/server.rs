@@ -183,6 +183,27 @@ where
     if node.config.pages {
         app = app.merge(crate::pages::router());
     }
+    if !node.apps.is_empty() {
+        // A batch holds up to max_batch_events events of max_event_bytes.
+        let pusher_limit = node
+            .apps
+            .iter()
+            .map(|a| a.config.max_batch_events * (a.config.max_event_bytes + 1024))
+            .max()
+            .unwrap_or(0)
+            .saturating_add(64 * 1024)
+            .min(64 << 20);
+        app = app.merge(
+            crate::pusher_server::routes()
+                .layer(middleware::from_fn(crate::api::observe))
+                .layer(DefaultBodyLimit::max(pusher_limit))
+                .with_state(node.clone()),
+        );
+        tracing::info!(
+            apps = node.apps.iter().count(),
+            "pusher protocol on /app/{{key}} and /apps/{{id}}"
+        );
+    }
     let local = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: node.config.listen,
         source,

@@ -42,7 +42,7 @@ fn unavailable(op: &'static str) -> ApiError {
 }
 
 /// The ids of the live nodes: the registry's, and always this one.
-async fn live_nodes(node: &Node) -> Result<Vec<String>, ApiError> {
+pub(crate) async fn live_nodes(node: &Node) -> Result<Vec<String>, ApiError> {
     let mut ids: Vec<String> = node
         .presence
         .nodes()

@@ -138,8 +138,7 @@ pub struct PusherConfig {
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -147,7 +146,11 @@ impl PusherConfig {
     /// Merge the env/CLI app (`cli`'s `pusher_app_*`) and the file's
     /// `[pusher]` (`file`), then validate.
     pub(super) fn merge(cli: &Settings, file: &Settings) -> Result<Self, ConfigError> {
-        let table = cli.pusher.clone().or(file.pusher.clone()).unwrap_or_default();
+        let table = cli
+            .pusher
+            .clone()
+            .or(file.pusher.clone())
+            .unwrap_or_default();
         let mut apps = table.apps;
         let id = cli.pusher_app_id.clone().or(file.pusher_app_id.clone());
         let key = cli.pusher_app_key.clone().or(file.pusher_app_key.clone());
@@ -206,7 +209,10 @@ impl PusherConfig {
 
     fn validate(a: AppSettings) -> Result<AppConfig, ConfigError> {
         if !valid_id(&a.id) {
-            return Err(invalid("pusher.apps.id", "must be 1-64 chars of [A-Za-z0-9_-]"));
+            return Err(invalid(
+                "pusher.apps.id",
+                "must be 1-64 chars of [A-Za-z0-9_-]",
+            ));
         }
         if !valid_id(&a.key) {
             return Err(invalid(

@@ -120,7 +120,7 @@ pub(crate) fn enter(
     peer: SocketAddr,
     admitted: Option<Extension<Admitted>>,
     headers: &HeaderMap,
-) -> Result<Entry, Response> {
+) -> Result<Entry, Box<Response>> {
     let addr = client_addr(node, peer, headers);
     // The socket-level admission took the peer's place.
     let (permit, mut ip_guard) = admitted.map(|Extension(a)| a.take()).unwrap_or_default();
@@ -135,16 +135,19 @@ pub(crate) fn enter(
                             ("ip_rate", "too many new connections from this address")
                         }
                     };
-                    return Err(refuse(reason, ApiError::new(ErrorCode::RateLimited, body)));
+                    return Err(Box::new(refuse(
+                        reason,
+                        ApiError::new(ErrorCode::RateLimited, body),
+                    )));
                 }
             }
         }
     }
     if !node.take_slot() {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             "max_connections",
             ApiError::new(ErrorCode::Unavailable, "node is at its connection limit"),
-        ));
+        )));
     }
     let guard = SlotGuard {
         node: node.clone(),
@@ -159,17 +162,20 @@ pub(crate) fn enter(
 }
 
 /// The draining and origin checks every WebSocket protocol makes first.
-pub(crate) fn check_open(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn check_open(node: &Node, headers: &HeaderMap) -> Result<(), Box<Response>> {
     if node.is_draining() {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             "draining",
             ApiError::new(ErrorCode::Unavailable, "node is draining"),
-        ));
+        )));
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if let Err(e) = node.auth.check_origin(origin) {
         metrics::counter!(m::AUTH_FAILURES, "reason" => e.label()).increment(1);
-        return Err(refuse("origin", ApiError::new(ErrorCode::Forbidden, e.to_string())));
+        return Err(Box::new(refuse(
+            "origin",
+            ApiError::new(ErrorCode::Forbidden, e.to_string()),
+        )));
     }
     Ok(())
 }
@@ -184,7 +190,7 @@ pub async fn ws_handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Err(refused) = check_open(&node, &headers) {
-        return refused;
+        return *refused;
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -228,7 +234,7 @@ pub async fn ws_handler(
         addr,
     } = match enter(&node, peer, admitted, &headers) {
         Ok(e) => e,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let id = node.next_conn_id();
     // The info moves to the handle (presence reads it there): the reader's
@@ -302,10 +308,10 @@ fn run(
         peer.addr = %addr
     );
     let (sink, stream) = socket.split();
-    let writer = node
-        .shutdown
-        .tracker
-        .spawn(write_loop::<_, writer::V1>(sink, outbox, handle.clone()));
+    let writer =
+        node.shutdown
+            .tracker
+            .spawn(write_loop::<_, writer::V1>(sink, outbox, handle.clone()));
     let reader = Reader::new(node, handle, identity);
     async move {
         let mut reader = reader;

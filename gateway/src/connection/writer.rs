@@ -182,7 +182,11 @@ mod tests {
     async fn writes_in_order_pings_on_request_and_ends_with_the_close_frame() {
         let (handle, outbox) = ConnHandle::new("n.1.1".into(), None, None, 1 << 20);
         let (tx, mut rx) = mpsc::channel::<Message>(16);
-        let writer = tokio::spawn(write_loop::<_, V1>(PollSender::new(tx), outbox, handle.clone()));
+        let writer = tokio::spawn(write_loop::<_, V1>(
+            PollSender::new(tx),
+            outbox,
+            handle.clone(),
+        ));
         handle.push(&Utf8Bytes::from_static("one"));
         handle.push(&Utf8Bytes::from_static("two"));
         assert_eq!(rx.recv().await, Some(Message::Text("one".into())));
@@ -212,7 +216,11 @@ mod tests {
     async fn a_slow_consumer_gets_the_close_frame_without_its_backlog() {
         let (handle, outbox) = ConnHandle::new("n.1.2".into(), None, None, 8);
         let (tx, mut rx) = mpsc::channel::<Message>(1);
-        let writer = tokio::spawn(write_loop::<_, V1>(PollSender::new(tx), outbox, handle.clone()));
+        let writer = tokio::spawn(write_loop::<_, V1>(
+            PollSender::new(tx),
+            outbox,
+            handle.clone(),
+        ));
         // Queued faster than the writer runs: the third passes the limit.
         assert!(handle.push(&Utf8Bytes::from_static("1234")));
         assert!(handle.push(&Utf8Bytes::from_static("5678")));

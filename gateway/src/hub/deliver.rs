@@ -36,6 +36,15 @@ impl Hub {
 impl Deliver for Hub {
     fn deliver(&self, envelope: Envelope) {
         let delivered = match &envelope {
+            Envelope::Message(p) if crate::pusher::names::is_control(&p.channel) => {
+                // A Pusher user's connections are terminated.
+                let reason = CloseReason::new(
+                    crate::protocol::close::DISCONNECTED,
+                    "terminated by the app",
+                );
+                self.close_subscribers(&p.channel, &reason);
+                0
+            }
             Envelope::Message(p) => {
                 if p.ts_us > 0 {
                     let lag_us = crate::clock::now_us().saturating_sub(p.ts_us);

@@ -128,9 +128,7 @@ impl Node {
     /// over N channels takes ceil(N / batch) ticks.
     pub async fn sweep_expired(&self, cursor: &mut Option<String>) {
         let config = self.config.clone();
-        let mut channels = self
-            .hub
-            .channel_names(|ch| announces_leaves(&config, ch));
+        let mut channels = self.hub.channel_names(|ch| announces_leaves(&config, ch));
         channels.sort_unstable();
         let batch = self.config.presence_sweep_batch;
         let start = cursor

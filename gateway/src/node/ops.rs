@@ -96,7 +96,9 @@ impl Node {
             user_id: user,
         }
         .encode();
-        let _ = self.publish_frame(hub, frame, None, "pusher_presence").await;
+        let _ = self
+            .publish_frame(hub, frame, None, "pusher_presence")
+            .await;
     }
 
     /// Send a directed envelope (broadcast, user, conn, disconnects).

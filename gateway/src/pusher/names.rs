@@ -95,6 +95,27 @@ pub fn split(hub: &str) -> Option<(&str, &str)> {
     hub.strip_prefix('!')?.split_once('!')
 }
 
+/// The hub name of a signed-in user's control channel: a publication on
+/// it closes its subscribers (the user's connections) instead of reaching
+/// them (`terminate_connections`). `#` keeps it apart from every channel a
+/// client may name.
+pub fn user_control_channel(app: &str, user: &str) -> String {
+    let mut s = hub_channel(app, "#user-");
+    s.push_str(user);
+    s
+}
+
+/// Whether a hub channel is a user control channel.
+pub fn is_control(hub: &str) -> bool {
+    split(hub).is_some_and(|(_, c)| c.starts_with("#user-"))
+}
+
+/// Whether a hub channel is one of a Pusher app's internal channels (a
+/// user's control or server-to-user channel): not listed, no webhooks.
+pub fn is_internal(hub: &str) -> bool {
+    split(hub).is_some_and(|(_, c)| c.starts_with('#'))
+}
+
 /// Whether a hub channel name is a Pusher one (cheap: one byte).
 pub fn is_pusher(hub: &str) -> bool {
     hub.as_bytes().first() == Some(&b'!')
@@ -135,6 +156,9 @@ mod tests {
         assert!(is_pusher(&h) && is_presence(&h));
         assert!(!crate::protocol::valid_channel(&h));
         assert_eq!(split("chat:room"), None);
+        let c = user_control_channel("a", "u1");
+        assert!(is_control(&c) && is_internal(&c) && !valid_channel(split(&c).unwrap().1));
+        assert!(is_internal("!a!#server-to-user-u1") && !is_control("!a!#server-to-user-u1"));
         assert!(!is_pusher("chat:room"));
     }
 }

@@ -30,8 +30,7 @@ pub fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
 /// Constant-time equality of two strings.
 pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0

@@ -76,7 +76,11 @@ pub fn user_id(v: &serde_json::Value) -> Option<String> {
 /// made a string. Rebuilt into a member by [`presence_member`].
 pub fn stored_member(user_id: &str, user_info: Option<&RawValue>) -> Box<RawValue> {
     let s = match user_info {
-        Some(info) => format!("{{\"user_id\":{},\"user_info\":{}}}", json_string(user_id), info.get()),
+        Some(info) => format!(
+            "{{\"user_id\":{},\"user_info\":{}}}",
+            json_string(user_id),
+            info.get()
+        ),
         None => format!("{{\"user_id\":{}}}", json_string(user_id)),
     };
     raw(s)
@@ -243,8 +247,8 @@ impl Out<'_> {
                 error,
                 status,
             } => {
-                let data =
-                    serde_json::json!({ "type": kind, "error": error, "status": status }).to_string();
+                let data = serde_json::json!({ "type": kind, "error": error, "status": status })
+                    .to_string();
                 frame("pusher:subscription_error", Some(channel), &raw(data), None)
             }
             Out::MemberAdded {
@@ -253,7 +257,11 @@ impl Out<'_> {
                 user_info,
             } => {
                 let inner = match user_info {
-                    Some(info) => format!("{{\"user_id\":{},\"user_info\":{}}}", json_string(user_id), info.get()),
+                    Some(info) => format!(
+                        "{{\"user_id\":{},\"user_info\":{}}}",
+                        json_string(user_id),
+                        info.get()
+                    ),
                     None => format!("{{\"user_id\":{}}}", json_string(user_id)),
                 };
                 frame(
@@ -323,7 +331,9 @@ mod tests {
         let inner = parse(f["data"].as_str().unwrap());
         assert_eq!(inner["user_id"], "7");
         assert_eq!(inner["user_info"]["name"], "A \"q\"");
-        let members = RawValue::from_string(r#"{"ids":["7"],"hash":{"7":null},"count":1}"#.to_owned()).unwrap();
+        let members =
+            RawValue::from_string(r#"{"ids":["7"],"hash":{"7":null},"count":1}"#.to_owned())
+                .unwrap();
         let f = parse(
             &Out::Subscribed {
                 channel: "presence-r",
@@ -334,7 +344,13 @@ mod tests {
         assert_eq!(f["channel"], "presence-r");
         let inner = parse(f["data"].as_str().unwrap());
         assert_eq!(inner["presence"]["count"], 1);
-        let f = parse(&Out::Error { code: Some(4009), message: "no" }.encode());
+        let f = parse(
+            &Out::Error {
+                code: Some(4009),
+                message: "no",
+            }
+            .encode(),
+        );
         assert_eq!(f["data"]["code"], 4009);
     }
 

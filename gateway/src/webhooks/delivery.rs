@@ -94,6 +94,16 @@ pub enum Format {
     },
 }
 
+/// Where and how a sender delivers.
+pub struct Target<'a> {
+    /// The endpoint.
+    pub url: &'a str,
+    /// The signing secret.
+    pub secret: &'a str,
+    /// The request shape and signature.
+    pub format: Format,
+}
+
 /// What one POST came to.
 enum Outcome {
     /// 2xx.
@@ -166,14 +176,17 @@ impl Delivery {
     /// The task for `config` (whose `url` and `secret` are given).
     pub(super) fn new(
         config: &WebhookConfig,
-        url: &str,
-        secret: &str,
-        format: Format,
+        target: Target<'_>,
         node_id: &str,
         rx: mpsc::Receiver<Stamped>,
         held: Arc<Held>,
         token: CancellationToken,
     ) -> Result<Self, WebhookError> {
+        let Target {
+            url,
+            secret,
+            format,
+        } = target;
         let url = reqwest::Url::parse(url).map_err(|e| WebhookError::Client(e.to_string()))?;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

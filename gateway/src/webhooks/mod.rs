@@ -151,7 +151,9 @@ impl Event {
                     data,
                     socket_id,
                     user_id,
-                } => channel.len() + event.len() + data.get().len() + socket_id.len() + opt(user_id),
+                } => {
+                    channel.len() + event.len() + data.get().len() + socket_id.len() + opt(user_id)
+                }
             }
     }
 
@@ -276,11 +278,14 @@ impl Sender {
         // The queue never holds more than `held` allows: `try_send` finds
         // room whenever `Held::take` did.
         let (tx, rx) = mpsc::channel(config.queue_size);
-        let task = delivery::Delivery::new(
-            config,
+        let target = delivery::Target {
             url,
             secret,
             format,
+        };
+        let task = delivery::Delivery::new(
+            config,
+            target,
             node_id,
             rx,
             held.clone(),
@@ -377,7 +382,9 @@ impl Webhooks {
         };
         let mut by_app = std::collections::HashMap::new();
         for app in apps {
-            let Some(url) = &app.webhook_url else { continue };
+            let Some(url) = &app.webhook_url else {
+                continue;
+            };
             let mut filter = EventFilter::NONE;
             for name in &app.webhook_events {
                 filter = filter.with(name).unwrap_or(filter);
@@ -423,6 +430,8 @@ impl Webhooks {
     pub fn emit(&self, event: Event) {
         let pusher_app = event.channel().and_then(crate::pusher::names::split);
         let sender = match pusher_app {
+            // A Pusher app's internal channels have no events.
+            Some((_, channel)) if channel.starts_with('#') => None,
             Some((app, _)) => self.apps.get(app),
             None => self.sender.as_ref(),
         };
@@ -566,6 +575,7 @@ mod tests {
                 queue_full: metrics::counter!(m::WEBHOOK_DROPPED, "reason" => "queue_full"),
                 closed: metrics::counter!(m::WEBHOOK_DROPPED, "reason" => "shutdown"),
             }),
+            apps: Default::default(),
         };
         for n in 0..5 {
             hooks.emit(closed(n));

@@ -127,7 +127,10 @@ mod tests {
         ];
         let v: serde_json::Value = serde_json::from_slice(&body(42, &batch).unwrap()).unwrap();
         assert_eq!(v["time_ms"], 42);
-        assert_eq!(v["events"][0], serde_json::json!({"name":"channel_occupied","channel":"private-x"}));
+        assert_eq!(
+            v["events"][0],
+            serde_json::json!({"name":"channel_occupied","channel":"private-x"})
+        );
         assert_eq!(
             v["events"][1],
             serde_json::json!({"name":"member_added","channel":"presence-r","user_id":"7"})
