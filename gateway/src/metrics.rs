@@ -9,7 +9,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Open client connections (gauge).
 pub const CONNECTIONS: &str = "gateway_connections";
-/// Connections accepted (counter).
+/// Open Pusher connections by `app` (gauge; docs/pusher.md).
+pub const PUSHER_CONNECTIONS: &str = "gateway_pusher_connections";
+/// Connections accepted (counter); Pusher ones carry `protocol="pusher"`.
 pub const CONNECTIONS_ACCEPTED: &str = "gateway_connections_accepted_total";
 /// Connection attempts refused before the upgrade, by `reason` (counter).
 pub const CONNECTIONS_REFUSED: &str = "gateway_connections_refused_total";
@@ -189,7 +191,7 @@ pub fn hot() -> &'static Hot {
 
 /// The `type` label values of [`MESSAGES_SENT`]; replies (welcome,
 /// subscribed, published, ...) share `reply`.
-pub const SENT_TYPES: [&str; 7] = [
+pub const SENT_TYPES: [&str; 8] = [
     "message",
     "join",
     "leave",
@@ -197,11 +199,16 @@ pub const SENT_TYPES: [&str; 7] = [
     "direct",
     "error",
     "reply",
+    // Every frame of a Pusher connection (docs/pusher.md).
+    "pusher",
 ];
 
 /// Index into [`SENT_TYPES`] of an encoded server frame. Our encoder puts
 /// `type` first (`{"type":"message",...`), so a prefix test suffices.
 pub fn sent_type(frame: &[u8]) -> usize {
+    if frame.starts_with(b"{\"event\":") {
+        return 7;
+    }
     let rest = frame.get(9..).unwrap_or_default();
     SENT_TYPES[..6]
         .iter()
@@ -339,7 +346,14 @@ fn describe() {
         CONNECTIONS,
         "Open client WebSocket connections on this node."
     );
-    describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket connections accepted.");
+    describe_gauge!(
+        PUSHER_CONNECTIONS,
+        "Open Pusher-protocol connections on this node, by app (also counted in gateway_connections)."
+    );
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "WebSocket connections accepted (Pusher ones with protocol=\"pusher\")."
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connection attempts refused before the upgrade, by reason."
@@ -440,6 +454,10 @@ mod tests {
         assert_eq!(
             SENT_TYPES[sent_type(br#"{"type":"message","channel":"a"}"#)],
             "message"
+        );
+        assert_eq!(
+            SENT_TYPES[sent_type(br#"{"event":"ev","channel":"a","data":"x"}"#)],
+            "pusher"
         );
         assert_eq!(
             SENT_TYPES[sent_type(br#"{"type":"join","channel":"a"}"#)],

@@ -44,6 +44,9 @@ pub struct ConnHandle {
     closed: Notify,
     /// Set by the node's pinger; the writer sends a WebSocket ping.
     ping_due: AtomicBool,
+    /// A Pusher connection (docs/pusher.md): v1 broadcasts skip it. (In
+    /// the padding after the flags: no cost.)
+    pusher: bool,
     /// Server-side (un)subscriptions for the connection's own task (the
     /// reader owns the channel list), at most [`CONTROL_QUEUE`]. Queuing
     /// one wakes the `closed` waiters (see [`ConnHandle::attention`]): no
@@ -130,6 +133,26 @@ impl ConnHandle {
         info: Option<Box<RawValue>>,
         limit: usize,
     ) -> (Arc<Self>, Outbox) {
+        Self::build(id, user, info, limit, false)
+    }
+
+    /// The handle of a Pusher connection (socket id `id`).
+    pub fn pusher(id: Arc<str>, limit: usize) -> (Arc<Self>, Outbox) {
+        Self::build(id, None, None, limit, true)
+    }
+
+    /// Whether this is a Pusher connection.
+    pub fn is_pusher(&self) -> bool {
+        self.pusher
+    }
+
+    fn build(
+        id: Arc<str>,
+        user: Option<Arc<str>>,
+        info: Option<Box<RawValue>>,
+        limit: usize,
+        pusher: bool,
+    ) -> (Arc<Self>, Outbox) {
         let handle = Arc::new(Self {
             id,
             user,
@@ -142,6 +165,7 @@ impl ConnHandle {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             ping_due: AtomicBool::new(false),
+            pusher,
             control: Mutex::new(None),
         });
         let outbox = Outbox {
@@ -310,6 +334,15 @@ mod tests {
         h.release(got[0].len());
         assert_eq!(h.queued_bytes(), 0);
         assert!(!h.push(&f), "closed handles take nothing");
+    }
+
+    #[test]
+    fn the_pusher_flag_costs_no_bytes() {
+        // The flag sits in the padding after the atomics (issue 14): an
+        // idle connection must not grow.
+        assert_eq!(std::mem::size_of::<ConnHandle>(), 232);
+        let (h, _out) = ConnHandle::pusher("1.2".into(), 10);
+        assert!(h.is_pusher());
     }
 
     #[test]

@@ -87,6 +87,10 @@ async fn metrics_text(State(a): State<Admin>) -> Response {
     metrics::gauge!(m::CHANNELS).set(hub.channel_count() as f64);
     metrics::gauge!(m::SUBSCRIPTIONS).set(hub.subscription_count() as f64);
     metrics::gauge!(crate::edge::PENDING).set(a.node.edge.pending() as f64);
+    for app in a.node.apps.iter() {
+        metrics::gauge!(m::PUSHER_CONNECTIONS, "app" => app.config.id.clone())
+            .set(app.connections() as f64);
+    }
     if let Some(fanout) = &a.node.fanout {
         metrics::gauge!(m::FANOUT_QUEUED).set(fanout.queued() as f64);
     }

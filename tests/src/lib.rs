@@ -37,6 +37,7 @@ pub mod cluster;
 mod gateway;
 pub mod jwt;
 pub mod process;
+pub mod pusher;
 mod raw;
 mod redis;
 pub mod redis_cluster;

@@ -63,6 +63,8 @@ pub struct RawCloseReport {
     pub pings: usize,
     /// Data frames received before the end.
     pub data_frames: usize,
+    /// The text frames among them, in order.
+    pub texts: Vec<String>,
 }
 
 /// A raw WebSocket connection (client side).
@@ -205,6 +207,7 @@ impl RawWs {
             close: None,
             pings: 0,
             data_frames: 0,
+            texts: Vec::new(),
         };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -220,7 +223,14 @@ impl RawWs {
                 }
                 Some(f) if f.opcode == opcode::PING => report.pings += 1,
                 Some(f) if f.opcode == opcode::PONG => {}
-                Some(_) => report.data_frames += 1,
+                Some(f) => {
+                    report.data_frames += 1;
+                    if f.opcode == opcode::TEXT {
+                        report
+                            .texts
+                            .push(String::from_utf8_lossy(&f.payload).into_owned());
+                    }
+                }
             }
         }
     }

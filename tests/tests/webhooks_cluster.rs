@@ -399,3 +399,71 @@ async fn receiver_down_for_10_s_then_the_cluster_delivers_up_to_each_nodes_bound
     sink.stop().await?;
     Ok(())
 }
+
+/// The race issue 14's Pusher suite found, on the v1 protocol: each node
+/// flushes its counts every 50 ms, so the last subscriber on node 1
+/// leaving right after one on node 2 was answered could vacate the channel
+/// (then occupy it again) though it never was empty. A channel's first
+/// subscriber on a node now writes its count before its reply. 10 tries:
+/// before the fix 10-45 % of tries failed.
+#[tokio::test]
+async fn a_subscriber_on_another_node_keeps_the_channel_occupied_when_the_last_one_here_leaves(
+) -> Result<()> {
+    let sink = WebhookSink::start().await?;
+    let cluster = Cluster::builder("wh_cluster_race")
+        .nodes(2)
+        .env("GATEWAY_WEBHOOK_URL", sink.url())
+        .env("GATEWAY_WEBHOOK_SECRET", SECRET)
+        .env("GATEWAY_WEBHOOK_EVENTS", "channel_occupied,channel_vacated")
+        .env("GATEWAY_WEBHOOK_BATCH_MAX_WAIT_MS", "20")
+        .start()
+        .await?;
+    let count = |name: &'static str, ch: String| {
+        let events = sink.events();
+        events
+            .iter()
+            .filter(|e| e["name"] == name && e["channel"] == ch.as_str())
+            .count()
+    };
+    for i in 0..10 {
+        let ch = format!("chat:race-{i}");
+        let barrier = format!("chat:race-{i}-barrier");
+        let mut a = cluster.node(1).connect_user("a").await?;
+        let mut b = cluster.node(2).connect_user("b").await?;
+        a.subscribe(&ch).await?;
+        eventually(EVENTUALLY, "channel_occupied", || {
+            std::future::ready(count("channel_occupied", ch.clone()) == 1)
+        })
+        .await?;
+        b.subscribe(&ch).await?;
+        a.close(1000, "bye").await?;
+        // Node 1 has written a's leave once a later channel of node 1 is
+        // occupied (its writes go out in order).
+        let mut c = cluster.node(1).connect_user("c").await?;
+        c.subscribe(&barrier).await?;
+        eventually(EVENTUALLY, "the barrier's channel_occupied", || {
+            std::future::ready(count("channel_occupied", barrier.clone()) == 1)
+        })
+        .await?;
+        ensure!(
+            count("channel_vacated", ch.clone()) == 0,
+            "try {i}: {ch} vacated while b was subscribed on node 2: {:?}",
+            sink.events()
+                .iter()
+                .map(key)
+                .filter(|(_, c, _)| *c == ch)
+                .collect::<Vec<_>>()
+        );
+        b.close(1000, "bye").await?;
+        c.close(1000, "bye").await?;
+        eventually(EVENTUALLY, "channel_vacated after b left", || {
+            std::future::ready(count("channel_vacated", ch.clone()) == 1)
+        })
+        .await?;
+        ensure!(
+            count("channel_occupied", ch.clone()) == 1,
+            "try {i}: occupied once"
+        );
+    }
+    Ok(())
+}

@@ -143,9 +143,11 @@ async fn list(
         .list(&nodes, &prefix, cursor.as_deref(), limit)
         .await
         .map_err(|_| unavailable("channel_list"))?;
+    // Pusher apps' channels (`!app!...`) are theirs (docs/pusher.md).
     let channels: Vec<serde_json::Value> = page
         .channels
         .iter()
+        .filter(|(c, _)| !crate::pusher::names::is_pusher(c))
         .map(|(c, n)| json!({ "channel": c, "subscribers": n }))
         .collect();
     Ok(Json(json!({ "channels": channels, "next_cursor": page.next })).into_response())

@@ -27,8 +27,13 @@ impl Hub {
         // Under the shard locks, without cloning every handle: a push is a
         // short deque append (closing a slow consumer does not re-enter the
         // hub).
+        // A v1 broadcast: Pusher connections have no such frame.
         let mut n = 0;
-        self.for_each_conn(|conn| n += u64::from(conn.push(frame)));
+        self.for_each_conn(|conn| {
+            if !conn.is_pusher() {
+                n += u64::from(conn.push(frame));
+            }
+        });
         n
     }
 }

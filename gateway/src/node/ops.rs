@@ -224,6 +224,7 @@ impl Node {
             recovered,
         }));
         head.extend(replay.iter().map(message_frame));
+        self.occupancy_before_reply(channel).await;
         let replayed: usize = head.iter().skip(1).map(|f| f.len()).sum();
         let position = top.zip(epoch).map(|(offset, e)| Position {
             offset,
@@ -231,6 +232,15 @@ impl Node {
         });
         self.hub.finish_subscribe(channel, conn, head, position);
         Ok(replayed)
+    }
+
+    /// Before a subscribe is answered: a channel's first local subscriber
+    /// writes its count to the channel store at once when webhooks want
+    /// the channel's occupancy ([`crate::occupancy::Occupancy::write_now`]).
+    pub(crate) async fn occupancy_before_reply(&self, channel: &str) {
+        if self.hub.subscriber_count(channel) == 1 && self.webhooks.wants_occupancy(channel) {
+            self.occupancy.write_now(channel).await;
+        }
     }
 
     /// Remove `conn` from `channel`: the hub (the last local subscriber

@@ -172,6 +172,25 @@ impl Occupancy {
         }
     }
 
+    /// Write `channel`'s local count now, not at the next flush: a
+    /// channel's first subscriber on this node, before its subscribe is
+    /// answered, when webhooks want its occupancy. Otherwise a subscriber
+    /// that joins here just before the last one elsewhere leaves would see
+    /// a `channel_vacated` then `channel_occupied` while it was subscribed
+    /// throughout. A failed write leaves the channel to the next flush.
+    pub async fn write_now(&self, channel: &str) {
+        let counts = [(
+            channel.to_owned(),
+            self.hub.subscriber_count(channel) as u64,
+        )];
+        let written = self.store.write(&counts).await;
+        self.emit(written.transitions);
+        if let Some(e) = written.error {
+            self.failed(&e);
+            self.touch(channel);
+        }
+    }
+
     /// Write every local count again (the store may have lost them: Redis
     /// restarted, or a purge removed this node's entries while it stalled).
     pub fn resync(&self) {

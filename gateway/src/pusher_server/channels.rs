@@ -278,6 +278,7 @@ impl PusherReader {
                 .encode()
             }
         };
+        node.occupancy_before_reply(hub).await;
         node.hub
             .finish_subscribe(hub, &self.handle, vec![Utf8Bytes::from(reply)], None);
         Ok(())

@@ -165,7 +165,7 @@ pub async fn handler(
         Err(refused) => return *refused,
     };
     let id = node.next_socket_id();
-    let (handle, outbox) = ConnHandle::new(id.clone(), None, None, node.config.queue_bytes);
+    let (handle, outbox) = ConnHandle::pusher(id.clone(), node.config.queue_bytes);
     handle.push(&Utf8Bytes::from(
         Out::Established {
             socket_id: &id,

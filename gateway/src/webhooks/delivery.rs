@@ -418,14 +418,11 @@ impl Delivery {
             Format::Gateway => {
                 let timestamp = crate::clock::now_ms().to_string();
                 let signature = signature(&self.key, &timestamp, body);
-                [(TIMESTAMP_HEADER, timestamp), (SIGNATURE_HEADER, signature)]
+                vec![(TIMESTAMP_HEADER, timestamp), (SIGNATURE_HEADER, signature)]
             }
             Format::Pusher { .. } => {
                 let signature = crate::pusher::sign::hmac_hex(&self.secret, &[body]);
-                [
-                    (super::pusher::SIGNATURE_HEADER, signature),
-                    (NODE_HEADER, self.node.clone()),
-                ]
+                vec![(super::pusher::SIGNATURE_HEADER, signature)]
             }
         };
         let mut timeout = self.timeout;
@@ -436,16 +433,14 @@ impl Delivery {
             }
         }
         let started = Instant::now();
-        let sent = self
+        let mut request = self
             .client
             .post(self.url.clone())
-            .headers(self.headers.clone())
-            .header(signing[0].0, &signing[0].1)
-            .header(signing[1].0, &signing[1].1)
-            .timeout(timeout)
-            .body(body.clone())
-            .send()
-            .await;
+            .headers(self.headers.clone());
+        for (name, value) in signing {
+            request = request.header(name, value);
+        }
+        let sent = request.timeout(timeout).body(body.clone()).send().await;
         let outcome = match sent {
             Err(e) => Outcome::Retry(e.without_url().to_string()),
             Ok(mut response) => {

@@ -407,6 +407,19 @@ impl Webhooks {
         self.sender.is_some()
     }
 
+    /// Whether `channel_occupied` or `channel_vacated` of `channel` (a
+    /// hub name) go anywhere.
+    pub fn wants_occupancy(&self, channel: &str) -> bool {
+        let sender = match crate::pusher::names::split(channel) {
+            Some((_, c)) if c.starts_with('#') => None,
+            Some((app, _)) => self.apps.get(app),
+            None => self.sender.as_ref(),
+        };
+        sender.is_some_and(|s| {
+            s.filter.contains("channel_occupied") || s.filter.contains("channel_vacated")
+        })
+    }
+
     /// Whether Pusher app `app` sends events called `name`.
     pub fn app_wants(&self, app: &str, name: &str) -> bool {
         self.apps.get(app).is_some_and(|s| s.filter.contains(name))
