@@ -8,6 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::common::{http_base, loopback_ips, Endpoints};
+use crate::pusher::PusherApp;
 use crate::worker::{split, Group, Mode, WorkerSpec};
 
 /// Most sockets one worker process may hold (the limit here is ~20,000
@@ -68,6 +69,10 @@ pub struct ClientArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Set (by `idle` and `fanout` from `--protocol pusher`): the clients
+    /// speak Pusher to this app.
+    #[arg(skip)]
+    pub pusher: Option<PusherApp>,
 }
 
 impl ClientArgs {
@@ -88,6 +93,7 @@ impl ClientArgs {
             read_buf: 4096,
             json: None,
             no_progress: false,
+            pusher: None,
         }
     }
 
@@ -110,6 +116,7 @@ impl ClientArgs {
             jwt_secret: self.jwt_secret.clone(),
             read_buf: self.read_buf,
             connect_timeout_ms: self.connect_timeout_ms,
+            pusher: self.pusher.clone(),
         }
     }
 

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::pusher::PusherApp;
 use crate::wire;
 
 /// Microseconds since the Unix epoch (the clock every process here shares,
@@ -37,6 +38,10 @@ pub struct Endpoints {
     pub read_buf: usize,
     /// Bound on TCP connect + upgrade + welcome + subscribe replies.
     pub connect_timeout_ms: u64,
+    /// Set: clients speak Pusher protocol 7 to this app on `/app/{key}`
+    /// (crate::pusher) instead of v1 on the URL's path.
+    #[serde(default)]
+    pub pusher: Option<PusherApp>,
 }
 
 /// One resolved gateway URL.
@@ -74,8 +79,12 @@ impl Endpoints {
         }
     }
 
-    /// Request path and bearer token for `user` on `node`.
+    /// Request path and bearer token for `user` on `node` (Pusher: the
+    /// app's path, no token).
     pub fn auth(&self, node: &Node, user: &str) -> Result<(String, Option<String>)> {
+        if let Some(app) = &self.pusher {
+            return Ok((crate::pusher::ws_path(&app.key), None));
+        }
         match &self.jwt_secret {
             Some(secret) => Ok((node.path.clone(), Some(token(secret, user)?))),
             None => {

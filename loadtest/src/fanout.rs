@@ -1,8 +1,10 @@
 //! `fanout`: S subscribers on C channels spread over the nodes; publishers
 //! via the HTTP API or the WebSocket `publish` op, at a fixed rate or flat
-//! out. Every payload carries its channel, a per-channel sequence number and
-//! the send time; subscribers check loss, duplicates and per-channel order
-//! and record the latency.
+//! out; with `--protocol pusher`, Pusher subscribers and publishers on the
+//! signed REST API (`POST /apps/{id}/events`), the same payloads. Every
+//! payload carries its channel, a per-channel sequence number and the send
+//! time; subscribers check loss, duplicates and per-channel order and
+//! record the latency.
 //!
 //! Order is only defined per publisher, so each channel has `lanes`
 //! publishers with their own sequences; an HTTP publisher sends its next
@@ -23,6 +25,7 @@ use tokio::time::Instant;
 use crate::cli::ClientArgs;
 use crate::common::{hist_merge, merge_counts, new_hist, now_us, pad, Latency};
 use crate::idle::{connect_all, latency_of, sum_stopped};
+use crate::pusher::{self, check_channel_prefix, Protocol, ProtocolArgs, PusherApp};
 use crate::wire::{op, Target, Ws};
 use crate::worker::{Cmd, Ev, Group, Mode, Pool, SeqReport};
 
@@ -47,10 +50,12 @@ pub struct FanoutArgs {
     /// Channels.
     #[arg(long, default_value_t = 1)]
     pub channels: u64,
-    /// Channel name prefix (the channel is `<prefix><index>`).
-    #[arg(long, default_value = "fan:")]
-    pub channel_prefix: String,
-    /// How to publish.
+    /// Channel name prefix (the channel is `<prefix><index>`; default
+    /// `fan:`, Pusher: `bench-`).
+    #[arg(long)]
+    pub channel_prefix: Option<String>,
+    /// How to publish (Pusher: http only, the signed `POST
+    /// /apps/{id}/events`).
     #[arg(long, value_enum, default_value_t = Via::Http)]
     pub via: Via,
     /// Publications per second over all channels; 0 = flat out.
@@ -80,9 +85,27 @@ pub struct FanoutArgs {
     /// After publishing, give up waiting after this long in total.
     #[arg(long, default_value_t = 300)]
     pub max_wait_secs: u64,
+    /// Wire protocol.
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
     /// Shared client options.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+impl FanoutArgs {
+    /// The channel prefix for the protocol.
+    pub fn prefix(&self) -> Result<String> {
+        let pusher = self.protocol.protocol == Protocol::Pusher;
+        let prefix = self
+            .channel_prefix
+            .clone()
+            .unwrap_or_else(|| if pusher { "bench-" } else { "fan:" }.into());
+        if pusher {
+            check_channel_prefix(&prefix)?;
+        }
+        Ok(prefix)
+    }
 }
 
 /// The `fanout` report.
@@ -90,6 +113,8 @@ pub struct FanoutArgs {
 pub struct FanoutReport {
     /// "fanout".
     pub scenario: &'static str,
+    /// Wire protocol of the subscribers (and publishing API).
+    pub protocol: Protocol,
     /// Gateways.
     pub nodes: usize,
     /// Subscribers asked for.
@@ -166,8 +191,14 @@ impl FanoutReport {
     /// Human summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "fanout: {} subscribers ({} failed) on {} channel(s) over {} node(s), {:?} publish, {} B\n",
-            self.connected, self.connect_failed, self.channels, self.nodes, self.via, self.payload
+            "fanout ({:?}): {} subscribers ({} failed) on {} channel(s) over {} node(s), {:?} publish, {} B\n",
+            self.protocol,
+            self.connected,
+            self.connect_failed,
+            self.channels,
+            self.nodes,
+            self.via,
+            self.payload
         );
         s += &format!(
             "  published {} ({} errors) in {:.2} s = {:.0}/s{}\n",
@@ -279,6 +310,8 @@ struct Lane {
     rate: f64,
     payload: usize,
     window: usize,
+    /// Set: publish with Pusher's signed REST API to this app.
+    pusher: Option<PusherApp>,
 }
 
 impl Lane {
@@ -309,9 +342,24 @@ impl Lane {
             if let Some(due) = self.due(t0, j) {
                 tokio::time::sleep_until(due).await;
             }
-            let body = serde_json::json!({"channel": self.name, "data": self.data(j)});
             let start = Instant::now();
-            let r = http.post(&url).json(&body).send().await;
+            let r = match &self.pusher {
+                None => {
+                    let body = serde_json::json!({"channel": self.name, "data": self.data(j)});
+                    http.post(&url).json(&body).send().await
+                }
+                Some(app) => {
+                    // Signed per request, as a server library does: the
+                    // timestamp is part of the signature.
+                    let body = pusher::event_body(&self.name, &self.data(j));
+                    let path = pusher::events_path(app, &body, now_us() / 1_000_000);
+                    http.post(format!("{url}{path}"))
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                }
+            };
             if let Ok(mut h) = stats.rtt.lock() {
                 let _ = h.record((start.elapsed().as_micros() as u64).max(1));
             }
@@ -487,12 +535,18 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     if args.rate <= 0.0 && args.messages == 0 {
         bail!("--messages must be > 0");
     }
+    let app = args.protocol.app();
+    if app.is_some() && args.via == Via::Ws {
+        bail!("--protocol pusher publishes with the REST API only (--via http)");
+    }
+    let prefix = args.prefix()?;
     let expected = expected_per_channel(args);
     let groups = vec![Group {
-        prefix: args.channel_prefix.clone(),
+        prefix: prefix.clone(),
         count: args.channels,
     }];
     let mut client = args.client.clone();
+    client.pusher = app.clone();
     client.read_buf = client.read_buf.max(16 * 1024);
     let specs = client.worker_specs(args.subscribers, "sub", groups, |_| Mode::Seq {
         expected: expected.clone(),
@@ -513,12 +567,13 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
                 channel: c,
                 lane: l,
                 lanes: args.lanes.max(1),
-                name: format!("{}{c}", args.channel_prefix),
+                name: format!("{prefix}{c}"),
                 count: expected[c as usize],
                 channels: args.channels,
                 rate: args.rate,
                 payload: args.payload,
                 window: args.window,
+                pusher: app.clone(),
             });
         }
     }
@@ -537,10 +592,12 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
         let stats = stats.clone();
         match args.via {
             Via::Http => {
-                let url = format!(
-                    "{}/api/publish",
-                    apis[((lane.channel + lane.lane) % apis.len() as u64) as usize]
-                );
+                let api = &apis[((lane.channel + lane.lane) % apis.len() as u64) as usize];
+                let url = if lane.pusher.is_some() {
+                    api.clone()
+                } else {
+                    format!("{api}/api/publish")
+                };
                 tasks.push(tokio::spawn(lane.http(http.clone(), url, t0, stats)));
             }
             Via::Ws => {
@@ -629,6 +686,7 @@ pub async fn run(args: &FanoutArgs) -> Result<FanoutReport> {
     }
     Ok(FanoutReport {
         scenario: "fanout",
+        protocol: args.protocol.protocol,
         nodes: client.urls.len(),
         subscribers: args.subscribers,
         connected: connected.connected,

@@ -1,6 +1,7 @@
 //! `idle`: hold N authenticated connections, each subscribed to 2 channels
-//! (one in a presence-enabled namespace); report the connect rate and,
-//! given the gateway pids, RSS per connection and CPU over a steady window.
+//! (one in a presence-enabled namespace; with `--protocol pusher`, a public
+//! and a `presence-` channel); report the connect rate and, given the
+//! gateway pids, RSS per connection and CPU over a steady window.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::cli::ClientArgs;
 use crate::common::{
     clk_tck, hist_merge, merge_counts, new_hist, proc_sample, Latency, ProcSample,
 };
+use crate::pusher::{check_channel_prefix, Protocol, ProtocolArgs};
 use crate::worker::{Cmd, ConnectReport, Ev, Group, Mode, Pool, StopReport};
 
 /// Options of `idle`.
@@ -26,13 +28,15 @@ pub struct IdleArgs {
     /// in both namespaces.
     #[arg(long, default_value_t = 1000)]
     pub channels: u64,
-    /// Plain channel prefix.
-    #[arg(long, default_value = "idle:")]
-    pub channel_prefix: String,
-    /// Presence-enabled channel prefix (its namespace should have
-    /// presence = true; join_leave would turn the test into a fan-out).
-    #[arg(long, default_value = "room:")]
-    pub presence_prefix: String,
+    /// Plain channel prefix (default `idle:`; Pusher: `idle-`).
+    #[arg(long)]
+    pub channel_prefix: Option<String>,
+    /// Presence-enabled channel prefix (default `room:`, whose namespace
+    /// should have presence = true; join_leave would turn the test into a
+    /// fan-out. Pusher: `presence-room-`, subscribed with a signed
+    /// `channel_data` of user `idle<i>`).
+    #[arg(long)]
+    pub presence_prefix: Option<String>,
     /// Gateway process ids to measure (comma separated).
     #[arg(long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
@@ -42,9 +46,32 @@ pub struct IdleArgs {
     /// Steady window for the CPU figure (two ping intervals by default).
     #[arg(long, default_value_t = 50)]
     pub window_secs: u64,
+    /// Wire protocol.
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
     /// Shared client options.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+impl IdleArgs {
+    /// The plain and the presence channel prefixes for the protocol.
+    pub fn prefixes(&self) -> Result<(String, String)> {
+        let pusher = self.protocol.protocol == Protocol::Pusher;
+        let plain = self
+            .channel_prefix
+            .clone()
+            .unwrap_or_else(|| if pusher { "idle-" } else { "idle:" }.into());
+        let presence = self
+            .presence_prefix
+            .clone()
+            .unwrap_or_else(|| if pusher { "presence-room-" } else { "room:" }.into());
+        if pusher {
+            check_channel_prefix(&plain)?;
+            check_channel_prefix(&presence)?;
+        }
+        Ok((plain, presence))
+    }
 }
 
 /// One gateway process's figures.
@@ -67,6 +94,8 @@ pub struct ProcReport {
 pub struct IdleReport {
     /// "idle".
     pub scenario: &'static str,
+    /// Wire protocol of the clients.
+    pub protocol: Protocol,
     /// Connections asked for.
     pub connections: u64,
     /// Connected and subscribed.
@@ -110,7 +139,8 @@ impl IdleReport {
     /// Human summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "idle: {}/{} connected ({} failed) in {:.1} s = {:.0} connects/s over {} worker(s); setup {}; listen overflows {:?}\n",
+            "idle ({:?}): {}/{} connected ({} failed) in {:.1} s = {:.0} connects/s over {} worker(s); setup {}; listen overflows {:?}\n",
+            self.protocol,
             self.connected,
             self.connections,
             self.failed,
@@ -257,24 +287,25 @@ pub async fn run(args: &IdleArgs) -> Result<IdleReport> {
     if args.connections == 0 {
         bail!("--connections must be > 0");
     }
+    let (plain, presence) = args.prefixes()?;
+    let mut client = args.client.clone();
+    client.pusher = args.protocol.app();
     let before = samples(&args.pids)?;
     let groups = vec![
         Group {
-            prefix: args.channel_prefix.clone(),
+            prefix: plain,
             count: args.channels.max(1),
         },
         Group {
-            prefix: args.presence_prefix.clone(),
+            prefix: presence,
             count: args.channels.max(1),
         },
     ];
-    let specs = args
-        .client
-        .worker_specs(args.connections, "idle", groups, |_| Mode::Hold);
+    let specs = client.worker_specs(args.connections, "idle", groups, |_| Mode::Hold);
     let counts: Vec<u64> = specs.iter().map(|s| s.count).collect();
-    let mut pool = Pool::spawn(&specs, args.client.threads).await?;
+    let mut pool = Pool::spawn(&specs, client.threads).await?;
     let overflows_before = crate::common::listen_overflows();
-    let connected = connect_all(&mut pool, &counts, &args.client, "connecting").await?;
+    let connected = connect_all(&mut pool, &counts, &client, "connecting").await?;
     let listen_overflows = match (overflows_before, crate::common::listen_overflows()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
@@ -325,6 +356,7 @@ pub async fn run(args: &IdleArgs) -> Result<IdleReport> {
     };
     Ok(IdleReport {
         scenario: "idle",
+        protocol: args.protocol.protocol,
         connections: args.connections,
         connected: connected.connected,
         failed: connected.failed,

@@ -33,7 +33,24 @@ presence = true
 client_publish = true
 
 [namespaces.bcast]
+
+[[pusher.apps]]
+id = "smoke"
+key = "smoke-key"
+secret = "smoke-pusher-secret"
 "#;
+
+/// The loadtest options for the Pusher app of [`CONFIG`].
+const PUSHER: [&str; 8] = [
+    "--protocol",
+    "pusher",
+    "--pusher-app-id",
+    "smoke",
+    "--pusher-key",
+    "smoke-key",
+    "--pusher-secret",
+    "smoke-pusher-secret",
+];
 
 /// How long one loadtest run may take here (the soak smoke needs ~65 s on
 /// a loaded 2-core machine: 20 s of churn plus two 12 s quiet counts).
@@ -184,6 +201,63 @@ async fn fanout_over_http_flat_out_loses_nothing() -> Result<()> {
         ]),
     )
     .await?;
+    check_fanout(&r, 24.0)?;
+    ensure!(num(&r, "expected") == 24.0 * 30.0, "{r:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pusher_idle_holds_public_and_presence_subscribers() -> Result<()> {
+    let gw = gateway("lt-pusher-idle", &[]).await?;
+    let pid = gw.pid().context("gateway pid")?.to_string();
+    let mut a = args(&[
+        "idle",
+        "--url",
+        &gw.ws_url(),
+        "--connections",
+        "30",
+        "--channels",
+        "5",
+        "--pid",
+        &pid,
+        "--settle-secs",
+        "0",
+        "--window-secs",
+        "1",
+        "--src-addrs",
+        "3",
+    ]);
+    a.extend(args(&PUSHER));
+    let r = loadtest(gw.dir(), "pusher-idle", &a).await?;
+    ensure!(r["protocol"] == "pusher", "{r:#}");
+    ensure!(num(&r, "connected") == 30.0, "{r:#}");
+    ensure!(num(&r, "dropped") == 0.0 && r["ok"] == true, "{r:#}");
+    ensure!(
+        num(&r, "rss_per_conn_bytes").is_finite(),
+        "no RSS figure: {r:#}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pusher_fanout_over_rest_loses_nothing() -> Result<()> {
+    let gw = gateway("lt-pusher-fanout", &[]).await?;
+    let mut a = args(&[
+        "fanout",
+        "--url",
+        &gw.ws_url(),
+        "--subscribers",
+        "24",
+        "--channels",
+        "2",
+        "--messages",
+        "30",
+        "--lanes",
+        "3",
+    ]);
+    a.extend(args(&PUSHER));
+    let r = loadtest(gw.dir(), "pusher-fanout", &a).await?;
+    ensure!(r["protocol"] == "pusher", "{r:#}");
     check_fanout(&r, 24.0)?;
     ensure!(num(&r, "expected") == 24.0 * 30.0, "{r:#}");
     Ok(())

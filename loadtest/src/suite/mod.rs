@@ -82,7 +82,8 @@ pub struct SuiteArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only these scenarios (comma separated): ceiling, idle, fanout,
-    /// fanout-ws, churn, rtt, cluster-fanout, latency; and shard-spread,
+    /// fanout-ws, pusher-idle, pusher-fanout, churn, rtt, cluster-fanout,
+    /// latency; and shard-spread,
     /// which runs only when named here (one Redis, then a 3-primary Redis
     /// Cluster, ~1 min).
     #[arg(long, value_delimiter = ',')]

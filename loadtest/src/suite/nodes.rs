@@ -26,6 +26,14 @@ use crate::common::{clk_tck, now_us, proc_sample};
 /// The JWT secret of every gateway and client of a run.
 pub(crate) const SECRET: &str = "loadtest-suite-secret-0123456789abcdef";
 
+/// The Pusher app of every gateway of a run (the `[[pusher.apps]]` of
+/// [`CONFIG`]), used by the `pusher-*` scenarios.
+pub(crate) const PUSHER_APP_ID: &str = "loadtest";
+/// Its key.
+pub(crate) const PUSHER_KEY: &str = "loadtest-key";
+/// Its secret.
+pub(crate) const PUSHER_SECRET: &str = "loadtest-suite-pusher-secret-0123456789";
+
 /// The gateway config every node of a run reads.
 pub(crate) const CONFIG: &str = r#"# Written by `loadtest suite`.
 log = "warn"
@@ -57,6 +65,13 @@ client_publish = true
 client_publish = true
 
 [namespaces.bcast]
+
+# The pusher-* scenarios (issue 14): Pusher protocol 7 on /app/loadtest-key,
+# REST on /apps/loadtest; public bench-* and idle-* channels, presence-room-*.
+[[pusher.apps]]
+id = "loadtest"
+key = "loadtest-key"
+secret = "loadtest-suite-pusher-secret-0123456789"
 "#;
 
 /// A child process killed on drop.

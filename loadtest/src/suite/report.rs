@@ -86,11 +86,13 @@ fn of_batched(rate: Option<f64>, ceil_b: Option<f64>) -> String {
 }
 
 /// The rows of the targets table, in the report's order.
-const ROWS: [fn(&Results) -> Row; 9] = [
+const ROWS: [fn(&Results) -> Row; 11] = [
     idle_rss,
     idle_cpu,
     fanout,
     fanout_ws,
+    pusher_idle,
+    pusher_fanout,
     cluster_fanout,
     latency,
     rtt,
@@ -192,6 +194,52 @@ fn fanout_ws(r: &Results) -> Row {
         target: "(informative)".into(),
         measured: fanout_measured(fws, wr),
         ceiling: of_batched(wr, ceil_b),
+        verdict: "-".into(),
+    }
+}
+
+/// RSS per idle Pusher connection, beside v1's (informative, issue 14).
+fn pusher_idle(r: &Results) -> Row {
+    let pi = r.get("pusher_idle");
+    let rss = f(pi, &["rss_per_conn_bytes"]);
+    let v1 = f(r.get("idle"), &["rss_per_conn_bytes"]);
+    Row {
+        scenario: format!(
+            "RSS per idle connection over the Pusher protocol, {} on one node (a public and a presence channel)",
+            label(f(pi, &["connected"]))
+        ),
+        target: "(informative)".into(),
+        measured: rss.map_or("-".into(), |b| {
+            format!(
+                "{:.2} KiB, idle CPU {:.3}% per 10k",
+                b / 1024.0,
+                f(pi, &["cpu_pct_per_10k"]).unwrap_or(0.0)
+            )
+        }),
+        ceiling: match (rss, v1) {
+            (Some(a), Some(v)) => format!("v1 {:.2} KiB; x{:.2}", v / 1024.0, a / v),
+            _ => "-".into(),
+        },
+        verdict: "-".into(),
+    }
+}
+
+/// Flat-out fan-out to Pusher subscribers, REST publish (informative).
+fn pusher_fanout(r: &Results) -> Row {
+    let pf = r.get("pusher_fanout");
+    let rate = f(pf, &["deliveries_per_sec"]);
+    let v1 = f(r.get("fanout"), &["deliveries_per_sec"]);
+    Row {
+        scenario: format!(
+            "fan-out flat out over the Pusher protocol (signed REST publish, 64 in flight), {} subscribers of one channel",
+            label(f(pf, &["connected"]))
+        ),
+        target: "(informative)".into(),
+        measured: fanout_measured(pf, rate),
+        ceiling: match (rate, v1) {
+            (Some(a), Some(v)) => format!("v1 {:.2} M/s; {:.0}%", v / 1e6, a / v * 100.0),
+            _ => of_batched(rate, r.ceiling_batched()),
+        },
         verdict: "-".into(),
     }
 }

@@ -15,12 +15,15 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::nodes::{cpu_secs, ticks, Ctx, Nodes, Topology};
+use super::nodes::{
+    cpu_secs, ticks, Ctx, Nodes, Topology, PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET,
+};
 use super::to_value;
 use crate::churn::{self, ChurnArgs};
 use crate::cli::ClientArgs;
 use crate::fanout::{self, FanoutArgs, Via};
 use crate::idle::{self, IdleArgs};
+use crate::pusher::{ProtocolArgs, PusherApp};
 use crate::rtt::{self, BcastVia, RttArgs};
 
 /// HTTP publishers per channel in the flat-out fan-outs (publications in
@@ -150,12 +153,37 @@ impl Load {
     }
 }
 
+/// The Pusher protocol with the app of the suite's config.
+fn pusher() -> ProtocolArgs {
+    ProtocolArgs::pusher(&PusherApp {
+        id: PUSHER_APP_ID.into(),
+        key: PUSHER_KEY.into(),
+        secret: PUSHER_SECRET.into(),
+    })
+}
+
+/// The idle load: `connections`, each on a plain and a presence channel of
+/// 1,000 (v1 `idle:`/`room:`, Pusher `idle-`/`presence-room-`).
+fn idle_load(p: &Plan, protocol: ProtocolArgs, client: ClientArgs, pids: Vec<u32>) -> IdleArgs {
+    IdleArgs {
+        connections: p.idle_connections,
+        channels: 1000,
+        channel_prefix: None,
+        presence_prefix: None,
+        pids,
+        settle_secs: 3,
+        window_secs: p.idle_window_secs,
+        protocol,
+        client,
+    }
+}
+
 /// A flat-out fan-out over HTTP to one `fan:` channel.
 fn flat_out(subscribers: u64, messages: u64, client: ClientArgs) -> FanoutArgs {
     FanoutArgs {
         subscribers,
         channels: 1,
-        channel_prefix: "fan:".into(),
+        channel_prefix: Some("fan:".into()),
         via: Via::Http,
         lanes: FLAT_OUT_LANES,
         window: 1,
@@ -165,30 +193,20 @@ fn flat_out(subscribers: u64, messages: u64, client: ClientArgs) -> FanoutArgs {
         payload: 64,
         idle_timeout_ms: 10_000,
         max_wait_secs: 300,
+        protocol: ProtocolArgs::v1(),
         client,
     }
 }
 
 /// The scenarios, in the order they run (after the ceiling probes).
-pub(super) const SCENARIOS: [Scenario; 7] = [
+pub(super) const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "idle",
         key: "idle",
         title: |p| format!("idle, {} connections, one node", p.idle_connections),
         topology: Topology::One,
         warmup: Duration::from_secs(1),
-        load: |p, client, pids| {
-            Load::Idle(IdleArgs {
-                connections: p.idle_connections,
-                channels: 1000,
-                channel_prefix: "idle:".into(),
-                presence_prefix: "room:".into(),
-                pids,
-                settle_secs: 3,
-                window_secs: p.idle_window_secs,
-                client,
-            })
-        },
+        load: |p, client, pids| Load::Idle(idle_load(p, ProtocolArgs::v1(), client, pids)),
         cpu_key: None,
     },
     Scenario {
@@ -227,6 +245,40 @@ pub(super) const SCENARIOS: [Scenario; 7] = [
             })
         },
         cpu_key: None,
+    },
+    Scenario {
+        name: "pusher-idle",
+        key: "pusher_idle",
+        title: |p| {
+            format!(
+                "idle over the Pusher protocol, {} connections, one node",
+                p.idle_connections
+            )
+        },
+        topology: Topology::One,
+        warmup: Duration::from_secs(1),
+        load: |p, client, pids| Load::Idle(idle_load(p, pusher(), client, pids)),
+        cpu_key: None,
+    },
+    Scenario {
+        name: "pusher-fanout",
+        key: "pusher_fanout",
+        title: |p| {
+            format!(
+                "fan-out flat out over the Pusher protocol (REST publish), {} subscribers, one node",
+                p.fanout_subscribers
+            )
+        },
+        topology: Topology::One,
+        warmup: Duration::ZERO,
+        load: |p, client, _| {
+            Load::Fanout(FanoutArgs {
+                channel_prefix: Some("bench-".into()),
+                protocol: pusher(),
+                ..flat_out(p.fanout_subscribers, p.fanout_messages, client)
+            })
+        },
+        cpu_key: Some("gateway_cpu_secs"),
     },
     Scenario {
         name: "churn",
@@ -298,7 +350,7 @@ pub(super) const SCENARIOS: [Scenario; 7] = [
             Load::Fanout(FanoutArgs {
                 subscribers: p.latency_channels * p.latency_per_channel,
                 channels: p.latency_channels,
-                channel_prefix: "lat:".into(),
+                channel_prefix: Some("lat:".into()),
                 lanes: 1,
                 rate: p.latency_rate,
                 messages: 0,
@@ -351,6 +403,8 @@ mod tests {
                 "idle",
                 "fanout",
                 "fanout-ws",
+                "pusher-idle",
+                "pusher-fanout",
                 "churn",
                 "rtt",
                 "cluster-fanout",

@@ -1,7 +1,8 @@
-//! The client tasks of a worker: connect and subscribe (`setup`), then a
-//! held client receives until it is stopped or dropped (`client`,
-//! `receive`); a churn cycle connects, subscribes, lingers and closes one of
-//! three ways (`churn_cycle`).
+//! The client tasks of a worker: connect and subscribe (`setup`, v1 or
+//! Pusher as `handshake` decides), then a held client receives until it is
+//! stopped or dropped (`client`, `receive`; a Pusher client also answers
+//! and sends `pusher:ping`); a churn cycle connects, subscribes, lingers
+//! and closes one of three ways (`churn_cycle`).
 //!
 //! Invariants: setup (connect, upgrade, welcome, every subscribe reply) is
 //! bounded by the connect timeout; data frames that arrive during setup are
@@ -18,9 +19,11 @@ use anyhow::anyhow;
 use tokio::time::Instant;
 
 use super::ctx::{lock, Ctx};
+use super::handshake::Handshake;
 use super::protocol::{Group, Mode};
 use super::seq::{apply_refused, data_str, flush_batch, on_data, Batch, SubSeq};
 use crate::common::now_us;
+use crate::pusher;
 use crate::wire::{op, ConnectError, Target, Ws};
 
 /// The channel of client (or churn cycle) `i` in every group.
@@ -31,16 +34,24 @@ fn channels_for(groups: &[Group], i: u64) -> Vec<String> {
         .collect()
 }
 
-/// Connects client `idx` as `user`, reads the welcome and subscribes to
-/// every group's channel; returns the socket (data frames that arrived in
-/// between are handled).
+/// A set-up client: its socket, and for Pusher how long it may go
+/// without a frame before it pings.
+pub(super) struct Setup {
+    ws: Ws,
+    ping_every: Option<Duration>,
+}
+
+/// Connects client `idx` as `user`, reads the welcome (v1) or
+/// `connection_established` (Pusher) and subscribes to every group's
+/// channel; returns the socket (data frames that arrived in between are
+/// handled).
 async fn setup(
     ctx: &Ctx,
     idx: u64,
     user: &str,
     channels: &[String],
     seq: &mut Option<SubSeq>,
-) -> Result<Ws, ConnectError> {
+) -> Result<Setup, ConnectError> {
     let timeout = Duration::from_millis(ctx.spec.ep.connect_timeout_ms);
     let node = &ctx.nodes[(idx % ctx.nodes.len() as u64) as usize];
     let (path, bearer) = ctx.spec.ep.auth(node, user).map_err(|e| ConnectError {
@@ -57,9 +68,13 @@ async fn setup(
     };
     let deadline = Instant::now() + timeout;
     let mut ws = Ws::connect(&target, timeout).await?;
-    let rest = tokio::time::timeout_at(deadline, subscribe_all(ctx, &mut ws, idx, channels, seq));
+    let mut hs = Handshake::new(ctx.spec.ep.pusher.as_ref(), user, channels);
+    let rest = tokio::time::timeout_at(deadline, subscribe_all(ctx, &mut ws, idx, &mut hs, seq));
     match rest.await {
-        Ok(r) => r.map(|()| ws),
+        Ok(r) => r.map(|()| Setup {
+            ws,
+            ping_every: hs.ping_every(),
+        }),
         Err(_) => Err(ConnectError {
             kind: "timeout".into(),
             error: anyhow!("welcome + subscribe took longer than {timeout:?}"),
@@ -71,17 +86,14 @@ async fn subscribe_all(
     ctx: &Ctx,
     ws: &mut Ws,
     idx: u64,
-    channels: &[String],
+    hs: &mut Handshake<'_>,
     seq: &mut Option<SubSeq>,
 ) -> Result<(), ConnectError> {
     let perr = |kind: &str, e: anyhow::Error| ConnectError {
         kind: kind.into(),
         error: e,
     };
-    let mut welcomed = false;
-    let mut pending = channels.len();
-    for (k, channel) in channels.iter().enumerate() {
-        let req = format!(r#"{{"op":"subscribe","id":{k},"channel":"{channel}"}}"#);
+    for req in hs.start() {
         ws.send_text(&req)
             .await
             .map_err(|e| perr("tcp", anyhow!("sending subscribe: {e}")))?;
@@ -89,7 +101,7 @@ async fn subscribe_all(
     let mut b = Batch::default();
     let mut recv_us = now_us();
     let mut first = true;
-    while !welcomed || pending > 0 {
+    while !hs.done() {
         // Frames may already be buffered (the welcome often comes with the
         // upgrade response): parse before reading.
         if !first {
@@ -100,7 +112,10 @@ async fn subscribe_all(
             if n == 0 {
                 return Err(perr(
                     "eof",
-                    anyhow!("closed before the subscribe replies ({pending} missing)"),
+                    anyhow!(
+                        "closed before the subscribe replies ({} missing)",
+                        hs.missing()
+                    ),
                 ));
             }
             recv_us = now_us();
@@ -114,19 +129,10 @@ async fn subscribe_all(
                         on_data(ctx, seq, d, recv_us, &mut b);
                         continue;
                     }
-                    let v: serde_json::Value = serde_json::from_slice(p)
-                        .map_err(|e| perr("protocol", anyhow!("bad JSON frame: {e}")))?;
-                    match v.get("type").and_then(|t| t.as_str()) {
-                        Some("welcome") => welcomed = true,
-                        Some("subscribed") => pending = pending.saturating_sub(1),
-                        Some("error") => {
-                            let code = v.get("code").and_then(|c| c.as_str()).unwrap_or("?");
-                            return Err(perr(
-                                &format!("subscribe_{code}"),
-                                anyhow!("subscribe refused: {v}"),
-                            ));
-                        }
-                        _ => {}
+                    for reply in hs.on_text(p)? {
+                        ws.send_text(&reply)
+                            .await
+                            .map_err(|e| perr("tcp", anyhow!("sending subscribe: {e}")))?;
                     }
                 }
                 op::PING => ws
@@ -167,10 +173,10 @@ pub(super) async fn client(ctx: Arc<Ctx>, idx: u64, permit: tokio::sync::OwnedSe
         _ => None,
     };
     let channels = channels_for(&ctx.spec.groups, idx);
-    let ws = setup(&ctx, idx, &user, &channels, &mut seq).await;
+    let set = setup(&ctx, idx, &user, &channels, &mut seq).await;
     drop(permit);
-    let mut ws = match ws {
-        Ok(ws) => ws,
+    let Setup { mut ws, ping_every } = match set {
+        Ok(s) => s,
         Err(e) => {
             ctx.fail(&e);
             ctx.failed.fetch_add(1, Relaxed);
@@ -190,10 +196,24 @@ pub(super) async fn client(ctx: Arc<Ctx>, idx: u64, permit: tokio::sync::OwnedSe
     }
     ctx.last_setup_us.fetch_max(now_us(), Relaxed);
     ctx.connected.fetch_add(1, Relaxed);
-    receive(&ctx, idx, &mut ws, &mut seq).await;
+    receive(&ctx, idx, &mut ws, ping_every, &mut seq).await;
 }
 
-async fn receive(ctx: &Ctx, idx: u64, ws: &mut Ws, seq: &mut Option<SubSeq>) {
+/// Receives until stopped or dropped. `ping_every` (Pusher): answer
+/// `pusher:ping`, and send one when a whole period passed without a frame
+/// (so within 2 periods of silence; pusher-js pings after one).
+async fn receive(
+    ctx: &Ctx,
+    idx: u64,
+    ws: &mut Ws,
+    ping_every: Option<Duration>,
+    seq: &mut Option<SubSeq>,
+) {
+    let pusher = ping_every.is_some();
+    let period = ping_every.unwrap_or(Duration::from_secs(3600));
+    let ping_timer = tokio::time::sleep(period);
+    tokio::pin!(ping_timer);
+    let mut heard = false;
     let mut stop = ctx.stop.clone();
     let mut refused = ctx.refused.clone();
     if let Some(list) = refused.borrow_and_update().clone() {
@@ -214,8 +234,16 @@ async fn receive(ctx: &Ctx, idx: u64, ws: &mut Ws, seq: &mut Option<SubSeq>) {
             };
             match f.opcode {
                 op::TEXT => {
-                    if let Some(d) = data_str(ws.payload(&f)) {
+                    let p = ws.payload(&f);
+                    if let Some(d) = data_str(p) {
                         on_data(ctx, seq, d, recv_us, &mut b);
+                    } else if pusher
+                        && pusher::is_ping(p)
+                        && ws.send_text(pusher::PONG).await.is_err()
+                    {
+                        flush_batch(ctx, idx as usize, seq, &mut b, recv_us);
+                        ctx.ended("write_error");
+                        return;
                     }
                 }
                 op::PING if ws.pong(&f).await.is_err() => {
@@ -251,8 +279,16 @@ async fn receive(ctx: &Ctx, idx: u64, ws: &mut Ws, seq: &mut Option<SubSeq>) {
             }
             r = ws.fill() => match r {
                 Ok(0) => { ctx.ended("eof"); return; }
-                Ok(_) => recv_us = now_us(),
+                Ok(_) => { recv_us = now_us(); heard = true; }
                 Err(_) => { ctx.ended("read_error"); return; }
+            },
+            () = &mut ping_timer, if pusher => {
+                if !heard && ws.send_text(pusher::PING).await.is_err() {
+                    ctx.ended("write_error");
+                    return;
+                }
+                heard = false;
+                ping_timer.as_mut().reset(Instant::now() + period);
             }
         }
     }
@@ -297,7 +333,7 @@ pub(super) async fn churn_cycle(
     // Channels are chosen by cycle number, so concurrent cycles spread out.
     let mut seq = None;
     let channels = channels_for(groups, cycle);
-    let mut ws = setup(ctx, idx, &user, &channels, &mut seq).await?;
+    let Setup { mut ws, .. } = setup(ctx, idx, &user, &channels, &mut seq).await?;
     let took = start.elapsed().as_micros() as u64;
     if !linger.is_zero() {
         tokio::time::sleep(linger).await;

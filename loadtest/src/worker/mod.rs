@@ -19,6 +19,7 @@
 //!   and the reports read from them;
 //! - `seq`: a subscriber's receive accounting (sequences per publisher
 //!   lane, refused publications, broadcasts) and the frame parsing it needs;
+//! - `handshake`: what a setup waits for after the upgrade, v1 or Pusher;
 //! - `client`: the client tasks (connect + subscribe, receive until
 //!   stopped, one churn cycle);
 //! - `process`: the worker process itself (`loadtest __worker`): its command
@@ -32,6 +33,7 @@
 
 mod client;
 mod ctx;
+mod handshake;
 mod pool;
 mod process;
 mod protocol;

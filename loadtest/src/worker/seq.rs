@@ -95,9 +95,11 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
 /// The `data` string of a message/broadcast frame, when it is one of ours
 /// (`f:...` or `b:...`).
 pub(super) fn data_str(p: &[u8]) -> Option<&[u8]> {
-    const KEY: &[u8] = b"\"data\":\"";
+    const KEY: &[u8] = b"\"data\":";
     let at = p.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let rest = &p[at..];
+    // `"data":"` from serde_json; a space after the colon is taken too.
+    let skip = p[at..].iter().take_while(|c| **c == b' ').count();
+    let rest = p[at + skip..].strip_prefix(b"\"")?;
     let end = rest.iter().position(|&c| c == b'"')?;
     let d = &rest[..end];
     if d.len() >= 2 && (d[0] == b'f' || d[0] == b'b') && d[1] == b':' {
@@ -324,6 +326,11 @@ mod tests {
         );
         assert!(data_str(br#"{"type":"message","data":{"x":1}}"#).is_none());
         assert!(data_str(br#"{"type":"broadcast","data":"b:9:5:"}"#).is_some());
+        let pusher = br#"{"event":"ev","channel":"bench-0","data": "f:0:1:2:3:x"}"#;
+        assert_eq!(data_str(pusher), Some(&b"f:0:1:2:3:x"[..]));
+        let established =
+            br#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.2\"}"}"#;
+        assert!(data_str(established).is_none());
     }
 
     #[test]
