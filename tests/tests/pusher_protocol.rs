@@ -104,6 +104,11 @@ async fn public_private_and_rest_events_with_socket_exclusion() -> Result<()> {
         .subscribe_raw(json!({"channel": "private-x", "auth": stolen}))
         .await?;
     ensure!(event(&reply) == "pusher:subscription_error", "{reply}");
+    // A second subscribe to a channel held is answered again, no change.
+    b.subscribe("news").await?;
+    rest.trigger(&["news"], "once", "1").await?;
+    b.expect_on("once", "news").await?;
+    b.ws.expect_nothing(Duration::from_millis(300)).await?;
     // Bad channel names are refused, the connection stays.
     let reply = b.subscribe_raw(json!({"channel": "bad name"})).await?;
     ensure!(event(&reply) == "pusher:subscription_error", "{reply}");

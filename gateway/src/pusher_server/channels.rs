@@ -123,8 +123,11 @@ impl PusherReader {
             return;
         }
         let hub = names::hub_channel(&self.app.config.id, &channel);
-        if self.channels.iter().any(|c| *c.hub == *hub) {
-            // Already subscribed: nothing changes (Pusher ignores it too).
+        if let Some(sub) = self.channels.iter().find(|c| *c.hub == *hub) {
+            // Already subscribed: nothing changes, the reply comes again
+            // (a client waiting for it must not hang).
+            let presence = sub.user.is_some();
+            self.answer_again(&hub, &channel, presence).await;
             return;
         }
         let presence = if Kind::of(&channel) == Kind::Presence {
@@ -157,6 +160,28 @@ impl PusherReader {
                 self.refuse_subscribe(&channel, refusal);
             }
         }
+    }
+
+    /// `subscription_succeeded` again for a channel already subscribed
+    /// (presence: with the current members).
+    async fn answer_again(&self, hub: &str, channel: &str, presence: bool) {
+        let members = if presence {
+            match self.node.presence.members(hub).await {
+                Ok(m) => Some(members_json(&m).0),
+                Err(e) => {
+                    backend_error("presence_members", &e);
+                    let refusal = ("ServerError", "backend unavailable".to_owned(), 503);
+                    self.refuse_subscribe(channel, refusal);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        self.send(&Out::Subscribed {
+            channel,
+            presence: members.as_deref(),
+        });
     }
 
     /// The checks of a subscribe before it touches the hub.
