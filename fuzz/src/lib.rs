@@ -297,3 +297,50 @@ pub fn jwt(data: &[u8]) {
         }
     }
 }
+
+/// The Pusher frame parser (`pusher::wire`), as the Pusher reader calls it
+/// on every text frame: the frame, then its `data` as a subscribe, a
+/// sign-in and a presence channel's `channel_data`. What is accepted must
+/// stay in bounds, and whatever is relayed must encode to valid JSON.
+pub fn pusher_frame(data: &[u8]) {
+    use gateway::pusher::names::valid_channel as valid_pusher_channel;
+    use gateway::pusher::wire::{self, ChannelData, ClientFrame, Out, Signin, Subscribe};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(frame) = serde_json::from_str::<ClientFrame>(text) else {
+        return;
+    };
+    let Some(raw) = frame.data.as_deref() else {
+        return;
+    };
+    if let Ok(s) = serde_json::from_str::<Subscribe>(raw.get()) {
+        let _ = valid_pusher_channel(&s.channel);
+        if let Some(cd) = &s.channel_data {
+            if let Ok(d) = serde_json::from_str::<ChannelData>(cd) {
+                let info_ok = d.user_info.as_deref().is_none_or(wire::relayable);
+                if let (Some(id), true) = (wire::user_id(&d.user_id), info_ok) {
+                    assert!(!id.is_empty() && id.len() <= 200, "user id {id:?} accepted");
+                    let stored = wire::stored_member(&id, d.user_info.as_deref());
+                    let member = wire::presence_member("1.1", "n", Some(&stored));
+                    assert_eq!(member.user, id, "a stored member reads back");
+                }
+            }
+        }
+    }
+    let _ = serde_json::from_str::<Signin>(raw.get());
+    // The reader relays only data that parses as a value.
+    if let (Some(channel), true) = (&frame.channel, wire::relayable(raw)) {
+        let out = Out::Event {
+            event: &frame.event,
+            channel,
+            data: raw,
+            user_id: None,
+        }
+        .encode();
+        assert!(
+            serde_json::from_str::<Value>(&out).is_ok(),
+            "a relayed frame is not JSON: {out:?}"
+        );
+    }
+}

@@ -213,6 +213,16 @@ fn client_frame_mutations() {
 }
 
 #[test]
+fn pusher_frame_corpus_replays() {
+    replay("pusher_frame", entries::pusher_frame);
+}
+
+#[test]
+fn pusher_frame_mutations() {
+    mutation_run("pusher_frame", entries::pusher_frame);
+}
+
+#[test]
 fn envelope_corpus_replays() {
     replay("envelope", entries::envelope);
 }

@@ -133,6 +133,15 @@ async fn client_events_reach_others_never_the_sender_and_are_limited() -> Result
         "no user_id on private channels: {got}"
     );
     a.ws.expect_nothing(Duration::from_millis(300)).await?;
+    // Data that is not valid JSON for strict parsers (a lone surrogate,
+    // found by the fuzz run) is refused, not relayed.
+    a.ws.send_raw_text(
+        r#"{"event":"client-typing","channel":"private-chat","data":{"x\ud800":1}}"#,
+    )
+    .await?;
+    let e = a.expect_event("pusher:error", RECV_TIMEOUT).await?;
+    ensure!(e["data"]["code"] == 4301, "{e}");
+    b.ws.expect_nothing(Duration::from_millis(300)).await?;
     // Public channels, unsubscribed channels: refused with 4301.
     a.subscribe("lobby").await?;
     a.send("client-x", json!({}), Some("lobby")).await?;

@@ -60,6 +60,14 @@ pub struct ChannelData {
     pub user_info: Option<Box<RawValue>>,
 }
 
+/// Whether JSON kept as sent may be relayed to other clients: it parses
+/// as a value. `RawValue` alone only checks the syntax, so a string with a
+/// lone surrogate escape (`"\ud800"`) passes it, and strict JSON parsers
+/// (the gateway's own, other languages') refuse it.
+pub fn relayable(data: &RawValue) -> bool {
+    serde_json::from_str::<serde_json::Value>(data.get()).is_ok()
+}
+
 /// A user id as Pusher accepts it: a non-empty string, or a number (made a
 /// string); at most 200 bytes.
 pub fn user_id(v: &serde_json::Value) -> Option<String> {
@@ -368,5 +376,12 @@ mod tests {
         assert!(f.data.is_none() && f.channel.is_none());
         assert_eq!(user_id(&serde_json::json!("")), None);
         assert_eq!(user_id(&serde_json::json!({"a":1})), None);
+        // Found by the fuzz run: a lone surrogate passes RawValue, not a
+        // value parse, and must not be relayed.
+        let lone: Box<RawValue> = serde_json::from_str(r#"{"on\ud800":true}"#).unwrap();
+        assert!(!relayable(&lone));
+        assert!(relayable(
+            &RawValue::from_string(r#"{"on":"\u00e9"}"#.to_owned()).unwrap()
+        ));
     }
 }

@@ -103,6 +103,13 @@ impl PusherReader {
             400,
         ))?;
         if let Some(info) = &parsed.user_info {
+            if !wire::relayable(info) {
+                return Err((
+                    "InvalidChannelData",
+                    "channel_data.user_info is not valid JSON".to_owned(),
+                    400,
+                ));
+            }
             let max = app.max_presence_member_bytes;
             if info.get().len() > max {
                 return Err((
@@ -388,6 +395,10 @@ impl PusherReader {
         let data = frame.data.unwrap_or_else(|| {
             RawValue::from_string("null".to_owned()).unwrap_or_else(|_| RawValue::NULL.to_owned())
         });
+        if !wire::relayable(&data) {
+            self.error(Some(4301), "event data is not valid JSON");
+            return;
+        }
         if data.get().len() > app.max_event_bytes {
             let max = app.max_event_bytes;
             self.error(
