@@ -1,7 +1,7 @@
 //! The node's Pusher side (docs/pusher.md): the WebSocket endpoint
 //! `/app/{key}` ([`socket`], with each connection's reader in [`reader`]
 //! and its channel operations in [`channels`]) and the signed HTTP API
-//! `/apps/{id}/...` ([`rest`]). Routed only when an app is configured.
+//! `/apps/{id}/...` ([`rest`], its signature check in [`signed`]). Routed only when an app is configured.
 //!
 //! A Pusher connection is an ordinary hub connection whose id is its
 //! socket id and whose channels are hub channels `!app!channel`
@@ -12,6 +12,7 @@
 pub mod channels;
 pub mod reader;
 pub mod rest;
+pub mod signed;
 pub mod socket;
 
 use std::sync::Arc;
