@@ -120,12 +120,7 @@ async fn publish(node: &Node, app: &App, e: &Checked) -> Result<(), Refused> {
         let hub = names::hub_channel(&app.config.id, channel);
         node.publish_frame(&hub, frame, e.socket_id.clone(), "pusher_api")
             .await
-            .map_err(|_| {
-                Refused(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "backend unavailable".to_owned(),
-                )
-            })?;
+            .map_err(|_| backend_down())?;
     }
     Ok(())
 }
@@ -230,12 +225,9 @@ pub async fn channels(
     if user_count && !prefix.starts_with("presence-") {
         return Err(bad("info=user_count needs filter_by_prefix=presence-"));
     }
-    let nodes = crate::api::channels::live_nodes(&node).await.map_err(|_| {
-        Refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backend unavailable".to_owned(),
-        )
-    })?;
+    let nodes = crate::api::channels::live_nodes(&node)
+        .await
+        .map_err(|_| backend_down())?;
     let hub_prefix = names::hub_channel(&app.config.id, &prefix);
     let store = node.occupancy.store();
     let mut out = serde_json::Map::new();
@@ -295,12 +287,9 @@ pub async fn channel(
         }
     }
     let hub = names::hub_channel(&app.config.id, &channel);
-    let nodes = crate::api::channels::live_nodes(&node).await.map_err(|_| {
-        Refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backend unavailable".to_owned(),
-        )
-    })?;
+    let nodes = crate::api::channels::live_nodes(&node)
+        .await
+        .map_err(|_| backend_down())?;
     let subscribers = node
         .occupancy
         .store()
@@ -359,12 +348,7 @@ pub async fn terminate(
     let control = names::user_control_channel(&app.config.id, &user);
     node.publish_frame(&control, "{}".to_owned(), None, "pusher_api")
         .await
-        .map_err(|_| {
-            Refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backend unavailable".to_owned(),
-            )
-        })?;
+        .map_err(|_| backend_down())?;
     Ok(Json(json!({})).into_response())
 }
 

@@ -40,6 +40,12 @@ fn unauthorized(reason: &'static str, message: impl Into<String>) -> Refused {
 
 pub(super) fn unavailable(op: &'static str, e: &crate::backplane::BackplaneError) -> Refused {
     backend_error(op, e);
+    backend_down()
+}
+
+/// 503: the backend did not answer (counted by the caller, or by
+/// [`unavailable`]).
+pub(super) fn backend_down() -> Refused {
     Refused(
         StatusCode::SERVICE_UNAVAILABLE,
         "backend unavailable".to_owned(),
