@@ -9,16 +9,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::signed::{authenticate, backend_down, bad, unavailable, Refused};
+use super::signed::{backend_down, bad, unavailable, Refused, Signed};
 use crate::node::Node;
 use crate::pusher::apps::App;
 use crate::pusher::names::{self, Kind};
@@ -132,13 +131,8 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refused>
 /// `POST /apps/{id}/events`.
 pub async fn events(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    body: Bytes,
+    Signed { app, body, .. }: Signed,
 ) -> Result<Response, Refused> {
-    let (app, _) = authenticate(&node, &id, &method, &uri, query.as_deref(), &body)?;
     let event = check(&app, parse_body(&body)?)?;
     publish(&node, &app, &event).await?;
     Ok(Json(json!({})).into_response())
@@ -147,17 +141,12 @@ pub async fn events(
 /// `POST /apps/{id}/batch_events`.
 pub async fn batch_events(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    body: Bytes,
+    Signed { app, body, .. }: Signed,
 ) -> Result<Response, Refused> {
     #[derive(Deserialize)]
     struct Batch {
         batch: Vec<Event>,
     }
-    let (app, _) = authenticate(&node, &id, &method, &uri, query.as_deref(), &body)?;
     let batch: Batch = parse_body(&body)?;
     let max = app.config.max_batch_events;
     if batch.batch.is_empty() || batch.batch.len() > max {
@@ -210,12 +199,8 @@ async fn user_ids(node: &Node, hub: &str) -> Result<Vec<String>, Refused> {
 /// presence channels).
 pub async fn channels(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    Signed { app, params, .. }: Signed,
 ) -> Result<Response, Refused> {
-    let (app, params) = authenticate(&node, &id, &method, &uri, query.as_deref(), &[])?;
     let prefix = params.get("filter_by_prefix").cloned().unwrap_or_default();
     let attrs = info_attrs(&params);
     if attrs.iter().any(|a| *a != "user_count") {
@@ -267,12 +252,9 @@ pub async fn channels(
 /// `GET /apps/{id}/channels/{channel}` (`info=user_count,subscription_count`).
 pub async fn channel(
     State(node): State<Arc<Node>>,
-    Path((id, channel)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    Path((_, channel)): Path<(String, String)>,
+    Signed { app, params, .. }: Signed,
 ) -> Result<Response, Refused> {
-    let (app, params) = authenticate(&node, &id, &method, &uri, query.as_deref(), &[])?;
     if !names::valid_channel(&channel) {
         return Err(bad("invalid channel name"));
     }
@@ -313,12 +295,9 @@ pub async fn channel(
 /// `GET /apps/{id}/channels/{channel}/users` (presence channels).
 pub async fn users(
     State(node): State<Arc<Node>>,
-    Path((id, channel)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    Path((_, channel)): Path<(String, String)>,
+    Signed { app, .. }: Signed,
 ) -> Result<Response, Refused> {
-    let (app, _) = authenticate(&node, &id, &method, &uri, query.as_deref(), &[])?;
     if !names::valid_channel(&channel) || Kind::of(&channel) != Kind::Presence {
         return Err(bad("users are listed for presence channels only"));
     }
@@ -335,13 +314,9 @@ pub async fn users(
 /// signed in as the user, on any node, is closed with 4009.
 pub async fn terminate(
     State(node): State<Arc<Node>>,
-    Path((id, user)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    body: Bytes,
+    Path((_, user)): Path<(String, String)>,
+    Signed { app, .. }: Signed,
 ) -> Result<Response, Refused> {
-    let (app, _) = authenticate(&node, &id, &method, &uri, query.as_deref(), &body)?;
     if user.is_empty() || user.len() > 200 {
         return Err(bad("invalid user id"));
     }

@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
@@ -50,6 +52,41 @@ pub(super) fn backend_down() -> Refused {
         StatusCode::SERVICE_UNAVAILABLE,
         "backend unavailable".to_owned(),
     )
+}
+
+/// A request of app `{id}` whose signature holds (the extractor every
+/// route takes; its refusal is the answer): the app, the query's other
+/// parameters and the body.
+pub struct Signed {
+    /// The app of the path's `{id}`.
+    pub app: Arc<App>,
+    /// The query without `auth_signature`, keys lowercased.
+    pub params: BTreeMap<String, String>,
+    /// The body (empty for GET).
+    pub body: Bytes,
+}
+
+impl FromRequest<Arc<Node>> for Signed {
+    type Rejection = Refused;
+
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, Refused> {
+        let (mut parts, body) = req.into_parts();
+        let path = RawPathParams::from_request_parts(&mut parts, node)
+            .await
+            .map_err(|e| bad(e.body_text()))?;
+        let id = path
+            .iter()
+            .find(|(k, _)| *k == "id")
+            .map(|(_, v)| v.to_owned())
+            .ok_or_else(|| bad("missing app id"))?;
+        let (method, uri) = (parts.method.clone(), parts.uri.clone());
+        // Bytes honours the routes' body limit (413).
+        let body = Bytes::from_request(Request::from_parts(parts, body), node)
+            .await
+            .map_err(|e| Refused(e.status(), e.body_text()))?;
+        let (app, params) = authenticate(node, &id, &method, &uri, uri.query(), &body)?;
+        Ok(Signed { app, params, body })
+    }
 }
 
 /// `application/x-www-form-urlencoded` decoding of one query component
@@ -97,7 +134,7 @@ fn params(query: Option<&str>) -> BTreeMap<String, String> {
 
 /// Check a request's signature for app `id`; the app and the query's
 /// other parameters when it holds.
-pub(super) fn authenticate(
+fn authenticate(
     node: &Node,
     id: &str,
     method: &Method,
