@@ -590,6 +590,24 @@ async fn pusher_close_codes_for_heartbeat_and_drain() -> Result<()> {
         "a pusher:error first: {:?}",
         report.texts
     );
+    // A frame over max_message_size: a pusher:error, then 1009 (as v1).
+    let mut big = PusherClient::connect(&gw).await?;
+    big.ws
+        .send_raw_text(&format!(
+            "{{\"event\":\"client-x\",\"data\":\"{}\"}}",
+            "x".repeat(70_000)
+        ))
+        .await?;
+    let e = big.expect_event("pusher:error", RECV_TIMEOUT).await?;
+    ensure!(
+        e["data"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_message_size"),
+        "{e}"
+    );
+    let (code, _) = big.ws.expect_close(RECV_TIMEOUT).await?;
+    ensure!(code == 1009, "an oversized frame closed with {code}");
     // Draining: 4200 (reconnect at once).
     let mut c = PusherClient::connect(&gw).await?;
     gw.sigterm()?;

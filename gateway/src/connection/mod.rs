@@ -180,6 +180,19 @@ pub(crate) fn check_open(node: &Node, headers: &HeaderMap) -> Result<(), Box<Res
     Ok(())
 }
 
+/// The upgrade with the node's socket settings (read buffer, largest
+/// message and frame), failures logged: every WebSocket protocol's.
+pub(crate) fn sized(
+    ws: WebSocketUpgrade,
+    config: &crate::config::Config,
+) -> WebSocketUpgrade<impl axum::extract::ws::OnFailedUpgrade> {
+    let max = config.max_message_size;
+    ws.read_buffer_size(config.read_buffer_size)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
+}
+
 /// `GET /ws`.
 pub async fn ws_handler(
     State(node): State<Arc<Node>>,
@@ -270,22 +283,17 @@ pub async fn ws_handler(
         }
     }
     guard.conn = Some(handle.clone());
-    let max = node.config.max_message_size;
-    ws.read_buffer_size(node.config.read_buffer_size)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
-        .on_upgrade({
-            // Boxed: the upgrade task keeps this closure's captures.
-            let state = Box::new((identity, handle, outbox));
-            move |socket| {
-                // Upgraded: out of the handshake phase.
-                drop(permit);
-                let (identity, handle, outbox) = *state;
-                let tracker = node.shutdown.tracker.clone();
-                tracker.track_future(run(socket, node, identity, handle, outbox, addr, guard))
-            }
-        })
+    sized(ws, &node.config).on_upgrade({
+        // Boxed: the upgrade task keeps this closure's captures.
+        let state = Box::new((identity, handle, outbox));
+        move |socket| {
+            // Upgraded: out of the handshake phase.
+            drop(permit);
+            let (identity, handle, outbox) = *state;
+            let tracker = node.shutdown.tracker.clone();
+            tracker.track_future(run(socket, node, identity, handle, outbox, addr, guard))
+        }
+    })
 }
 
 /// Run one upgraded connection to its end. A plain fn that does the

@@ -32,6 +32,27 @@ fn deadline(exp: Option<u64>) -> Option<Instant> {
     })
 }
 
+/// How a failed socket read ends the connection, whatever its protocol:
+/// an oversized frame closes with 1009, a text frame that is not UTF-8
+/// with 1007 (RFC 6455 section 8.1); `None` for other errors (the peer is
+/// gone). Logged at debug.
+pub fn read_error_close(e: axum::Error) -> Option<CloseReason> {
+    let text = e.to_string();
+    // axum wraps tungstenite's error; an oversized frame is a capacity error.
+    let inner = e.into_inner();
+    let tungstenite = inner.downcast_ref::<tungstenite::Error>();
+    if tungstenite.is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_))) {
+        tracing::debug!(error = %text, "frame exceeds max_message_size");
+        Some(CloseReason::new(close::TOO_LARGE, "too_large"))
+    } else if tungstenite.is_some_and(|t| matches!(t, tungstenite::Error::Utf8(_))) {
+        tracing::debug!(error = %text, "text frame is not UTF-8");
+        Some(CloseReason::new(close::INVALID_PAYLOAD, "invalid_utf8"))
+    } else {
+        tracing::debug!(error = %text, "read error");
+        None
+    }
+}
+
 /// Retry delay of the refresh hook after it failed (backend down or slow):
 /// the session stays open meanwhile.
 pub const REFRESH_RETRY_SECS: u64 = 5;
@@ -165,26 +186,15 @@ impl Reader {
     }
 
     fn on_read_error(&self, e: axum::Error) {
-        let text = e.to_string();
-        // axum wraps tungstenite's error; an oversized frame is a capacity error.
-        let inner = e.into_inner();
-        let tungstenite = inner.downcast_ref::<tungstenite::Error>();
-        let too_large = tungstenite.is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)));
-        // RFC 6455 section 8.1: a text frame that is not UTF-8 fails the
-        // connection with 1007 (invalid frame payload data).
-        let bad_utf8 = tungstenite.is_some_and(|t| matches!(t, tungstenite::Error::Utf8(_)));
-        if too_large {
+        let reason = read_error_close(e);
+        if reason.as_ref().is_some_and(|r| r.code == close::TOO_LARGE) {
             let err = ReplyError::new(ErrorCode::TooLarge, "frame exceeds max_message_size");
             self.handle.push(&error_frame(None, &err));
-            self.handle
-                .close(CloseReason::new(close::TOO_LARGE, "too_large"));
-        } else if bad_utf8 {
+        } else if reason.is_some() {
             metrics::counter!(m::MESSAGES_RECEIVED, "op" => "invalid").increment(1);
-            tracing::debug!(error = %text, "text frame is not UTF-8");
-            self.handle
-                .close(CloseReason::new(close::INVALID_PAYLOAD, "invalid_utf8"));
-        } else {
-            tracing::debug!(error = %text, "read error");
+        }
+        if let Some(r) = reason {
+            self.handle.close(r);
         }
     }
 

@@ -123,7 +123,18 @@ impl PusherReader {
                 next = stream.next() => match next {
                     None => break,
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, "read error");
+                        match crate::connection::reader::read_error_close(e) {
+                            Some(r) if r.code == close::TOO_LARGE => {
+                                received("too_large");
+                                self.error(None, "frame exceeds max_message_size");
+                                self.handle.close(r);
+                            }
+                            Some(r) => {
+                                received("invalid");
+                                self.handle.close(r);
+                            }
+                            None => {}
+                        }
                         break;
                     }
                     Some(Ok(msg)) => {

@@ -24,10 +24,9 @@ use tracing::Instrument;
 use super::reader::PusherReader;
 use crate::api::ApiError;
 use crate::connection::writer::{write_loop, Farewell};
-use crate::connection::{check_open, enter, finish_socket, refuse, Entry};
+use crate::connection::{check_open, enter, finish_socket, refuse, sized, Entry};
 use crate::edge::Admitted;
 use crate::metrics as m;
-use crate::node::ops::AdmitError;
 use crate::node::Node;
 use crate::outbox::ConnHandle;
 use crate::protocol::{close, CloseReason, ErrorCode};
@@ -173,36 +172,31 @@ pub async fn handler(
         }
         .encode(),
     ));
-    if let Err(AdmitError::UserLimit | AdmitError::Backend(_)) = node.admit(&handle).await {
-        // No user: the hub cannot refuse it; kept for exhaustiveness.
+    // No user, so neither the per-user limit nor a user topic can refuse it.
+    if node.admit(&handle).await.is_err() {
         return refuse(
             "backend",
             ApiError::new(ErrorCode::Unavailable, "backend unavailable"),
         );
     }
     guard.conn = Some(handle.clone());
-    let max = node.config.max_message_size;
-    ws.read_buffer_size(node.config.read_buffer_size)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
-        .on_upgrade({
-            let state = Box::new((app, app_slot, handle, outbox));
-            move |socket| {
-                drop(permit);
-                let (app, app_slot, handle, outbox) = *state;
-                let tracker = node.shutdown.tracker.clone();
-                tracker.track_future(run(
-                    socket,
-                    node,
-                    app,
-                    handle,
-                    outbox,
-                    addr,
-                    (guard, app_slot),
-                ))
-            }
-        })
+    sized(ws, &node.config).on_upgrade({
+        let state = Box::new((app, app_slot, handle, outbox));
+        move |socket| {
+            drop(permit);
+            let (app, app_slot, handle, outbox) = *state;
+            let tracker = node.shutdown.tracker.clone();
+            tracker.track_future(run(
+                socket,
+                node,
+                app,
+                handle,
+                outbox,
+                addr,
+                (guard, app_slot),
+            ))
+        }
+    })
 }
 
 /// Run one upgraded Pusher connection to its end.
