@@ -410,12 +410,7 @@ impl Webhooks {
     /// Whether `channel_occupied` or `channel_vacated` of `channel` (a
     /// hub name) go anywhere.
     pub fn wants_occupancy(&self, channel: &str) -> bool {
-        let sender = match crate::pusher::names::split(channel) {
-            Some((_, c)) if c.starts_with('#') => None,
-            Some((app, _)) => self.apps.get(app),
-            None => self.sender.as_ref(),
-        };
-        sender.is_some_and(|s| {
+        self.sender_for(Some(channel)).is_some_and(|s| {
             s.filter.contains("channel_occupied") || s.filter.contains("channel_vacated")
         })
     }
@@ -441,15 +436,20 @@ impl Webhooks {
     /// Queue `event` for delivery; never blocks. Dropped (and counted) when
     /// the queue is full; ignored when its name is filtered out.
     pub fn emit(&self, event: Event) {
-        let pusher_app = event.channel().and_then(crate::pusher::names::split);
-        let sender = match pusher_app {
-            // A Pusher app's internal channels have no events.
-            Some((_, channel)) if channel.starts_with('#') => None,
+        if let Some(s) = self.sender_for(event.channel()) {
+            s.emit(event);
+        }
+    }
+
+    /// Where events about `channel` go: a Pusher app's channel to that
+    /// app's sender (its internal `#` channels nowhere), anything else to
+    /// the gateway's.
+    fn sender_for(&self, channel: Option<&str>) -> Option<&Sender> {
+        match channel.and_then(crate::pusher::names::split) {
+            Some((_, c)) if c.starts_with('#') => None,
             Some((app, _)) => self.apps.get(app),
             None => self.sender.as_ref(),
-        };
-        let Some(s) = sender else { return };
-        s.emit(event);
+        }
     }
 
     /// Emit `connection_closed` for a connection that ended with `reason`.
