@@ -117,6 +117,17 @@ fn num(v: &Value, key: &str) -> f64 {
 
 /// Asserts a fan-out report shows every publication delivered once, in
 /// order, to every subscriber.
+/// An idle report: every connection made, none dropped, an RSS figure.
+fn check_idle(r: &Value, connections: f64) -> Result<()> {
+    ensure!(num(r, "connected") == connections, "{r:#}");
+    ensure!(num(r, "dropped") == 0.0 && r["ok"] == true, "{r:#}");
+    ensure!(
+        num(r, "rss_per_conn_bytes").is_finite(),
+        "no RSS figure: {r:#}"
+    );
+    Ok(())
+}
+
 fn check_fanout(r: &Value, subscribers: f64) -> Result<()> {
     ensure!(num(r, "connected") == subscribers, "connected: {r:#}");
     ensure!(num(r, "expected") > 0.0, "nothing expected: {r:#}");
@@ -167,12 +178,7 @@ async fn idle_holds_jwt_clients_and_measures_the_gateway() -> Result<()> {
         ]),
     )
     .await?;
-    ensure!(num(&r, "connected") == 30.0, "{r:#}");
-    ensure!(num(&r, "dropped") == 0.0 && r["ok"] == true, "{r:#}");
-    ensure!(
-        num(&r, "rss_per_conn_bytes").is_finite(),
-        "no RSS figure: {r:#}"
-    );
+    check_idle(&r, 30.0)?;
     ensure!(
         num(&r, "cpu_pct_per_10k").is_finite(),
         "no CPU figure: {r:#}"
@@ -230,12 +236,7 @@ async fn pusher_idle_holds_public_and_presence_subscribers() -> Result<()> {
     a.extend(args(&PUSHER));
     let r = loadtest(gw.dir(), "pusher-idle", &a).await?;
     ensure!(r["protocol"] == "pusher", "{r:#}");
-    ensure!(num(&r, "connected") == 30.0, "{r:#}");
-    ensure!(num(&r, "dropped") == 0.0 && r["ok"] == true, "{r:#}");
-    ensure!(
-        num(&r, "rss_per_conn_bytes").is_finite(),
-        "no RSS figure: {r:#}"
-    );
+    check_idle(&r, 30.0)?;
     Ok(())
 }
 
