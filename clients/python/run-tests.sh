@@ -27,20 +27,9 @@ PYTHON="${PYTHON:-python3}"
 
 START=$SECONDS
 step() { printf -- '--- %s (%ds)\n' "$*" $((SECONDS - START)); }
-die() {
-    printf 'clients/python/run-tests.sh: %s\n' "$*" >&2
-    exit 1
-}
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root (or sudo) to run: $*"
-    fi
-}
+STAGE=clients/python/run-tests.sh
+# shellcheck source=../../scripts/lib/stage.sh
+. "$ROOT/scripts/lib/stage.sh"
 
 apt_install() {
     command -v apt-get >/dev/null 2>&1 || die "missing: $* -- no apt-get here, install it by hand"

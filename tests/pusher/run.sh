@@ -25,40 +25,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
-die() {
-    printf 'tests/pusher/run.sh: %s\n' "$*" >&2
-    exit 1
-}
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root (or sudo) to run: $*"
-    fi
-}
+STAGE=tests/pusher/run.sh
+# shellcheck source=../../scripts/lib/stage.sh
+. "$ROOT/scripts/lib/stage.sh"
 
 export GATEWAY_BIN="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/gateway}"
-[ -x "$GATEWAY_BIN" ] || die "no gateway binary at $GATEWAY_BIN (run: cargo build -p gateway)"
-command -v redis-server >/dev/null 2>&1 || die "redis-server not found (scripts/test installs it)"
-
-command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
-    die "node and npm not found: install Node.js 20 or newer"
-node_major="$(node -p 'process.versions.node.split(".")[0]')"
-[ "$node_major" -ge 20 ] || die "Node.js $(node --version) is too old: need 20 or newer"
-
-export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
-if [ ! -x "$CHROMIUM" ]; then
-    command -v apt-get >/dev/null 2>&1 || die "no $CHROMIUM and no apt-get to install it"
-    echo "installing chromium (apt-get)"
-    as_root timeout 120 apt-get -q update
-    as_root env DEBIAN_FRONTEND=noninteractive timeout 300 \
-        apt-get -q install -y --no-install-recommends chromium
-    [ -x "$CHROMIUM" ] || die "chromium still missing at $CHROMIUM after install"
-fi
-echo "$(node --version); npm $(npm --version); $("$CHROMIUM" --version 2>/dev/null | head -n1)"
+need_gateway_and_redis
+need_node20
+need_chromium
 
 echo "npm ci in tests/pusher"
 (cd tests/pusher && timeout 90 npm ci --no-audit --no-fund --loglevel=error)
