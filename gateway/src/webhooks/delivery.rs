@@ -53,17 +53,8 @@ pub fn signature(key: &hmac::Key, timestamp: &str, body: &[u8]) -> String {
     ctx.update(timestamp.as_bytes());
     ctx.update(b".");
     ctx.update(body);
-    let tag = ctx.sign();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in tag.as_ref() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
+    format!("sha256={}", crate::pusher::sign::hex(ctx.sign().as_ref()))
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// `url` without userinfo, for logs.
 pub fn redacted(url: &reqwest::Url) -> String {
